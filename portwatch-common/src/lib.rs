@@ -1,0 +1,255 @@
+//! Types shared by the kernel programs (`portwatch-ebpf`) and user space (`portwatch`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so both sides agree on the
+//! byte layout; the compile-time assertions at the bottom keep it that way.
+#![no_std]
+
+/// Names of maps, shared so neither side spells them on its own.
+pub mod maps {
+    /// Ring buffer of [`crate::Event`]s.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU `u64` counter of events dropped because the ring buffer was full.
+    pub const LOST: &str = "LOST";
+    /// `Array<u8>` with 65536 entries: non-zero = port is watched.
+    pub const PORTS: &str = "PORTS";
+    /// `Array<u64>` of run-time settings, indexed by [`crate::config`] constants.
+    pub const CONFIG: &str = "CONFIG";
+    /// `LruHashMap<u64, TrackedSock>`: socket cookie -> local endpoint, for sockets we
+    /// reported as bound or listening, so their release is reported as a `close`
+    /// (`cgroup/sock_release` may not read the socket's address itself).
+    pub const TRACKED: &str = "TRACKED";
+    /// `PerCpuArray<u64>` indexed by port: connections the kernel completed into a
+    /// listener's accept queue (SYN_RECV -> ESTABLISHED on the listener's port).
+    pub const QUEUED: &str = "QUEUED";
+    /// `HashMap<u64, u8>`: socket inodes the `iter/task_file` program looks for.
+    pub const WANTED_INODES: &str = "WANTED_INODES";
+}
+
+/// Names of the kernel programs, shared with user space.
+pub mod programs {
+    pub const BIND4: &str = "pw_bind4";
+    pub const BIND6: &str = "pw_bind6";
+    pub const POST_BIND4: &str = "pw_post_bind4";
+    pub const POST_BIND6: &str = "pw_post_bind6";
+    pub const SOCK_RELEASE: &str = "pw_sock_release";
+    /// `tp_btf/inet_sock_set_state`: listen starts and accept-queue arrivals.
+    pub const STATE_BTF: &str = "pw_state_btf";
+    /// `iter/task_file`: every (process, fd) holding a socket.
+    pub const TASK_FILE_ITER: &str = "pw_task_sockets";
+    /// Do-nothing programs `doctor` loads to test hook types.
+    pub const PROBE_FENTRY: &str = "pw_probe_fentry";
+    pub const PROBE_KPROBE: &str = "pw_probe_kprobe";
+    pub const PROBE_LSM: &str = "pw_probe_lsm";
+    pub const PROBE_TRACEPOINT: &str = "pw_probe_tracepoint";
+    pub const PROBE_RAW_TP: &str = "pw_probe_raw_tp";
+}
+
+/// Globals (`.rodata`) set by user space at load time.
+pub mod globals {
+    /// The tgid of the portwatch process itself: its own activity is not reported.
+    pub const SELF_TGID: &str = "SELF_TGID";
+    /// Kernel struct field offsets resolved from BTF at load time; see [`crate::KernelOffsets`].
+    pub const OFFSETS: &str = "OFFSETS";
+}
+
+/// Indexes into the `CONFIG` map.
+pub mod config {
+    /// Non-zero: report every port, ignoring `PORTS`.
+    pub const WATCH_ALL: u32 = 0;
+    pub const LEN: u32 = 4;
+}
+
+/// Size of the ring buffer in bytes (power of two pages).
+pub const EVENTS_BYTES: u32 = 8 << 20;
+/// Entries of the `TRACKED` map.
+pub const TRACKED_ENTRIES: u32 = 65536;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_RECV: u32 = 3;
+    pub const CLOSE: u32 = 7;
+    pub const LISTEN: u32 = 10;
+}
+
+/// What happened. The tag is the first field of every event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `bind()` called on a watched port (from `cgroup/bind4|6`, before the kernel checks it).
+    BindAttempt = 1,
+    /// `bind()` succeeded; `port` is the real port, also for bind(0) (`cgroup/post_bind4|6`).
+    Bind = 2,
+    /// A TCP socket started listening (`inet_sock_set_state` CLOSE -> LISTEN).
+    Listen = 3,
+    /// A socket we reported as bound or listening was released (`cgroup/sock_release`).
+    Close = 4,
+    /// The kernel completed a connection into a listener's accept queue.
+    Accept = 5,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::BindAttempt),
+            2 => Some(Self::Bind),
+            3 => Some(Self::Listen),
+            4 => Some(Self::Close),
+            5 => Some(Self::Accept),
+            _ => None,
+        }
+    }
+}
+
+/// Who and when: the same for every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventInfo {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Thread group id (the process id users know). 0 when not in process context.
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// [`info_flags`] bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// Network namespace cookie (`SO_NETNS_COOKIE`), 0 if unknown.
+    pub netns_cookie: u64,
+    pub comm: [u8; 16],
+}
+
+pub mod info_flags {
+    /// The event happened in softirq context: tgid/comm are not the socket's owner.
+    pub const NO_TASK: u32 = 1;
+}
+
+/// The socket the event is about.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockData {
+    /// Socket cookie (`SO_COOKIE`, sock_diag's `idiag_cookie`), 0 if unknown.
+    pub cookie: u64,
+    pub family: u16,
+    pub protocol: u16,
+    /// Local port, host byte order (the real one for bind(0) once bound).
+    pub port: u16,
+    /// For binds: the port asked for (0 = kernel picks).
+    pub req_port: u16,
+    pub peer_port: u16,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _pad0: u32,
+    /// 0 or a positive errno.
+    pub errno: i32,
+    pub _pad1: u32,
+    /// Local address: IPv4 in the first 4 bytes, network order.
+    pub addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+/// The envelope: one fixed-size record in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    pub info: EventInfo,
+    pub data: SockData,
+}
+
+/// Byte offsets of kernel struct fields, resolved from `/sys/kernel/btf/vmlinux` by
+/// user space and passed to the kernel program as a global (Rust has no CO-RE).
+/// A value of `u32::MAX` means "not available".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock_common` (at the start of `struct sock`)
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_net` (a `possible_net_t` holding `struct net *`).
+    pub skc_net: u32,
+    /// `struct sock.sk_protocol` (a u16 in kernels >= 5.6).
+    pub sk_protocol: u32,
+    /// `struct net.net_cookie`.
+    pub net_cookie: u32,
+    /// `struct file.f_inode`, `struct inode.i_ino`, `struct inode.i_mode`:
+    /// the socket inode, for the `iter/task_file` program.
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_mode: u32,
+    /// `struct task_struct.tgid`.
+    pub task_tgid: u32,
+    /// Non-zero once user space filled this in.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    pub const UNSET: Self = Self {
+        skc_family: u32::MAX,
+        skc_num: u32::MAX,
+        skc_dport: u32::MAX,
+        skc_rcv_saddr: u32::MAX,
+        skc_daddr: u32::MAX,
+        skc_v6_rcv_saddr: u32::MAX,
+        skc_v6_daddr: u32::MAX,
+        skc_net: u32::MAX,
+        sk_protocol: u32::MAX,
+        net_cookie: u32::MAX,
+        file_inode: u32::MAX,
+        inode_ino: u32::MAX,
+        inode_mode: u32::MAX,
+        task_tgid: u32::MAX,
+        valid: 0,
+        _pad: 0,
+    };
+}
+
+/// A socket portwatch reported bound or listening (value of the `TRACKED` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackedSock {
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// One record written by the `iter/task_file` program: a process holding a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskSocket {
+    pub tgid: u32,
+    pub fd: u32,
+    pub ino: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays,
+    // with explicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::TaskSocket {}
+    unsafe impl aya::Pod for super::TrackedSock {}
+}
+
+const _: () = assert!(core::mem::size_of::<EventInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<SockData>() == 64);
+const _: () = assert!(core::mem::size_of::<Event>() == 128);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
+const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);

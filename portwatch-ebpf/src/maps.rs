@@ -1,0 +1,75 @@
+//! Maps and load-time globals. Names match `portwatch_common::maps` / `globals`.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use portwatch_common::{config, Event, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map]
+pub static CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
+
+#[map]
+pub static TRACKED: LruHashMap<u64, TrackedSock> = LruHashMap::with_max_entries(TRACKED_ENTRIES, 0);
+
+#[map]
+pub static QUEUED: PerCpuArray<u64> = PerCpuArray::with_max_entries(65536, 0);
+
+#[map]
+pub static WANTED_INODES: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets::UNSET;
+
+/// The tgid of portwatch itself (set by user space at load).
+#[inline(always)]
+pub fn self_tgid() -> u32 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&SELF_TGID) }
+}
+
+/// BTF-resolved kernel field offsets (set by user space at load).
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn watched(port: u16) -> bool {
+    if let Some(all) = CONFIG.get(config::WATCH_ALL) {
+        if *all != 0 {
+            return true;
+        }
+    }
+    matches!(PORTS.get(u32::from(port)), Some(v) if *v != 0)
+}
+
+/// Sends an event, or counts it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn submit(ev: &Event) {
+    if EVENTS.output::<Event>(ev, 0).is_err() {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *lost += 1 };
+        }
+    }
+}
+
+/// Remembers a socket so its release is reported as a `close`.
+#[inline(always)]
+pub fn track(d: &SockData) {
+    let t = TrackedSock { port: d.port, family: d.family, _pad: 0, addr: d.addr };
+    let _ = TRACKED.insert(&d.cookie, &t, 0);
+}

@@ -1,0 +1,5 @@
+mod bind;
+mod release;
+mod state;
+mod task_file;
+mod doctor;

@@ -1,0 +1,20 @@
+//! Builds the kernel object from `portwatch-ebpf` (nightly + rust-src + bpf-linker) and
+//! leaves it in OUT_DIR, where `src/ebpf/load.rs` embeds it.
+use anyhow::{anyhow, Context as _};
+use aya_build::Toolchain;
+
+fn main() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("no workspace root"))?
+        .join("portwatch-ebpf");
+    let root = root.to_str().context("non-UTF-8 path")?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "portwatch-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+}

@@ -1,0 +1,255 @@
+//! Loads the embedded kernel object, attaches each hook (recording why one could not
+//! be), and exposes the maps user space drives: watched ports, counters, events.
+use std::{fs::File, path::PathBuf};
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr},
+    Btf, Ebpf, EbpfLoader,
+};
+use portwatch_common::{config, globals, maps, programs, KernelOffsets};
+use serde::Serialize;
+
+use crate::{
+    ebpf::btf as kbtf,
+    error::{Error, Result},
+    ports::PortSet,
+    sys::{caps, mounts},
+};
+
+/// The kernel object built by `build.rs`, embedded so the binary is self-contained.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+
+#[derive(Clone, Debug, Default)]
+pub struct ObserverOptions {
+    /// Ports to report; empty = every port.
+    pub ports: PortSet,
+    /// cgroup v2 directory to attach to (default: the root of the unified hierarchy).
+    pub cgroup: Option<PathBuf>,
+}
+
+/// One hook: what it is for, and whether it is attached.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub program: &'static str,
+    pub hook: &'static str,
+    pub purpose: &'static str,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+pub struct Observer {
+    ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub offsets: KernelOffsets,
+    pub cgroup: PathBuf,
+    pub memlock_raised: bool,
+    /// What the PORTS map holds now, so updates touch only what changed.
+    watched: PortSet,
+}
+
+/// Checks privileges before touching BPF, so the user gets one clear line.
+pub fn preflight() -> Result<()> {
+    let missing = caps::current().missing_for_observer();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::privilege(
+        format!("the eBPF observer needs {}", missing.join(" and ")),
+        "run as root, e.g. `sudo portwatch ...`",
+    ))
+}
+
+/// Tries to lift RLIMIT_MEMLOCK. Kernels >= 5.11 charge BPF memory to the memory
+/// cgroup instead, so failure (no CAP_SYS_RESOURCE) is not an error.
+pub fn raise_memlock() -> bool {
+    use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
+    setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok()
+}
+
+/// Creates the loader with globals set; `small` shrinks the big maps for one-shot use
+/// (the iterator) so loading stays cheap.
+pub fn loader<'a>(btf: Option<&'a Btf>, offsets: &'a KernelOffsets, self_tgid: &'a u32, small: bool) -> EbpfLoader<'a> {
+    let mut l = EbpfLoader::new();
+    l.btf(btf);
+    l.override_global(globals::SELF_TGID, self_tgid, true);
+    l.override_global(globals::OFFSETS, offsets, true);
+    if small {
+        l.map_max_entries(maps::EVENTS, 4096);
+        l.map_max_entries(maps::TRACKED, 1);
+        l.map_max_entries(maps::QUEUED, 1);
+        l.map_max_entries(maps::PORTS, 1);
+    }
+    l
+}
+
+pub fn load_error(e: &aya::EbpfError) -> Error {
+    let text = e.to_string();
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        Error::privilege(format!("loading BPF maps/programs failed: {text}"), "run as root")
+    } else {
+        Error::unsupported(format!("BPF is unavailable: {text}"), "use a kernel with BPF enabled (>= 5.8)")
+    }
+}
+
+/// An error with its sources on one line; a verifier log is cut to its verdict (the
+/// last lines), since the whole log runs to thousands of lines.
+pub fn err_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    summarize_verifier(&s)
+}
+
+pub fn summarize_verifier(s: &str) -> String {
+    let Some((head, log)) = s.split_once("Verifier output:") else {
+        return s.to_string();
+    };
+    let tail: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed "))
+        .collect();
+    let keep = &tail[tail.len().saturating_sub(2)..];
+    format!("{}verifier: {}", head, keep.join(" | "))
+}
+
+impl Observer {
+    pub fn load(opts: &ObserverOptions) -> Result<Self> {
+        preflight()?;
+        let memlock_raised = raise_memlock();
+        let cgroup = match &opts.cgroup {
+            Some(p) => p.clone(),
+            None => mounts::cgroup2_root().ok_or_else(|| {
+                Error::unsupported("no cgroup v2 mount found", "mount -t cgroup2 none /sys/fs/cgroup/unified")
+            })?,
+        };
+        let cgroup_file = File::open(&cgroup).map_err(|e| Error::io(format!("opening {}", cgroup.display()), e))?;
+        let offsets = kbtf::load_vmlinux().map(|b| kbtf::resolve(&b)).unwrap_or(KernelOffsets::UNSET);
+        let aya_btf = Btf::from_sys_fs().ok();
+        let me = std::process::id();
+        let mut ebpf = loader(aya_btf.as_ref(), &offsets, &me, false).load(OBJECT).map_err(|e| load_error(&e))?;
+
+        let mut hooks = Vec::new();
+        for (program, hook, purpose) in [
+            (programs::BIND4, "cgroup/bind4", "bind attempts (IPv4)"),
+            (programs::BIND6, "cgroup/bind6", "bind attempts (IPv6)"),
+            (programs::POST_BIND4, "cgroup/post_bind4", "successful binds with the real port (IPv4)"),
+            (programs::POST_BIND6, "cgroup/post_bind6", "successful binds with the real port (IPv6)"),
+            (programs::SOCK_RELEASE, "cgroup/sock_release", "closes of watched sockets"),
+        ] {
+            let r = attach_cgroup(&mut ebpf, program, &cgroup_file);
+            hooks.push(HookStatus { program, hook, purpose, attached: r.is_ok(), error: r.err() });
+        }
+        let r = match (&aya_btf, offsets.valid) {
+            (None, _) => Err("kernel BTF unavailable".to_string()),
+            (_, 0) => Err("struct sock offsets not found in BTF".to_string()),
+            (Some(btf), _) => attach_tp_btf(&mut ebpf, programs::STATE_BTF, "inet_sock_set_state", btf),
+        };
+        hooks.push(HookStatus {
+            program: programs::STATE_BTF,
+            hook: "tp_btf/inet_sock_set_state",
+            purpose: "listen starts and connections queued for accept",
+            attached: r.is_ok(),
+            error: r.err(),
+        });
+        let core = hooks.iter().filter(|h| h.hook.contains("post_bind")).any(|h| h.attached);
+        if !core {
+            let why = hooks.iter().find_map(|h| h.error.clone()).unwrap_or_default();
+            return Err(Error::unsupported(
+                format!("cannot attach the bind hooks to {}: {why}", cgroup.display()),
+                "run `portwatch doctor`; a cgroup v2 mount and CONFIG_CGROUP_BPF are required",
+            ));
+        }
+        let mut obs = Self { ebpf, hooks, offsets, cgroup, memlock_raised, watched: PortSet::new() };
+        obs.set_ports(&opts.ports)?;
+        Ok(obs)
+    }
+
+    /// Replaces the watched ports while running; an empty set watches every port.
+    pub fn set_ports(&mut self, ports: &PortSet) -> Result<()> {
+        let internal = |e: aya::maps::MapError| Error::Internal(format!("updating the ports map: {e}"));
+        {
+            let mut cfg: Array<_, u64> =
+                Array::try_from(self.ebpf.map_mut(maps::CONFIG).ok_or_else(|| missing(maps::CONFIG))?).map_err(internal)?;
+            // Watch-all first, so switching never opens a window where nothing is reported.
+            if ports.is_empty() {
+                cfg.set(config::WATCH_ALL, 1, 0).map_err(internal)?;
+            }
+        }
+        {
+            let mut map: Array<_, u8> =
+                Array::try_from(self.ebpf.map_mut(maps::PORTS).ok_or_else(|| missing(maps::PORTS))?).map_err(internal)?;
+            for port in self.watched.iter().filter(|&p| !ports.contains(p)) {
+                map.set(u32::from(port), 0, 0).map_err(internal)?;
+            }
+            for port in ports.iter().filter(|&p| !self.watched.contains(p)) {
+                map.set(u32::from(port), 1, 0).map_err(internal)?;
+            }
+        }
+        self.watched = ports.clone();
+        if !ports.is_empty() {
+            let mut cfg: Array<_, u64> =
+                Array::try_from(self.ebpf.map_mut(maps::CONFIG).ok_or_else(|| missing(maps::CONFIG))?).map_err(internal)?;
+            cfg.set(config::WATCH_ALL, 0, 0).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// The ring buffer, moved out so it can be polled on its own.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or_else(|| missing(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(|e| Error::Internal(format!("ring buffer: {e}")))
+    }
+
+    fn per_cpu_sum(&self, name: &str, index: u32) -> u64 {
+        self.ebpf
+            .map(name)
+            .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok())
+            .and_then(|a| a.get(&index, 0).ok())
+            .map_or(0, |v| v.iter().sum())
+    }
+
+    /// Events dropped because the ring buffer was full.
+    pub fn lost(&self) -> u64 {
+        self.per_cpu_sum(maps::LOST, 0)
+    }
+
+    /// Connections the kernel has completed into accept queues on `port` since load.
+    pub fn queued(&self, port: u16) -> u64 {
+        self.per_cpu_sum(maps::QUEUED, u32::from(port))
+    }
+
+    pub fn attached(&self, hook: &str) -> bool {
+        self.hooks.iter().any(|h| h.hook == hook && h.attached)
+    }
+}
+
+fn missing(name: &str) -> Error {
+    Error::Internal(format!("map {name} missing from the kernel object"))
+}
+
+pub fn attach_cgroup(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing"))?;
+    if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *prog) {
+        p.load().map_err(|e| err_text(&e))?;
+        p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| err_text(&e))?;
+        return Ok(());
+    }
+    let p: &mut CgroupSock = prog.try_into().map_err(|e: aya::programs::ProgramError| err_text(&e))?;
+    p.load().map_err(|e| err_text(&e))?;
+    p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| err_text(&e))?;
+    Ok(())
+}
+
+pub fn attach_tp_btf(ebpf: &mut Ebpf, name: &str, tracepoint: &str, btf: &Btf) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing"))?;
+    let p: &mut BtfTracePoint = prog.try_into().map_err(|e: aya::programs::ProgramError| err_text(&e))?;
+    p.load(tracepoint, btf).map_err(|e| err_text(&e))?;
+    p.attach().map_err(|e| err_text(&e))?;
+    Ok(())
+}

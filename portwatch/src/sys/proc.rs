@@ -1,0 +1,141 @@
+//! Process details from /proc, and the /proc walk that maps socket inodes to the
+//! processes holding them (the fallback when the BPF iterator is unavailable).
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use procfs::process::{FDTarget, Process};
+use serde::Serialize;
+
+/// What `who` shows about a process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub user: String,
+    pub comm: String,
+    pub cmdline: String,
+    /// R, S, D, T, t, Z, ...
+    pub state: char,
+    /// Seconds since the epoch.
+    pub start_time: Option<u64>,
+    pub age_secs: Option<u64>,
+    pub cgroup: String,
+    pub container: Option<String>,
+}
+
+/// Reads one process; `None` if it is gone or unreadable.
+pub fn info(pid: i32) -> Option<ProcInfo> {
+    let p = Process::new(pid).ok()?;
+    let stat = p.stat().ok()?;
+    let uid = p.uid().unwrap_or(u32::MAX);
+    let cmdline = p.cmdline().map(|v| v.join(" ")).unwrap_or_default();
+    let start = start_time(stat.starttime);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|t| cgroup_v2_path(&t))
+        .unwrap_or_default();
+    Some(ProcInfo {
+        pid,
+        ppid: stat.ppid,
+        uid,
+        user: user_name(uid),
+        comm: stat.comm,
+        cmdline,
+        state: stat.state,
+        start_time: start.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
+        age_secs: start.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs()),
+        container: container_id(&cgroup),
+        cgroup,
+    })
+}
+
+fn start_time(ticks: u64) -> Option<SystemTime> {
+    let boot = procfs::boot_time_secs().ok()?;
+    let tps = procfs::ticks_per_second().max(1);
+    Some(UNIX_EPOCH + Duration::from_secs(boot) + Duration::from_millis(ticks * 1000 / tps))
+}
+
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// The cgroup v2 path (`0::/path`) of a /proc/<pid>/cgroup text, or the first path.
+pub fn cgroup_v2_path(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| text.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A container id (64 hex digits) found in a cgroup path, as docker, containerd,
+/// cri-o and podman write them; shortened to 12 like `docker ps`.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup
+        .split(|c| c == '/' || c == '-' || c == ':' || c == '.')
+        .find(|seg| seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|s| s[..12].to_string())
+}
+
+/// One (process, fd) holding a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdHolder {
+    pub pid: i32,
+    pub fd: i32,
+    pub inode: u64,
+}
+
+/// Walks /proc/<pid>/fd for every process: the slow path. Returns the holders found
+/// and how many processes could not be read (not ours, without privilege).
+pub fn walk_socket_holders(inodes: &HashSet<u64>) -> (Vec<FdHolder>, usize) {
+    let mut out = Vec::new();
+    let mut denied = 0;
+    let Ok(all) = procfs::process::all_processes() else {
+        return (out, denied);
+    };
+    for p in all.flatten() {
+        let pid = p.pid;
+        match p.fd() {
+            Ok(fds) => {
+                for fd in fds.flatten() {
+                    if let FDTarget::Socket(ino) = fd.target {
+                        if inodes.contains(&ino) {
+                            out.push(FdHolder { pid, fd: fd.fd, inode: ino });
+                        }
+                    }
+                }
+            }
+            Err(_) => denied += 1,
+        }
+    }
+    out.sort();
+    (out, denied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_and_container_ids() {
+        assert_eq!(cgroup_v2_path("12:cpu:/x\n0::/system.slice/a.service\n"), "/system.slice/a.service");
+        assert_eq!(cgroup_v2_path("3:cpu:/only-v1\n"), "/only-v1");
+        let id = "4f3c2b1a0f3c2b1a0f3c2b1a0f3c2b1a0f3c2b1a0f3c2b1a0f3c2b1a0f3c2b1a";
+        assert_eq!(container_id(&format!("/system.slice/docker-{id}.scope")).as_deref(), Some("4f3c2b1a0f3c"));
+        assert_eq!(container_id(&format!("/kubepods/burstable/pod1/{id}")).as_deref(), Some("4f3c2b1a0f3c"));
+        assert_eq!(container_id("/user.slice/user-1000.slice"), None);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = info(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert!(matches!(me.state, 'R' | 'S'));
+        assert!(!me.comm.is_empty());
+    }
+}

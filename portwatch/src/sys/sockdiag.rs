@@ -1,0 +1,283 @@
+//! Sockets bound to given ports, from the kernel's sock_diag netlink interface
+//! (what `ss` uses), filtered in the kernel by an inet_diag bytecode program.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use serde::Serialize;
+
+/// `TCP_LISTEN`, and `TCP_BOUND_INACTIVE` (13, Linux >= 6.5): a TCP socket that is
+/// bound but neither listening nor connected.
+pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_BOUND_INACTIVE: u8 = 13;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
+    pub fn from_ipproto(p: u16) -> Option<Self> {
+        match p {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// One socket as sock_diag reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockEntry {
+    pub proto: Proto,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// Kernel TCP state number (UDP: 7 unconnected, 1 connected).
+    pub state: u8,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub peer: IpAddr,
+    pub peer_port: u16,
+    pub inode: u64,
+    pub uid: u32,
+    pub cookie: u64,
+    /// Listeners: connections waiting in the accept queue. Others: bytes queued.
+    pub recv_q: u32,
+    /// Listeners: the accept queue's maximum (backlog).
+    pub send_q: u32,
+}
+
+impl SockEntry {
+    /// The name `ss` would print for this state.
+    pub fn state_name(&self) -> &'static str {
+        match (self.proto, self.state) {
+            (Proto::Tcp, TCP_LISTEN) => "listen",
+            (Proto::Tcp, TCP_BOUND_INACTIVE | TCP_CLOSE) => "bound",
+            (Proto::Udp, TCP_ESTABLISHED) => "connected",
+            (Proto::Udp, _) => "bound",
+            (Proto::Tcp, s) => tcp_state_name(s),
+        }
+    }
+
+    pub fn is_listener(&self) -> bool {
+        self.proto == Proto::Tcp && self.state == TCP_LISTEN
+    }
+}
+
+pub fn tcp_state_name(s: u8) -> &'static str {
+    match s {
+        1 => "established",
+        2 => "syn-sent",
+        3 => "syn-recv",
+        4 => "fin-wait-1",
+        5 => "fin-wait-2",
+        6 => "time-wait",
+        7 => "close",
+        8 => "close-wait",
+        9 => "last-ack",
+        10 => "listen",
+        11 => "closing",
+        12 => "new-syn-recv",
+        13 => "bound",
+        _ => "unknown",
+    }
+}
+
+/// inet_diag bytecode ops (`include/uapi/linux/inet_diag.h`).
+const INET_DIAG_BC_S_EQ: u8 = 11;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// `yes` jumps are a u8 in the ABI, so one chain of 8-byte tests can hold 31 ports;
+/// longer lists are filtered in user space only.
+pub const MAX_KERNEL_FILTER_PORTS: usize = 31;
+
+/// Bytecode accepting sockets whose local port is any of `ports`: a chain of
+/// `S_EQ` tests, each jumping to the end (accept) on a match and to the next test
+/// otherwise; the last one jumps past the end (reject).
+///
+/// `ports` must hold at most [`MAX_KERNEL_FILTER_PORTS`] entries.
+pub fn port_filter_bytecode(ports: &[u16]) -> Vec<u8> {
+    let ports = &ports[..ports.len().min(MAX_KERNEL_FILTER_PORTS)];
+    let n = ports.len();
+    let total = n * 8;
+    let mut bc = Vec::with_capacity(total);
+    for (i, &port) in ports.iter().enumerate() {
+        let yes = (total - i * 8) as u8;
+        let no: u16 = if i + 1 == n { 12 } else { 8 };
+        bc.extend_from_slice(&[INET_DIAG_BC_S_EQ, yes]);
+        bc.extend_from_slice(&no.to_ne_bytes());
+        bc.extend_from_slice(&[0, 0]);
+        bc.extend_from_slice(&port.to_ne_bytes());
+    }
+    bc
+}
+
+fn request(family: u8, protocol: u8, states: u32, ports: &[u16]) -> Vec<u8> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut msg = NetlinkMessage::new(
+        hdr,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            // SAFETY (bitflags 1.x): the kernel accepts any state bits.
+            states: unsafe { StateFlags::from_bits_unchecked(states) },
+            socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
+        })
+        .into(),
+    );
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    if !ports.is_empty() {
+        let bc = port_filter_bytecode(ports);
+        let nla_len = (4 + bc.len()) as u16;
+        buf.extend_from_slice(&nla_len.to_ne_bytes());
+        buf.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        buf.extend_from_slice(&bc);
+        while buf.len() % 4 != 0 {
+            buf.push(0);
+        }
+        let len = buf.len() as u32;
+        buf[..4].copy_from_slice(&len.to_ne_bytes());
+    }
+    buf
+}
+
+/// Dumps sockets of one family and protocol in the given TCP states, keeping those
+/// whose local port is in `ports` (all when `ports` is empty).
+pub fn dump(proto: Proto, family: u8, states: u32, ports: &[u16]) -> io::Result<Vec<SockEntry>> {
+    let protocol = match proto {
+        Proto::Tcp => IPPROTO_TCP,
+        Proto::Udp => IPPROTO_UDP,
+    };
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let kernel_ports: &[u16] = if ports.len() <= MAX_KERNEL_FILTER_PORTS { ports } else { &[] };
+    socket.send(&request(family, protocol, states, kernel_ports), 0)?;
+
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let size = socket.recv(&mut &mut buf[..], 0)?;
+        let mut offset = 0;
+        while offset < size {
+            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&buf[offset..size])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => {
+                    let code = e.code.map_or(0, |c| -c.get());
+                    return Err(io::Error::from_raw_os_error(code));
+                }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    let h = &r.header;
+                    let id = &h.socket_id;
+                    if ports.is_empty() || ports.contains(&id.source_port) {
+                        let lo = u32::from_ne_bytes([id.cookie[0], id.cookie[1], id.cookie[2], id.cookie[3]]);
+                        let hi = u32::from_ne_bytes([id.cookie[4], id.cookie[5], id.cookie[6], id.cookie[7]]);
+                        out.push(SockEntry {
+                            proto,
+                            family: h.family,
+                            state: h.state,
+                            addr: id.source_address,
+                            port: id.source_port,
+                            peer: id.destination_address,
+                            peer_port: id.destination_port,
+                            inode: u64::from(h.inode),
+                            uid: h.uid,
+                            cookie: u64::from(lo) | (u64::from(hi) << 32),
+                            recv_q: h.recv_queue,
+                            send_q: h.send_queue,
+                        });
+                    }
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+    }
+}
+
+/// Which sockets to look for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub tcp: bool,
+    pub udp: bool,
+    /// Include TCP connections (established etc.) whose local port matches: the server
+    /// side of accepted connections and clients that happen to use the port.
+    pub connections: bool,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Self { tcp: true, udp: true, connections: false }
+    }
+}
+
+/// Every socket bound to one of `ports`: TCP listeners and bound-only sockets, UDP
+/// sockets; both families.
+pub fn sockets_on_ports(ports: &[u16], q: Query) -> io::Result<Vec<SockEntry>> {
+    let mut out = Vec::new();
+    let tcp_states = if q.connections {
+        u32::MAX & !(1 << 0)
+    } else {
+        (1 << TCP_LISTEN) | (1 << TCP_CLOSE) | (1 << TCP_BOUND_INACTIVE)
+    };
+    for family in [AF_INET, AF_INET6] {
+        if q.tcp {
+            out.extend(dump(Proto::Tcp, family, tcp_states, ports)?);
+        }
+        if q.udp {
+            out.extend(dump(Proto::Udp, family, u32::MAX, ports)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `0.0.0.0`, for entries without a peer.
+pub const UNSPECIFIED: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytecode_chain_accepts_on_match_and_rejects_at_end() {
+        let bc = port_filter_bytecode(&[5050, 5051]);
+        assert_eq!(bc.len(), 16);
+        // op 0: S_EQ, yes -> end (16 bytes), no -> next (8)
+        assert_eq!(bc[0], INET_DIAG_BC_S_EQ);
+        assert_eq!(bc[1], 16);
+        assert_eq!(u16::from_ne_bytes([bc[2], bc[3]]), 8);
+        assert_eq!(u16::from_ne_bytes([bc[6], bc[7]]), 5050);
+        // op 1: yes -> end (8 bytes), no -> past the end (reject)
+        assert_eq!(bc[9], 8);
+        assert_eq!(u16::from_ne_bytes([bc[10], bc[11]]), 12);
+        assert_eq!(u16::from_ne_bytes([bc[14], bc[15]]), 5051);
+    }
+}
