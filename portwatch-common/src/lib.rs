@@ -21,8 +21,6 @@ pub mod maps {
     /// `PerCpuArray<u64>` indexed by port: connections the kernel completed into a
     /// listener's accept queue (SYN_RECV -> ESTABLISHED on the listener's port).
     pub const QUEUED: &str = "QUEUED";
-    /// `HashMap<u64, u8>`: socket inodes the `iter/task_file` program looks for.
-    pub const WANTED_INODES: &str = "WANTED_INODES";
 }
 
 /// Names of the kernel programs, shared with user space.

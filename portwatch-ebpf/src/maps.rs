@@ -1,7 +1,7 @@
 //! Maps and load-time globals. Names match `portwatch_common::maps` / `globals`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{config, Event, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES};
 
@@ -23,8 +23,6 @@ pub static TRACKED: LruHashMap<u64, TrackedSock> = LruHashMap::with_max_entries(
 #[map]
 pub static QUEUED: PerCpuArray<u64> = PerCpuArray::with_max_entries(65536, 0);
 
-#[map]
-pub static WANTED_INODES: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;

@@ -8,7 +8,7 @@ use crate::{
     doctor,
     error::{exit, Error, Result},
     ports::{self, PortSet},
-    watch,
+    watch, who,
 };
 
 #[derive(Debug, Parser)]
@@ -41,6 +41,46 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Every socket bound to the port(s) and every process holding it (masters and
+    /// forked workers), with accept-queue figures for listeners.
+    Who {
+        /// Port(s): 5050, 5050-5052, 5050,5051.
+        #[arg(required = true, value_name = "PORT", value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        /// Only TCP sockets.
+        #[arg(long)]
+        tcp: bool,
+        /// Only UDP sockets.
+        #[arg(long)]
+        udp: bool,
+        /// Also list local clients connected to the port (never holders).
+        #[arg(long)]
+        clients: bool,
+        /// Find holders by walking /proc instead of the BPF iterator.
+        #[arg(long, hide = true)]
+        proc: bool,
+        /// JSON array of sockets instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if every port is free to bind, 1 if any is held (and say by whom).
+    Check {
+        /// Port(s): 5050, 5050-5052, 5050,5051.
+        #[arg(required = true, value_name = "PORT", value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        /// Check UDP instead of TCP (give both flags for both).
+        #[arg(long)]
+        udp: bool,
+        /// Check TCP (the default).
+        #[arg(long)]
+        tcp: bool,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Print nothing; only the exit code.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Show what this host supports (privileges, BTF, cgroup v2, each hook type,
     /// tried for real) and what portwatch will use.
     Doctor {
@@ -59,6 +99,10 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(t).map_err(|e| format!("invalid duration '{t}': {e} (e.g. 5s, 250ms, 1m)"))
 }
 
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,10 +118,42 @@ pub fn execute(cli: Cli) -> Result<u8> {
             runtime()?.block_on(watch::run(opts))?;
             Ok(exit::OK)
         }
+        Command::Who { ports, tcp, udp, clients, proc, json } => {
+            let ports = ports::merge(&ports);
+            let r = who::gather(&ports, who::WhoOptions { tcp, udp, clients, force_proc: proc })?;
+            for n in &r.notes {
+                eprintln!("portwatch: note: {n}");
+            }
+            if json {
+                let mut all = r.sockets.clone();
+                all.extend(r.clients.iter().cloned());
+                println!("{}", to_json(&all)?);
+            } else {
+                print!("{}", who::render(&ports, &r));
+            }
+            Ok(exit::OK)
+        }
+        Command::Check { ports, tcp, udp, json, quiet } => {
+            let ports = ports::merge(&ports);
+            let opts = who::WhoOptions { tcp: tcp || !udp, udp, clients: false, force_proc: false };
+            let r = who::gather(&ports, opts)?;
+            let st = who::port_status(&ports, &r);
+            if !quiet {
+                for n in &r.notes {
+                    eprintln!("portwatch: note: {n}");
+                }
+                if json {
+                    println!("{}", to_json(&st)?);
+                } else {
+                    print!("{}", who::render_check(&st));
+                }
+            }
+            Ok(if st.iter().all(|s| s.free) { exit::OK } else { exit::CONDITION })
+        }
         Command::Doctor { json } => {
             let report = doctor::run();
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?);
+                println!("{}", to_json(&report)?);
             } else {
                 print!("{}", doctor::render(&report));
             }
@@ -106,9 +182,12 @@ mod tests {
                 assert!(json);
                 assert_eq!(ports::merge(&ports).iter().collect::<Vec<_>>(), vec![5050, 5051, 8080]);
             }
-            Command::Doctor { .. } => panic!("wrong command"),
+            _ => panic!("wrong command"),
         }
         assert!(Cli::try_parse_from(["portwatch", "watch", "-p", "0"]).is_err());
         assert!(Cli::try_parse_from(["portwatch", "watch", "-p", "abc"]).is_err());
+        assert!(Cli::try_parse_from(["portwatch", "check"]).is_err());
+        assert!(Cli::try_parse_from(["portwatch", "who", "70000"]).is_err());
+        assert!(Cli::try_parse_from(["portwatch", "who", "5050-5052", "8080"]).is_ok());
     }
 }

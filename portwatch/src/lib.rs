@@ -9,3 +9,4 @@ pub mod output;
 pub mod ports;
 pub mod sys;
 pub mod watch;
+pub mod who;

@@ -1,1 +1,159 @@
-fn main() {}
+//! Build and test orchestration: `cargo xtask <setup|demo|test|bench>`.
+//!
+//! `setup` makes a fresh machine ready (rust-src for nightly, bpf-linker 0.10.4,
+//! tracefs/bpffs mounted, release build) and is cheap when everything is there.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker must match the LLVM of the machine's nightly (LLVM 22): 0.10.4 does.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+const NIGHTLY: &str = "nightly";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build needs, mount tracefs/bpffs, build release.
+    Setup,
+    /// Setup, then show portwatch catching a throwaway server on a real port.
+    Demo,
+    /// Setup, then run every test: unit tests and the privileged kernel tests.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then run the benchmarks (docs/benchmarks.md explains them).
+    Bench {
+        /// Which: overhead, loss, who, all.
+        #[arg(default_value = "all")]
+        which: String,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    cmd.stderr(Stdio::null()).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn is_mounted(point: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(4) == Some(point)))
+}
+
+fn setup() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))
+        .context("the `nightly` toolchain is required (rustup toolchain list)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        run(Command::new("cargo").args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"]))?;
+    }
+    if is_root() {
+        for (point, fstype) in [("/sys/kernel/tracing", "tracefs"), ("/sys/fs/bpf", "bpf")] {
+            if !is_mounted(point) {
+                run(Command::new("mount").args(["-t", fstype, fstype, point]))?;
+            }
+        }
+    } else {
+        eprintln!("xtask: not root: skipping tracefs/bpffs mounts (portwatch itself needs root)");
+    }
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace"]))
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    let bin = root().join("target/release/portwatch");
+    run(Command::new(&bin).arg("doctor").stdout(Stdio::null()))
+        .context("this host cannot run the observer; see `portwatch doctor`")?;
+    let port = free_port()?;
+    eprintln!("\nxtask: watching port {port} while a throwaway python server binds, listens, takes a connection and a second server fails to bind:\n");
+    let mut watch = Command::new(&bin).args(["watch", "--port", &port.to_string(), "--duration", "4s"]).spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let script = format!(
+        "import socket,time\ns=socket.socket();s.bind(('127.0.0.1',{port}));s.listen()\n\
+         c=socket.create_connection(('127.0.0.1',{port}))\n\
+         t=socket.socket()\ntry: t.bind(('127.0.0.1',{port}))\nexcept OSError as e: pass\n\
+         time.sleep(3)\n"
+    );
+    let mut server = Command::new("python3").args(["-c", &script]).spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    eprintln!("\nxtask: and who holds it, while it is still open:\n");
+    let who = Command::new(&bin).args(["who", &port.to_string()]).status();
+    watch.wait()?;
+    server.wait()?;
+    if let Ok(status) = who {
+        if !status.success() && status.code() != Some(1) {
+            bail!("portwatch who failed: {status}");
+        }
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup()?;
+    ensure_python_packages()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(["test", "--release", "--workspace"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    run(&mut cmd)
+}
+
+/// gunicorn (the seed story's server) and flask, for the integration tests.
+fn ensure_python_packages() -> Result<()> {
+    let have = Command::new("python3").args(["-c", "import gunicorn, flask"]).stderr(Stdio::null()).status()?;
+    if !have.success() {
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "gunicorn", "flask"]))?;
+    }
+    Ok(())
+}
+
+fn bench(which: &str) -> Result<()> {
+    setup()?;
+    ensure_python_packages()?;
+    run(Command::new("bash").current_dir(root()).arg("bench/run.sh").arg(which))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup(),
+        Cmd::Demo => demo(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Bench { which } => bench(&which),
+    }
+}

@@ -1,13 +1,13 @@
 //! `iter/task_file`: one pass over every open file of every task, emitting
-//! `(tgid, fd, inode)` for sockets whose inode is in `WANTED_INODES`. This is how
-//! `portwatch who` finds every holder of a socket (masters and forked workers alike)
-//! without walking /proc.
+//! `(tgid, fd, inode)` for every socket. This is how `portwatch who` finds every
+//! holder of a socket (masters and forked workers alike) without walking /proc. It
+//! takes no input, so user space can pin it once and read it from many processes.
 use aya_ebpf::helpers::generated::bpf_seq_write;
 use portwatch_common::TaskSocket;
 
 use crate::{
     emit::rd,
-    maps::{offsets, WANTED_INODES},
+    maps::offsets,
 };
 
 /// `struct bpf_iter__task_file` (kernel/bpf/task_iter.c): pointers are 8 bytes wide
@@ -52,10 +52,6 @@ fn try_task_sockets(ctx: *mut IterTaskFile) -> Result<(), ()> {
         return Ok(());
     }
     let ino: u64 = rd(inode, off.inode_ino)?;
-    // SAFETY: lookup only.
-    if unsafe { WANTED_INODES.get(&ino) }.is_none() {
-        return Ok(());
-    }
     let tgid: i32 = rd(task, off.task_tgid)?;
     let rec = TaskSocket { tgid: tgid as u32, fd, ino };
     // SAFETY: meta is the iterator's trusted metadata pointer.

@@ -103,29 +103,33 @@ pub fn tcp_state_name(s: u8) -> &'static str {
 }
 
 /// inet_diag bytecode ops (`include/uapi/linux/inet_diag.h`).
+const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
-/// `yes` jumps are a u8 in the ABI, so one chain of 8-byte tests can hold 31 ports;
-/// longer lists are filtered in user space only.
-pub const MAX_KERNEL_FILTER_PORTS: usize = 31;
+/// Longer port lists are filtered in user space only (jump offsets are u16).
+pub const MAX_KERNEL_FILTER_PORTS: usize = 1024;
 
-/// Bytecode accepting sockets whose local port is any of `ports`: a chain of
-/// `S_EQ` tests, each jumping to the end (accept) on a match and to the next test
-/// otherwise; the last one jumps past the end (reject).
-///
-/// `ports` must hold at most [`MAX_KERNEL_FILTER_PORTS`] entries.
+/// Bytecode accepting sockets whose local port is any of `ports`, laid out as `ss`
+/// compiles `sport = A or sport = B`: each test falls through (`yes`) to a `JMP`
+/// that skips to the end (accept) and otherwise (`no`) skips past that `JMP` to the
+/// next test; the last test's `no` jumps past the end (reject). The kernel's audit
+/// requires every op to be reachable along `yes` jumps, which this layout satisfies.
 pub fn port_filter_bytecode(ports: &[u16]) -> Vec<u8> {
     let ports = &ports[..ports.len().min(MAX_KERNEL_FILTER_PORTS)];
     let n = ports.len();
-    let total = n * 8;
-    let mut bc = Vec::with_capacity(total);
+    let mut bc = Vec::with_capacity(n * 12);
     for (i, &port) in ports.iter().enumerate() {
-        let yes = (total - i * 8) as u8;
-        let no: u16 = if i + 1 == n { 12 } else { 8 };
-        bc.extend_from_slice(&[INET_DIAG_BC_S_EQ, yes]);
-        bc.extend_from_slice(&no.to_ne_bytes());
+        // Test: yes -> next op (8 bytes on), no -> skip this pair and the JMP (12).
+        bc.extend_from_slice(&[INET_DIAG_BC_S_EQ, 8]);
+        bc.extend_from_slice(&12u16.to_ne_bytes());
         bc.extend_from_slice(&[0, 0]);
         bc.extend_from_slice(&port.to_ne_bytes());
+        if i + 1 < n {
+            // JMP always takes `no`: to the end, i.e. over the remaining tests.
+            let rest = (n - i - 1) * 8 + (n - i - 2) * 4;
+            bc.extend_from_slice(&[INET_DIAG_BC_JMP, 4]);
+            bc.extend_from_slice(&((rest + 4) as u16).to_ne_bytes());
+        }
     }
     bc
 }
@@ -259,6 +263,13 @@ pub fn sockets_on_ports(ports: &[u16], q: Query) -> io::Result<Vec<SockEntry>> {
     Ok(out)
 }
 
+/// Every established TCP connection (both families), for `who --clients`.
+pub fn dump_all_connections() -> io::Result<Vec<SockEntry>> {
+    let mut out = dump(Proto::Tcp, AF_INET, 1 << TCP_ESTABLISHED, &[])?;
+    out.extend(dump(Proto::Tcp, AF_INET6, 1 << TCP_ESTABLISHED, &[])?);
+    Ok(out)
+}
+
 /// `0.0.0.0`, for entries without a peer.
 pub const UNSPECIFIED: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
@@ -268,16 +279,24 @@ mod tests {
 
     #[test]
     fn bytecode_chain_accepts_on_match_and_rejects_at_end() {
-        let bc = port_filter_bytecode(&[5050, 5051]);
-        assert_eq!(bc.len(), 16);
-        // op 0: S_EQ, yes -> end (16 bytes), no -> next (8)
-        assert_eq!(bc[0], INET_DIAG_BC_S_EQ);
-        assert_eq!(bc[1], 16);
-        assert_eq!(u16::from_ne_bytes([bc[2], bc[3]]), 8);
-        assert_eq!(u16::from_ne_bytes([bc[6], bc[7]]), 5050);
-        // op 1: yes -> end (8 bytes), no -> past the end (reject)
-        assert_eq!(bc[9], 8);
-        assert_eq!(u16::from_ne_bytes([bc[10], bc[11]]), 12);
-        assert_eq!(u16::from_ne_bytes([bc[14], bc[15]]), 5051);
+        let bc = port_filter_bytecode(&[5050, 5051, 5052]);
+        assert_eq!(bc.len(), 3 * 8 + 2 * 4);
+        // Interpret it as the kernel does: returns whether `port` is accepted.
+        let run = |port: u16| {
+            let mut pc = 0usize;
+            while pc < bc.len() {
+                let (code, yes, no) = (bc[pc], bc[pc + 1] as usize, u16::from_ne_bytes([bc[pc + 2], bc[pc + 3]]) as usize);
+                let taken = match code {
+                    INET_DIAG_BC_JMP => false,
+                    INET_DIAG_BC_S_EQ => u16::from_ne_bytes([bc[pc + 6], bc[pc + 7]]) == port,
+                    _ => panic!("unexpected op"),
+                };
+                pc += if taken { yes } else { no };
+            }
+            pc == bc.len()
+        };
+        assert!(run(5050) && run(5051) && run(5052));
+        assert!(!run(5053) && !run(1));
+        assert_eq!(port_filter_bytecode(&[7]).len(), 8);
     }
 }

@@ -1,0 +1,369 @@
+//! `portwatch who` and `portwatch check`: every socket bound to a port and every
+//! process holding it. Sockets come from sock_diag (filtered in the kernel); holders
+//! from one pass of the `iter/task_file` BPF iterator, or from a /proc walk when BPF
+//! is not available.
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use comfy_table::{presets::NOTHING, Cell, ContentArrangement, Table};
+use serde::Serialize;
+
+use crate::{
+    ebpf::iter,
+    error::{Error, Result},
+    model::fmt_addr,
+    ports::PortSet,
+    sys::{
+        proc::{self, FdHolder, ProcInfo},
+        sockdiag::{self, Proto, Query, SockEntry},
+    },
+};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WhoOptions {
+    pub tcp: bool,
+    pub udp: bool,
+    pub clients: bool,
+    /// Skip the BPF iterator and walk /proc (for comparison and tests).
+    pub force_proc: bool,
+}
+
+/// A process holding a socket through one fd.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub user: String,
+    pub comm: String,
+    pub cmdline: String,
+    pub state: String,
+    pub start_time: Option<u64>,
+    pub age_secs: Option<u64>,
+    pub fd: i32,
+    pub cgroup: String,
+    pub container: Option<String>,
+}
+
+/// One socket and who holds it (the `--json` schema).
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketReport {
+    pub port: u16,
+    pub proto: Proto,
+    pub family: &'static str,
+    pub addr: String,
+    pub state: &'static str,
+    pub inode: u64,
+    pub cookie: u64,
+    pub uid: u32,
+    /// Listeners: connections waiting to be accepted.
+    pub accept_queue: Option<u32>,
+    /// Listeners: the accept queue's maximum.
+    pub backlog: Option<u32>,
+    /// For `--clients`: the remote end of a connection to the port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    pub holders: Vec<Holder>,
+}
+
+#[derive(Debug, Default)]
+pub struct WhoResult {
+    pub sockets: Vec<SocketReport>,
+    /// Connections to the ports from local clients (only with `--clients`).
+    pub clients: Vec<SocketReport>,
+    /// How holders were found: "bpf-iterator" or "proc-walk".
+    pub method: &'static str,
+    /// Shown on stderr: e.g. why the fallback was used.
+    pub notes: Vec<String>,
+}
+
+fn family_name(f: u8) -> &'static str {
+    if f == 10 {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
+}
+
+/// Finds holders for the inodes: the BPF iterator first, then the /proc walk.
+fn find_holders(inodes: &HashSet<u64>, force_proc: bool, notes: &mut Vec<String>) -> (Vec<FdHolder>, &'static str) {
+    if inodes.is_empty() {
+        return (Vec::new(), "none");
+    }
+    if !force_proc {
+        match iter::socket_holders(inodes) {
+            Ok(h) => return (h, "bpf-iterator"),
+            Err(e) => notes.push(format!("BPF iterator unavailable ({e}); walking /proc instead")),
+        }
+    }
+    let (h, denied) = proc::walk_socket_holders(inodes);
+    if denied > 0 {
+        notes.push(format!(
+            "{denied} processes could not be inspected (not root): holders owned by other users may be missing"
+        ));
+    }
+    (h, "proc-walk")
+}
+
+fn holders_for(fds: &[FdHolder], inode: u64, cache: &mut HashMap<i32, Option<ProcInfo>>) -> Vec<Holder> {
+    fds.iter()
+        .filter(|h| h.inode == inode)
+        .filter_map(|h| {
+            let info = cache.entry(h.pid).or_insert_with(|| proc::info(h.pid)).clone()?;
+            Some(Holder {
+                pid: info.pid,
+                ppid: info.ppid,
+                uid: info.uid,
+                user: info.user,
+                comm: info.comm,
+                cmdline: info.cmdline,
+                state: info.state.to_string(),
+                start_time: info.start_time,
+                age_secs: info.age_secs,
+                fd: h.fd,
+                cgroup: info.cgroup,
+                container: info.container,
+            })
+        })
+        .collect()
+}
+
+fn report(s: &SockEntry, holders: Vec<Holder>, client: bool) -> SocketReport {
+    let listener = s.is_listener();
+    SocketReport {
+        port: if client { s.peer_port } else { s.port },
+        proto: s.proto,
+        family: family_name(s.family),
+        addr: fmt_addr(&s.addr),
+        state: s.state_name(),
+        inode: s.inode,
+        cookie: s.cookie,
+        uid: s.uid,
+        accept_queue: listener.then_some(s.recv_q),
+        backlog: listener.then_some(s.send_q),
+        peer: client.then(|| format!("{}:{}", fmt_addr(&s.addr), s.port)),
+        holders,
+    }
+}
+
+/// Everything bound to `ports`.
+pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
+    let list: Vec<u16> = ports.iter().collect();
+    let both = !opts.tcp && !opts.udp;
+    let q = Query { tcp: opts.tcp || both, udp: opts.udp || both, connections: false };
+    let sockets = sockdiag::sockets_on_ports(&list, q).map_err(|e| Error::io("sock_diag", e))?;
+    let clients: Vec<SockEntry> = if opts.clients && q.tcp {
+        let all = sockdiag::dump_all_connections().map_err(|e| Error::io("sock_diag", e))?;
+        all.into_iter().filter(|s| ports.contains(s.peer_port) && s.state == sockdiag::TCP_ESTABLISHED).collect()
+    } else {
+        Vec::new()
+    };
+    let inodes: HashSet<u64> = sockets.iter().chain(&clients).map(|s| s.inode).filter(|&i| i != 0).collect();
+    let mut notes = Vec::new();
+    let (fds, method) = find_holders(&inodes, opts.force_proc, &mut notes);
+    let mut cache = HashMap::new();
+    let mut out: Vec<SocketReport> =
+        sockets.iter().map(|s| report(s, holders_for(&fds, s.inode, &mut cache), false)).collect();
+    out.sort_by(|a, b| (a.port, a.proto, a.family, &a.addr).cmp(&(b.port, b.proto, b.family, &b.addr)));
+    let mut cl: Vec<SocketReport> =
+        clients.iter().map(|s| report(s, holders_for(&fds, s.inode, &mut cache), true)).collect();
+    cl.sort_by_key(|c| c.port);
+    Ok(WhoResult { sockets: out, clients: cl, method, notes })
+}
+
+fn age(secs: Option<u64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 7200 => format!("{}m", s / 60),
+        Some(s) if s < 172_800 => format!("{}h", s / 3600),
+        Some(s) => format!("{}d", s / 86400),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The human view: one table per port.
+pub fn render(ports: &PortSet, r: &WhoResult) -> String {
+    let mut by_port: BTreeMap<u16, Vec<&SocketReport>> = BTreeMap::new();
+    for s in &r.sockets {
+        by_port.entry(s.port).or_default().push(s);
+    }
+    let mut out = String::new();
+    for port in ports.iter() {
+        let Some(socks) = by_port.get(&port) else {
+            if ports.len() <= 64 {
+                out.push_str(&format!("port {port}: free\n"));
+            }
+            continue;
+        };
+        let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.pid)).collect();
+        out.push_str(&format!(
+            "port {port}: {} socket{}, {} process{}\n",
+            socks.len(),
+            if socks.len() == 1 { "" } else { "s" },
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" }
+        ));
+        let mut t = Table::new();
+        t.load_preset(NOTHING).set_content_arrangement(ContentArrangement::Disabled);
+        t.set_header(["PROTO", "ADDRESS", "STATE", "QUEUE", "INODE", "PID", "PPID", "USER", "ST", "AGE", "FD", "COMM", "COMMAND"]);
+        for s in socks {
+            let proto = format!("{}{}", s.proto.name(), if s.family == "ipv6" { "6" } else { "4" });
+            let queue = match (s.accept_queue, s.backlog) {
+                (Some(q), Some(b)) => format!("{q}/{b}"),
+                _ => "-".into(),
+            };
+            let sock_cells = [proto, s.addr.clone(), s.state.to_string(), queue, s.inode.to_string()];
+            if s.holders.is_empty() {
+                let mut row: Vec<Cell> = sock_cells.iter().map(Cell::new).collect();
+                row.extend(["-", "-", "-", "-", "-", "-", "-", "(no process holds it)"].map(Cell::new));
+                t.add_row(row);
+            }
+            for h in &s.holders {
+                let mut row: Vec<Cell> = sock_cells.iter().map(Cell::new).collect();
+                row.extend([
+                    h.pid.to_string(),
+                    h.ppid.to_string(),
+                    h.user.clone(),
+                    h.state.clone(),
+                    age(h.age_secs),
+                    h.fd.to_string(),
+                    h.comm.clone(),
+                    truncate(&h.cmdline, 60),
+                ].map(Cell::new));
+                t.add_row(row);
+            }
+        }
+        for line in t.to_string().lines() {
+            out.push_str("  ");
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+    if !r.clients.is_empty() {
+        out.push_str("clients connected to these ports (not holders):\n");
+        for c in &r.clients {
+            let who: Vec<String> = c.holders.iter().map(|h| format!("{} ({})", h.pid, h.comm)).collect();
+            out.push_str(&format!("  {} -> port {}  {}\n", c.peer.as_deref().unwrap_or("?"), c.port, who.join(", ")));
+        }
+    }
+    out
+}
+
+/// `check`'s per-port answer.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    pub port: u16,
+    pub free: bool,
+    pub holders: Vec<BriefHolder>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BriefHolder {
+    pub pid: i32,
+    pub comm: String,
+    pub proto: Proto,
+    pub state: &'static str,
+}
+
+pub fn port_status(ports: &PortSet, r: &WhoResult) -> Vec<PortStatus> {
+    ports
+        .iter()
+        .map(|port| {
+            let socks: Vec<&SocketReport> = r.sockets.iter().filter(|s| s.port == port).collect();
+            let mut holders: Vec<BriefHolder> = socks
+                .iter()
+                .flat_map(|s| s.holders.iter().map(move |h| BriefHolder { pid: h.pid, comm: h.comm.clone(), proto: s.proto, state: s.state }))
+                .collect();
+            holders.sort();
+            holders.dedup();
+            PortStatus { port, free: socks.is_empty(), holders }
+        })
+        .collect()
+}
+
+pub fn render_check(st: &[PortStatus]) -> String {
+    let mut out = String::new();
+    for s in st {
+        if s.free {
+            out.push_str(&format!("{}: free\n", s.port));
+        } else if s.holders.is_empty() {
+            out.push_str(&format!("{}: held (no process found; run `portwatch who {}`)\n", s.port, s.port));
+        } else {
+            let who: Vec<String> = s.holders.iter().map(|h| format!("{} ({}, {} {})", h.pid, h.comm, h.proto.name(), h.state)).collect();
+            out.push_str(&format!("{}: held by {}\n", s.port, who.join(", ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(port: u16, pids: &[i32]) -> SocketReport {
+        SocketReport {
+            port,
+            proto: Proto::Tcp,
+            family: "ipv4",
+            addr: "127.0.0.1".into(),
+            state: "listen",
+            inode: 5,
+            cookie: 1,
+            uid: 0,
+            accept_queue: Some(2),
+            backlog: Some(128),
+            peer: None,
+            holders: pids
+                .iter()
+                .map(|&pid| Holder {
+                    pid,
+                    ppid: 1,
+                    uid: 0,
+                    user: "root".into(),
+                    comm: "gunicorn".into(),
+                    cmdline: "gunicorn --bind 127.0.0.1:5050 app:app".into(),
+                    state: "S".into(),
+                    start_time: None,
+                    age_secs: Some(90),
+                    fd: 5,
+                    cgroup: "/".into(),
+                    container: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn renders_tables_and_check_lines() {
+        let ports = PortSet::parse("5050,5051").unwrap();
+        let r = WhoResult { sockets: vec![sock(5050, &[10, 11])], method: "bpf-iterator", ..Default::default() };
+        let text = render(&ports, &r);
+        assert!(text.contains("port 5050: 1 socket, 2 processes"), "{text}");
+        assert!(text.contains("port 5051: free"));
+        assert!(text.contains("2/128") && text.contains("gunicorn") && text.contains("90s"));
+        let st = port_status(&ports, &r);
+        assert!(!st[0].free && st[1].free);
+        assert_eq!(st[0].holders.len(), 2);
+        let c = render_check(&st);
+        assert!(c.contains("5050: held by 10 (gunicorn, tcp listen), 11 (gunicorn, tcp listen)"), "{c}");
+        assert!(c.contains("5051: free"));
+    }
+
+    #[test]
+    fn formats_ages() {
+        assert_eq!(age(Some(5)), "5s");
+        assert_eq!(age(Some(600)), "10m");
+        assert_eq!(age(Some(7200)), "2h");
+        assert_eq!(age(None), "-");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+}
