@@ -51,7 +51,12 @@ struct Printer<W: Write> {
 impl<W: Write> Printer<W> {
     fn emit(&mut self, step: Step) -> io::Result<()> {
         let rec = match step {
-            Step::Emit(r) => r,
+            Step::Emit(mut r) => {
+                if r.event == "listen" && r.port == 0 {
+                    resolve_autobound(&mut r);
+                }
+                r
+            }
             Step::Failed(attempt) => {
                 let q = Query { tcp: attempt.proto == Some(sockdiag::Proto::Tcp), udp: attempt.proto == Some(sockdiag::Proto::Udp), connections: false };
                 let on_port = sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
@@ -62,6 +67,19 @@ impl<W: Write> Printer<W> {
         writeln!(self.out, "{line}")?;
         self.printed += 1;
         Ok(())
+    }
+}
+
+/// A listen() without bind() gets its port after the state change the kernel hook
+/// sees; find it by socket cookie among the listeners.
+fn resolve_autobound(r: &mut crate::model::Record) {
+    let listeners = [sockdiag::AF_INET, sockdiag::AF_INET6]
+        .into_iter()
+        .filter_map(|f| sockdiag::dump(sockdiag::Proto::Tcp, f, 1 << sockdiag::TCP_LISTEN, &[]).ok())
+        .flatten();
+    if let Some(s) = listeners.into_iter().find(|s| s.cookie == r.cookie && r.cookie != 0) {
+        r.port = s.port;
+        r.addr = crate::model::fmt_addr(&s.addr);
     }
 }
 

@@ -1,0 +1,187 @@
+//! Helpers for the integration tests: real processes, real sockets, the real binary.
+//! Every spawned process is owned by a guard that kills it when the test ends, even
+//! on failure; ports are picked by the tests; nothing else is touched.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portwatch")
+}
+
+/// The kernel tests need root; failing loudly beats passing without testing.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests load eBPF programs and must run as root (cargo xtask test does, in CI)"
+    );
+}
+
+/// A TCP port that is free right now on 127.0.0.1 and ::1.
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local_addr").port();
+        drop(l);
+        if TcpListener::bind(("::1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Kills (SIGKILL) and reaps its process on drop.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills (SIGKILL) a process the test caused to exist but did not spawn directly
+/// (a forked worker, an orphan) when dropped.
+pub struct PidGuard(pub i32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Runs `portwatch ARGS` to completion.
+pub fn portwatch(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run portwatch")
+}
+
+/// Runs `portwatch ARGS` as an unprivileged user (nobody).
+pub fn portwatch_unprivileged(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).uid(65534).gid(65534).output().expect("run portwatch as nobody")
+}
+
+/// Starts a python3 script; waits until it prints a line starting with `READY`, and
+/// returns the guard and the rest of that line.
+pub fn spawn_python(script: &str) -> (ChildGuard, String) {
+    let mut child = Command::new("python3")
+        .args(["-u", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python3");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = ChildGuard(child);
+    let line = read_line_matching(stdout, "READY", Duration::from_secs(20));
+    (guard, line.trim_start_matches("READY").trim().to_string())
+}
+
+fn read_line_matching<R: Read + Send + 'static>(r: R, prefix: &'static str, timeout: Duration) -> String {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if line.starts_with(prefix) {
+                let _ = tx.send(line);
+                break;
+            }
+        }
+    });
+    rx.recv_timeout(timeout).unwrap_or_else(|_| panic!("no '{prefix}' line within {timeout:?}"))
+}
+
+/// Runs a python3 script to completion and returns its stdout.
+pub fn run_python(script: &str) -> String {
+    let out = Command::new("python3").args(["-c", script]).output().expect("run python3");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running `portwatch watch --json`.
+pub struct Watch {
+    child: ChildGuard,
+    stdout: thread::JoinHandle<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Watch {
+    /// Starts the watch and returns once its hooks are attached.
+    pub fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(bin())
+            .arg("watch")
+            .arg("--json")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portwatch watch");
+        let mut out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("watching") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let w = Self { child: ChildGuard(child), stdout, stderr };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let (_, err) = w.stop();
+            panic!("portwatch watch did not start: {err}");
+        }
+        w
+    }
+
+    /// Stops it with SIGINT (as Ctrl-C would) and returns its JSON lines and stderr.
+    pub fn stop(mut self) -> (Vec<serde_json::Value>, String) {
+        // Let the last events reach the ring buffer and the failure window pass.
+        thread::sleep(Duration::from_millis(300));
+        let pid = nix::unistd::Pid::from_raw(self.child.pid());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.0.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let status = self.child.0.try_wait().ok().flatten();
+        let out = std::mem::replace(&mut self.stdout, thread::spawn(String::new)).join().unwrap_or_default();
+        let err = std::mem::replace(&mut self.stderr, thread::spawn(String::new)).join().unwrap_or_default();
+        assert!(status.is_some_and(|s| s.success()), "watch did not exit cleanly on SIGINT: {status:?}\n{err}");
+        let events = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect();
+        (events, err)
+    }
+}
+
+/// Events of `pid` on `port` of the given kind.
+pub fn events_of<'a>(events: &'a [serde_json::Value], pid: i32, port: u16, kind: &str) -> Vec<&'a serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == kind && e["port"] == port && e["pid"] == pid)
+        .collect()
+}

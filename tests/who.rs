@@ -1,0 +1,193 @@
+//! `portwatch who` / `check` against real processes: gunicorn masters and workers,
+//! SO_REUSEPORT pairs, UDP, IPv6, bound-only sockets, orphans, clients.
+mod support;
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use support::{free_port, portwatch, portwatch_unprivileged, require_root, spawn_python, ChildGuard, PidGuard};
+
+fn who_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["who", "--json"];
+    full.extend_from_slice(args);
+    let out = portwatch(&full);
+    assert!(out.status.success(), "who failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("who --json is a JSON array")
+}
+
+fn holder_pids(sockets: &[serde_json::Value]) -> BTreeSet<i64> {
+    sockets.iter().flat_map(|s| s["holders"].as_array().cloned().unwrap_or_default()).filter_map(|h| h["pid"].as_i64()).collect()
+}
+
+fn children_of(pid: i32) -> BTreeSet<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+#[test]
+fn gunicorn_master_and_all_four_workers() {
+    require_root();
+    let have = Command::new("python3").args(["-c", "import gunicorn"]).status().expect("python3");
+    assert!(have.success(), "gunicorn is needed (cargo xtask test installs it)");
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("app.py"),
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
+    )
+    .expect("write app");
+    let child = Command::new("python3")
+        .args(["-m", "gunicorn", "--bind", &format!("127.0.0.1:{port}"), "--workers", "4", "app:app"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn gunicorn");
+    let master = ChildGuard(child);
+    // Wait until the master forked its 4 workers.
+    let mut workers = BTreeSet::new();
+    for _ in 0..200 {
+        workers = children_of(master.pid());
+        if workers.len() == 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(workers.len(), 4, "gunicorn did not start 4 workers");
+    let sockets = who_json(&[&port.to_string()]);
+    assert_eq!(sockets.len(), 1, "{sockets:#?}");
+    let s = &sockets[0];
+    assert_eq!((s["proto"].as_str(), s["state"].as_str(), s["family"].as_str()), (Some("tcp"), Some("listen"), Some("ipv4")));
+    assert!(s["backlog"].as_u64().unwrap_or(0) > 0 && s["accept_queue"].is_u64() && s["inode"].as_u64().unwrap_or(0) > 0);
+    let mut want = workers.clone();
+    want.insert(i64::from(master.pid()));
+    assert_eq!(holder_pids(&sockets), want, "master and all workers");
+    let h = &s["holders"][0];
+    for key in ["pid", "ppid", "uid", "user", "comm", "cmdline", "state", "fd"] {
+        assert!(h.get(key).is_some(), "{key} missing");
+    }
+    assert!(s["holders"].as_array().expect("holders").iter().all(|h| h["cmdline"].as_str().unwrap_or("").contains("gunicorn")));
+
+    // check: held -> 1; the human view names the port and every process.
+    let out = portwatch(&["check", &port.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = portwatch(&["who", &port.to_string()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("port {port}: 1 socket, 5 processes")), "{text}");
+    // Gunicorn workers outlive a SIGKILLed master (the seed story's leftovers), so the
+    // test kills the workers it caused too.
+    let worker_guards: Vec<PidGuard> = workers.iter().map(|&w| PidGuard(w as i32)).collect();
+    drop(master);
+    drop(worker_guards);
+    for _ in 0..100 {
+        if portwatch(&["check", "-q", &port.to_string()]).status.code() == Some(0) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("port {port} still held after gunicorn was killed");
+}
+
+#[test]
+fn reuseport_pair_udp_ipv6_and_bound_only_sockets() {
+    require_root();
+    let (p_rp, p_udp, p_v6, p_dual, p_bound) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let script = |body: &str| format!("import os, socket, time\n{body}\nprint('READY', os.getpid(), flush=True)\ntime.sleep(60)\n");
+    let rp = format!(
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.bind(('127.0.0.1', {p_rp})); s.listen()"
+    );
+    let (a, _) = spawn_python(&script(&rp));
+    let (b, _) = spawn_python(&script(&rp));
+    let (u, _) = spawn_python(&script(&format!("s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', {p_udp}))")));
+    let (v6, _) = spawn_python(&script(&format!("s = socket.socket(socket.AF_INET6); s.bind(('::1', {p_v6})); s.listen()")));
+    let (dual, _) = spawn_python(&script(&format!(
+        "s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); s.bind(('::', {p_dual})); s.listen()"
+    )));
+    let (bound, _) = spawn_python(&script(&format!("s = socket.socket(); s.bind(('127.0.0.1', {p_bound}))")));
+
+    let s = who_json(&[&p_rp.to_string()]);
+    assert_eq!(s.len(), 2, "two SO_REUSEPORT sockets: {s:#?}");
+    assert_eq!(holder_pids(&s), [a.pid(), b.pid()].into_iter().map(i64::from).collect());
+
+    let s = who_json(&[&p_udp.to_string()]);
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0]["proto"].as_str(), s[0]["state"].as_str()), (Some("udp"), Some("bound")));
+    assert_eq!(holder_pids(&s), BTreeSet::from([i64::from(u.pid())]));
+    assert!(who_json(&["--tcp", &p_udp.to_string()]).is_empty(), "--tcp hides UDP");
+
+    let s = who_json(&[&p_v6.to_string()]);
+    assert_eq!((s.len(), s[0]["family"].as_str(), s[0]["addr"].as_str()), (1, Some("ipv6"), Some("::1")));
+    assert_eq!(holder_pids(&s), BTreeSet::from([i64::from(v6.pid())]));
+
+    let s = who_json(&[&p_dual.to_string()]);
+    assert_eq!((s.len(), s[0]["addr"].as_str()), (1, Some("::")));
+    assert_eq!(holder_pids(&s), BTreeSet::from([i64::from(dual.pid())]));
+
+    let s = who_json(&[&p_bound.to_string()]);
+    assert_eq!(s.len(), 1, "a bound, never-listening TCP socket: {s:#?}");
+    assert_eq!(s[0]["state"], "bound");
+    assert_eq!(holder_pids(&s), BTreeSet::from([i64::from(bound.pid())]));
+
+    // Ranges and lists in one call.
+    let all = who_json(&[&format!("{p_rp},{p_udp}"), &p_v6.to_string()]);
+    assert_eq!(all.len(), 4);
+    drop((a, b, u, v6, dual, bound));
+}
+
+#[test]
+fn orphaned_listener_and_clients_are_not_holders() {
+    require_root();
+    let port = free_port();
+    // The parent forks a child that holds the listener, then exits: the child is
+    // re-parented (to init or a subreaper).
+    let (parent, line) = spawn_python(&format!(
+        r#"
+import os, socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", {port})); s.listen()
+pid = os.fork()
+if pid == 0:
+    time.sleep(60)
+    sys.exit(0)
+print("READY", pid, flush=True)
+os._exit(0)
+"#
+    ));
+    let orphan: i32 = line.parse().expect("orphan pid");
+    // Make sure the orphan is cleaned up even though we did not spawn it directly.
+    let _orphan_guard = PidGuard(orphan);
+    drop(parent);
+    std::thread::sleep(Duration::from_millis(200));
+    let (client, _) = spawn_python(&format!(
+        "import os, socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    let s = who_json(&[&port.to_string()]);
+    assert_eq!(s.len(), 1, "only the listener: {s:#?}");
+    assert_eq!(holder_pids(&s), BTreeSet::from([i64::from(orphan)]));
+    let h = &s[0]["holders"][0];
+    assert_ne!(h["ppid"], i64::from(std::process::id()), "re-parented");
+    assert_eq!(s[0]["accept_queue"], 1, "the client's connection waits in the accept queue");
+
+    let with_clients = who_json(&["--clients", &port.to_string()]);
+    assert_eq!(with_clients.len(), 2);
+    let c: Vec<_> = with_clients.iter().filter(|s| s.get("peer").is_some()).collect();
+    assert_eq!(c.len(), 1);
+    assert_eq!(holder_pids(&c.iter().map(|v| (*v).clone()).collect::<Vec<_>>()), BTreeSet::from([i64::from(client.pid())]));
+}
+
+#[test]
+fn unprivileged_run_falls_back_to_proc_with_a_note() {
+    require_root();
+    let port = free_port();
+    let (server, _) = spawn_python(&format!(
+        "import os, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    let out = portwatch_unprivileged(&["who", "--json", &port.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("walking /proc"), "{stderr}");
+    assert!(stderr.contains("may be missing"), "{stderr}");
+    let s: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(s.len(), 1, "the socket itself is visible without privilege");
+    assert!(holder_pids(&s).is_empty(), "a root-owned holder is not visible to nobody");
+    // As root the same socket has its holder.
+    assert_eq!(holder_pids(&who_json(&[&port.to_string()])), BTreeSet::from([i64::from(server.pid())]));
+}
