@@ -1,11 +1,13 @@
 //! Command-line interface: clap definitions (doc comments are the help text) and
 //! dispatch. `main.rs` only turns the outcome into an exit code.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
 use crate::{
-    doctor,
+    agent,
+    config::Config,
+    doctor, free,
     error::{exit, Error, Result},
     ports::{self, PortSet},
     watch, who,
@@ -81,6 +83,84 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Get ports back now: SIGTERM every holder of each port (SIGCONT first to
+    /// stopped ones), wait --grace, and with --force SIGKILL what remains.
+    Free {
+        /// Port(s): 5050, 5050-5052, 5050,5051.
+        #[arg(required = true, value_name = "PORT", value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        /// SIGKILL holders still alive after the grace period.
+        #[arg(long)]
+        force: bool,
+        /// Time between SIGTERM and SIGKILL (and to wait without --force).
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        grace: Duration,
+        /// Print the plan (targets, signals, reasons) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Free TCP (the default).
+        #[arg(long)]
+        tcp: bool,
+        /// Free UDP instead (give both flags for both).
+        #[arg(long)]
+        udp: bool,
+        /// Read the `protect` list from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reap every listener on the ports that is stuck (accept queue stalled, all
+    /// holders stopped, health probe failing, bound but never listening); healthy
+    /// ones are left alone. Observes for --stall first. Needs root.
+    Cleanup {
+        /// Port(s) to judge; repeatable. Default: the config's `ports`.
+        #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How long a condition must last (default 10s).
+        #[arg(long, value_parser = parse_duration)]
+        stall: Option<Duration>,
+        /// Time between SIGTERM and SIGKILL (default 5s).
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+        /// SIGKILL holders still alive after the grace period.
+        #[arg(long)]
+        force: bool,
+        /// Print verdicts and plans; signal nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The long-running privileged agent: follows bind/listen/accept/close events,
+    /// judges listeners continuously, logs each verdict with its evidence, and reaps
+    /// stuck ones with --reap. SIGTERM/SIGINT stop it and detach every hook.
+    Agent {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Port(s) to watch; repeatable. Added to the config's.
+        #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        #[arg(long, value_parser = parse_duration)]
+        stall: Option<Duration>,
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+        /// How often to sample sockets and holders (default 500ms).
+        #[arg(long, value_parser = parse_duration)]
+        interval: Option<Duration>,
+        /// Reap stuck listeners (TERM, grace, KILL).
+        #[arg(long)]
+        reap: bool,
+        /// Log what would be reaped; signal nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
     /// Show what this host supports (privileges, BTF, cgroup v2, each hook type,
     /// tried for real) and what portwatch will use.
     Doctor {
@@ -97,6 +177,34 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(t).map_err(|e| format!("invalid duration '{t}': {e} (e.g. 5s, 250ms, 1m)"))
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
+    path.map_or_else(|| Ok(Config::default()), Config::load)
+}
+
+/// Command-line flags override the file; ports given on the command line are added.
+fn merge_flags(cfg: &mut Config, ports: &[PortSet], stall: Option<Duration>, grace: Option<Duration>, interval: Option<Duration>) {
+    cfg.ports.extend(&ports::merge(ports));
+    if let Some(s) = stall {
+        cfg.stall = s;
+    }
+    if let Some(g) = grace {
+        cfg.grace = g;
+    }
+    if let Some(i) = interval {
+        cfg.interval = i;
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -149,6 +257,42 @@ pub fn execute(cli: Cli) -> Result<u8> {
                 }
             }
             Ok(if st.iter().all(|s| s.free) { exit::OK } else { exit::CONDITION })
+        }
+        Command::Free { ports, force, grace, dry_run, tcp, udp, config, json } => {
+            let cfg = load_config(config.as_deref())?;
+            let opts = free::FreeOptions { force, grace, dry_run, tcp, udp, protect: cfg.protect };
+            let (reports, notes) = free::run(&ports::merge(&ports), &opts)?;
+            for n in &notes {
+                eprintln!("portwatch: note: {n}");
+            }
+            if json {
+                println!("{}", to_json(&reports)?);
+            } else {
+                print!("{}", free::render(&reports, force, grace));
+            }
+            Ok(free::exit_code(&reports))
+        }
+        Command::Cleanup { ports, config, stall, grace, force, dry_run, json } => {
+            let mut cfg = load_config(config.as_deref())?;
+            merge_flags(&mut cfg, &ports, stall, grace, None);
+            if !json {
+                eprintln!("portwatch: observing {} port(s) for {}", cfg.ports.len(), humantime::format_duration(cfg.stall));
+            }
+            let (report, code) = runtime()?.block_on(agent::cleanup(cfg.clone(), force, dry_run))?;
+            if json {
+                println!("{}", to_json(&report)?);
+            } else {
+                print!("{}", agent::render_cleanup(&report, force, cfg.grace));
+            }
+            Ok(code)
+        }
+        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json } => {
+            let mut cfg = load_config(config.as_deref())?;
+            merge_flags(&mut cfg, &ports, stall, grace, interval);
+            cfg.reap |= reap;
+            init_logging(log_json);
+            runtime()?.block_on(agent::run(cfg, dry_run))?;
+            Ok(exit::OK)
         }
         Command::Doctor { json } => {
             let report = doctor::run();

@@ -89,9 +89,14 @@ fn find_holders(inodes: &HashSet<u64>, force_proc: bool, notes: &mut Vec<String>
     if inodes.is_empty() {
         return (Vec::new(), "none");
     }
-    if !force_proc {
+    if proc::in_nested_pid_namespace() {
+        notes.push("in a nested pid namespace: walking /proc so pids are this namespace's".into());
+    } else if !force_proc {
         match iter::socket_holders(inodes) {
-            Ok(h) => return (h, "bpf-iterator"),
+            // The iterator reports pids of the initial pid namespace; when they do not
+            // name the same fds in our /proc (another pid namespace), walk /proc.
+            Ok(h) if h.iter().all(|x| proc::fd_is_socket(x.pid, x.fd, x.inode)) => return (h, "bpf-iterator"),
+            Ok(_) => notes.push("BPF iterator pids do not match this /proc (pid namespace); walking /proc instead".into()),
             Err(e) => notes.push(format!("BPF iterator unavailable ({e}); walking /proc instead")),
         }
     }

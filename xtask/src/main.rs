@@ -86,7 +86,7 @@ fn setup() -> Result<()> {
     } else {
         eprintln!("xtask: not root: skipping tracefs/bpffs mounts (portwatch itself needs root)");
     }
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace"]))
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
 }
 
 fn demo() -> Result<()> {
@@ -127,7 +127,7 @@ fn test(args: &[String]) -> Result<()> {
     setup()?;
     ensure_python_packages()?;
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root()).args(["test", "--release", "--workspace"]);
+    cmd.current_dir(root()).args(["test", "--release"]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }

@@ -3,6 +3,7 @@
 pub mod caps;
 pub mod clock;
 pub mod mounts;
+pub mod pidfd;
 pub mod proc;
 pub mod sockdiag;
 

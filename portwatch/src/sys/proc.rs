@@ -82,6 +82,22 @@ pub fn container_id(cgroup: &str) -> Option<String> {
         .map(|s| s[..12].to_string())
 }
 
+/// Whether this process runs in a pid namespace below the initial one: pids the
+/// kernel reports globally (as BPF programs see them) then differ from ours.
+pub fn in_nested_pid_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("NSpid:")).map(|l| l.split_whitespace().count() > 2))
+        .unwrap_or(false)
+}
+
+/// Whether `/proc/<pid>/fd/<fd>` is the socket with `inode`.
+pub fn fd_is_socket(pid: i32, fd: i32, inode: u64) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|l| l.as_os_str().as_encoded_bytes() == format!("socket:[{inode}]").as_bytes())
+        .unwrap_or(false)
+}
+
 /// One (process, fd) holding a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FdHolder {

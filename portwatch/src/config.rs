@@ -1,0 +1,219 @@
+//! The agent's configuration file (TOML). Unknown keys and bad values are errors
+//! that name the key and the line; command-line flags override the file.
+use std::{path::Path, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::{
+    error::{Error, Result},
+    ports::PortSet,
+};
+
+pub const DEFAULT_STALL: Duration = Duration::from_secs(10);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Ports to watch: numbers or "5050-5052" strings.
+    #[serde(deserialize_with = "de_ports")]
+    pub ports: PortSet,
+    /// How long a condition must last before a listener is stuck.
+    #[serde(deserialize_with = "de_duration")]
+    pub stall: Duration,
+    /// How long holders get between SIGTERM and SIGKILL.
+    #[serde(deserialize_with = "de_duration")]
+    pub grace: Duration,
+    /// How often the agent samples sockets and holders.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Reap stuck listeners (otherwise only report them).
+    pub reap: bool,
+    /// Also call a listener stuck when its holders were re-parented to PID 1
+    /// (their launcher exited): off by default, since daemons look the same.
+    pub leftovers: bool,
+    pub protect: Protect,
+    #[serde(rename = "probe")]
+    pub probes: Vec<Probe>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ports: PortSet::new(),
+            stall: DEFAULT_STALL,
+            grace: DEFAULT_GRACE,
+            interval: DEFAULT_INTERVAL,
+            reap: false,
+            leftovers: false,
+            protect: Protect::default(),
+            probes: Vec::new(),
+        }
+    }
+}
+
+/// Processes portwatch never signals, in addition to PID 1, itself, its ancestors
+/// and kernel threads.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Protect {
+    /// Exact process names (comm).
+    pub comm: Vec<String>,
+    pub uid: Vec<u32>,
+    /// cgroup v2 path prefixes, e.g. "/system.slice/sshd.service".
+    pub cgroup: Vec<String>,
+}
+
+/// A health probe for one port. A bare TCP connect is not a probe: it succeeds
+/// against a wedged listener whose accept queue still has room.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub port: u16,
+    /// `http://host:port/path`: healthy on `expect_status`.
+    pub http: Option<String>,
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    /// TCP send/expect: send `send` to 127.0.0.1:port, healthy when the reply
+    /// contains `expect`.
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    #[serde(default = "default_probe_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that make the listener stuck.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+}
+
+fn default_status() -> u16 {
+    200
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_failures() -> u32 {
+    3
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::cli::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortItem {
+    Num(i64),
+    Spec(String),
+}
+
+fn de_ports<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<PortSet, D::Error> {
+    let items = Vec::<PortItem>::deserialize(d)?;
+    let mut set = PortSet::new();
+    for item in items {
+        let spec = match item {
+            PortItem::Num(n) => n.to_string(),
+            PortItem::Spec(s) => s,
+        };
+        set.add_spec(&spec).map_err(serde::de::Error::custom)?;
+    }
+    Ok(set)
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| {
+            // toml's message spans lines (with a source excerpt); keep it on one.
+            let msg = e.message().to_string();
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            Error::Config(match line {
+                Some(l) => format!("{origin}: line {l}: {msg}"),
+                None => format!("{origin}: {msg}"),
+            })
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        for p in &self.probes {
+            let kinds = u8::from(p.http.is_some()) + u8::from(p.send.is_some() || p.expect.is_some());
+            if kinds != 1 {
+                return Err(Error::Config(format!(
+                    "{origin}: probe for port {}: give exactly one of `http` or `send`/`expect`",
+                    p.port
+                )));
+            }
+            if let Some(url) = &p.http {
+                crate::probe::HttpTarget::parse(url).map_err(|e| Error::Config(format!("{origin}: probe for port {}: {e}", p.port)))?;
+            }
+            if p.port == 0 {
+                return Err(Error::Config(format!("{origin}: probe: port must be 1-65535")));
+            }
+            if p.failures == 0 {
+                return Err(Error::Config(format!("{origin}: probe for port {}: failures must be at least 1", p.port)));
+            }
+        }
+        if self.stall.is_zero() || self.interval.is_zero() {
+            return Err(Error::Config(format!("{origin}: stall and interval must be longer than 0")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = Config::parse(
+            r#"
+ports = [5050, "5051-5052"]
+stall = "3s"
+grace = "2s"
+reap = true
+[protect]
+comm = ["sshd"]
+uid = [0]
+[[probe]]
+port = 5050
+http = "http://127.0.0.1:5050/api/health"
+[[probe]]
+port = 5051
+send = "PING\n"
+expect = "PONG"
+failures = 2
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.ports.iter().collect::<Vec<_>>(), vec![5050, 5051, 5052]);
+        assert_eq!((c.stall, c.grace, c.reap), (Duration::from_secs(3), Duration::from_secs(2), true));
+        assert_eq!(c.probes.len(), 2);
+        assert_eq!(c.probes[0].expect_status, 200);
+        assert_eq!(c.protect.comm, vec!["sshd"]);
+        assert_eq!(Config::parse("", "e").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = Config::parse("ports = [5050]\nstal = \"3s\"\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("stal"), "{e}");
+        let e = Config::parse("ports = [70000]\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("out of range"), "{e}");
+        let e = Config::parse("stall = \"soon\"\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("invalid duration"), "{e}");
+        let e = Config::parse("[[probe]]\nport = 1\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("exactly one"), "{e}");
+        assert!(!e.contains('\n'));
+        assert!(matches!(Config::parse("ports = [", "c").unwrap_err(), Error::Config(_)));
+    }
+}

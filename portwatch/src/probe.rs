@@ -1,0 +1,157 @@
+//! Health probes: HTTP GET with an expected status, or TCP send/expect. Both need
+//! the application to answer, unlike a bare connect, which a wedged listener's
+//! accept queue completes on the application's behalf.
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+use crate::config::Probe;
+
+/// `http://host[:port][/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl HttpTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => return Err(format!("'{url}': https probes are not supported; probe the service over http on loopback")),
+            _ => return Err(format!("'{url}': expected an http:// URL")),
+        };
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+                (h.trim_matches(|c| c == '[' || c == ']'), crate::ports::parse_port(p).map_err(|e| format!("'{url}': {e}"))?)
+            }
+            _ => (hostport.trim_matches(|c| c == '[' || c == ']'), 80),
+        };
+        if host.is_empty() {
+            return Err(format!("'{url}': no host"));
+        }
+        Ok(Self { host: host.to_string(), port, path: path.to_string() })
+    }
+}
+
+/// Why a probe failed, in words for logs and `wait`.
+pub type ProbeError = String;
+
+pub async fn http_get_status(t: &HttpTarget, limit: Duration) -> Result<u16, ProbeError> {
+    let fut = async {
+        let mut s = TcpStream::connect((t.host.as_str(), t.port)).await.map_err(|e| format!("connect: {e}"))?;
+        let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portwatch\r\nConnection: close\r\n\r\n", t.path, t.host);
+        s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        let mut buf = vec![0u8; 256];
+        let mut n = 0;
+        while n < 12 {
+            let k = s.read(&mut buf[n..]).await.map_err(|e| format!("read: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        parse_status(&buf[..n]).ok_or_else(|| "no HTTP status line in the reply".to_string())
+    };
+    timeout(limit, fut).await.map_err(|_| format!("no answer within {}", humantime::format_duration(limit)))?
+}
+
+pub fn parse_status(head: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut parts = text.split_whitespace();
+    let proto = parts.next()?;
+    if !proto.starts_with("HTTP/") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+/// Runs one probe; `Ok(())` when healthy.
+pub async fn run(p: &Probe) -> Result<(), ProbeError> {
+    if let Some(url) = &p.http {
+        let t = HttpTarget::parse(url)?;
+        let status = http_get_status(&t, p.timeout).await?;
+        return if status == p.expect_status { Ok(()) } else { Err(format!("HTTP {status}, expected {}", p.expect_status)) };
+    }
+    let send = p.send.clone().unwrap_or_default();
+    let expect = p.expect.clone().unwrap_or_default();
+    let port = p.port;
+    let fut = async move {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
+        s.write_all(send.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            let k = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..k]);
+            if String::from_utf8_lossy(&got).contains(&expect) {
+                return Ok(());
+            }
+        }
+        Err(format!("reply did not contain {expect:?}"))
+    };
+    timeout(p.timeout, fut).await.map_err(|_| format!("no answer within {}", humantime::format_duration(p.timeout)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(
+            HttpTarget::parse("http://127.0.0.1:5050/api/health").unwrap(),
+            HttpTarget { host: "127.0.0.1".into(), port: 5050, path: "/api/health".into() }
+        );
+        assert_eq!(HttpTarget::parse("http://localhost").unwrap().port, 80);
+        assert_eq!(HttpTarget::parse("http://[::1]:8080/x").unwrap().host, "::1");
+        assert!(HttpTarget::parse("https://x/").unwrap_err().contains("https"));
+        assert!(HttpTarget::parse("ftp://x/").is_err());
+        assert!(HttpTarget::parse("http://x:0/").is_err());
+        assert_eq!(parse_status(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(parse_status(b"garbage"), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn probes_a_real_http_server_and_a_silent_one() {
+        use tokio::net::TcpListener;
+        let ok = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ok_port = ok.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = ok.accept().await.unwrap();
+                let mut b = [0u8; 1024];
+                let _ = c.read(&mut b).await;
+                let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nok").await;
+            }
+        });
+        // A listener that never accepts: connect succeeds, the probe must not.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let probe = |port: u16| Probe {
+            port,
+            http: Some(format!("http://127.0.0.1:{port}/health")),
+            expect_status: 200,
+            send: None,
+            expect: None,
+            timeout: Duration::from_millis(300),
+            failures: 1,
+        };
+        assert_eq!(run(&probe(ok_port)).await, Ok(()));
+        let err = run(&probe(silent_port)).await.unwrap_err();
+        assert!(err.contains("no answer"), "{err}");
+        drop(silent);
+    }
+}

@@ -1,0 +1,330 @@
+//! When is a listener stuck? A pure state machine fed with periodic samples of the
+//! sockets on the watched ports; it keeps, per socket, since when each condition has
+//! held, and names every reason with its figures.
+//!
+//! Accepting is measured, not guessed: the kernel counts connections it completes
+//! into a port's accept queues (`QUEUED`), so between two samples
+//! `accepted = queued_delta - backlog_delta` exactly (FIFO queues; connections reset
+//! while queued count as accepted, which only errs towards "not stuck"). When nothing
+//! was accepted and the queue was non-empty at the start of an interval, the same
+//! connections sat in it the whole interval.
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+/// One holder of a socket, as sampled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderSample {
+    pub pid: i32,
+    pub ppid: i32,
+    /// /proc state letter: R, S, D, T, t, Z, ...
+    pub state: char,
+}
+
+/// One socket on a watched port, as sampled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockSample {
+    pub cookie: u64,
+    pub port: u16,
+    pub tcp: bool,
+    /// `listen`, `bound`, ...
+    pub state: &'static str,
+    pub backlog: u32,
+    pub max_backlog: u32,
+    pub holders: Vec<HolderSample>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// Monotonic time of the sample.
+    pub at: Duration,
+    pub sockets: Vec<SockSample>,
+    /// Cumulative per-port count of connections completed into accept queues.
+    pub queued: HashMap<u16, u64>,
+    /// Per-port consecutive probe failures and the last error.
+    pub probe_failures: HashMap<u16, (u32, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonKind {
+    AcceptStall,
+    HoldersStopped,
+    ProbeFailing,
+    BoundNotListening,
+    Leftover,
+}
+
+impl ReasonKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AcceptStall => "accept_stall",
+            Self::HoldersStopped => "holders_stopped",
+            Self::ProbeFailing => "probe_failing",
+            Self::BoundNotListening => "bound_not_listening",
+            Self::Leftover => "leftover",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub kind: ReasonKind,
+    pub evidence: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub port: u16,
+    pub cookie: u64,
+    pub reasons: Vec<Reason>,
+    pub pids: Vec<i32>,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    nonempty_since: Option<Duration>,
+    last_accept: Duration,
+    stopped_since: Option<Duration>,
+    bound_since: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct PortTrack {
+    queued: u64,
+    backlog: u64,
+    seen: bool,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    stall: Duration,
+    leftovers: bool,
+    probe_failures: HashMap<u16, u32>,
+    socks: HashMap<u64, Track>,
+    ports: HashMap<u16, PortTrack>,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+impl Engine {
+    pub fn new(stall: Duration, probe_failures: HashMap<u16, u32>, leftovers: bool) -> Self {
+        Self { stall, leftovers, probe_failures, socks: HashMap::new(), ports: HashMap::new() }
+    }
+
+    /// Feeds one sample; returns the verdict for every stuck socket now.
+    pub fn update(&mut self, s: &Sample) -> Vec<Verdict> {
+        let now = s.at;
+        // Per-port accepts since the last sample (listeners only).
+        let mut accepted: HashMap<u16, bool> = HashMap::new();
+        let mut backlog_now: HashMap<u16, u64> = HashMap::new();
+        for sock in s.sockets.iter().filter(|k| k.state == "listen") {
+            *backlog_now.entry(sock.port).or_default() += u64::from(sock.backlog);
+        }
+        for (&port, &b) in &backlog_now {
+            let q = s.queued.get(&port).copied().unwrap_or(0);
+            let pt = self.ports.entry(port).or_default();
+            let took = if pt.seen {
+                // accepted = enqueued - growth of the queue
+                (q.saturating_sub(pt.queued) as i64) - (b as i64 - pt.backlog as i64) > 0
+            } else {
+                false
+            };
+            accepted.insert(port, took);
+            *pt = PortTrack { queued: q, backlog: b, seen: true };
+        }
+
+        let live: HashSet<u64> = s.sockets.iter().map(|k| k.cookie).collect();
+        self.socks.retain(|c, _| live.contains(c));
+        let mut out = Vec::new();
+        for sock in &s.sockets {
+            let t = self.socks.entry(sock.cookie).or_insert_with(|| Track { last_accept: now, ..Track::default() });
+            let mut reasons = Vec::new();
+
+            if sock.state == "listen" {
+                if accepted.get(&sock.port).copied().unwrap_or(false) {
+                    t.last_accept = now;
+                }
+                if sock.backlog > 0 {
+                    let since = *t.nonempty_since.get_or_insert(now);
+                    let idle = now.saturating_sub(t.last_accept);
+                    let queued_for = now.saturating_sub(since);
+                    if queued_for >= self.stall && idle >= self.stall {
+                        reasons.push(Reason {
+                            kind: ReasonKind::AcceptStall,
+                            evidence: format!(
+                                "accept queue {}/{} non-empty for {}, nothing accepted for {}",
+                                sock.backlog,
+                                sock.max_backlog,
+                                secs(queued_for),
+                                secs(idle)
+                            ),
+                        });
+                    }
+                } else {
+                    t.nonempty_since = None;
+                }
+            }
+
+            let all_stopped = !sock.holders.is_empty() && sock.holders.iter().all(|h| matches!(h.state, 'T' | 't' | 'D'));
+            if all_stopped {
+                let since = *t.stopped_since.get_or_insert(now);
+                if now.saturating_sub(since) >= self.stall {
+                    let states: HashSet<char> = sock.holders.iter().map(|h| h.state).collect();
+                    let mut states: Vec<String> = states.into_iter().map(String::from).collect();
+                    states.sort();
+                    reasons.push(Reason {
+                        kind: ReasonKind::HoldersStopped,
+                        evidence: format!(
+                            "all {} holder{} {} ({}) for {}",
+                            sock.holders.len(),
+                            if sock.holders.len() == 1 { "" } else { "s" },
+                            if states.iter().any(|s| s == "D") { "stopped or in uninterruptible sleep" } else { "stopped" },
+                            states.join(","),
+                            secs(now.saturating_sub(since))
+                        ),
+                    });
+                }
+            } else {
+                t.stopped_since = None;
+            }
+
+            if sock.tcp && sock.state == "bound" {
+                let since = *t.bound_since.get_or_insert(now);
+                if now.saturating_sub(since) >= self.stall {
+                    reasons.push(Reason {
+                        kind: ReasonKind::BoundNotListening,
+                        evidence: format!("TCP socket bound but not listening for {}", secs(now.saturating_sub(since))),
+                    });
+                }
+            } else {
+                t.bound_since = None;
+            }
+
+            if sock.state == "listen" {
+                if let Some((n, err)) = s.probe_failures.get(&sock.port) {
+                    let need = self.probe_failures.get(&sock.port).copied().unwrap_or(3);
+                    if *n >= need {
+                        reasons.push(Reason { kind: ReasonKind::ProbeFailing, evidence: format!("health probe failed {n} times in a row: {err}") });
+                    }
+                }
+            }
+
+            if self.leftovers && !sock.holders.is_empty() {
+                let pids: HashSet<i32> = sock.holders.iter().map(|h| h.pid).collect();
+                let orphaned = sock.holders.iter().all(|h| h.ppid == 1 || pids.contains(&h.ppid));
+                if orphaned {
+                    reasons.push(Reason { kind: ReasonKind::Leftover, evidence: "holders were re-parented to PID 1 (their launcher exited)".into() });
+                }
+            }
+
+            if !reasons.is_empty() {
+                let mut pids: Vec<i32> = sock.holders.iter().map(|h| h.pid).collect();
+                pids.sort_unstable();
+                pids.dedup();
+                out.push(Verdict { port: sock.port, cookie: sock.cookie, reasons, pids });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_secs(10);
+
+    fn listener(backlog: u32, state: char) -> SockSample {
+        SockSample {
+            cookie: 1,
+            port: 5050,
+            tcp: true,
+            state: "listen",
+            backlog,
+            max_backlog: 128,
+            holders: vec![HolderSample { pid: 10, ppid: 5, state }, HolderSample { pid: 11, ppid: 10, state }],
+        }
+    }
+
+    fn sample(t: u64, socks: Vec<SockSample>, queued: u64) -> Sample {
+        Sample { at: Duration::from_secs(t), sockets: socks, queued: HashMap::from([(5050, queued)]), ..Sample::default() }
+    }
+
+    fn kinds(v: &[Verdict]) -> Vec<ReasonKind> {
+        v.iter().flat_map(|v| v.reasons.iter().map(|r| r.kind)).collect()
+    }
+
+    #[test]
+    fn never_accepting_listener_is_stuck_after_stall() {
+        let mut e = Engine::new(STALL, HashMap::new(), false);
+        assert!(e.update(&sample(0, vec![listener(1, 'S')], 1)).is_empty());
+        assert!(e.update(&sample(5, vec![listener(3, 'S')], 3)).is_empty());
+        assert!(e.update(&sample(9, vec![listener(3, 'S')], 3)).is_empty());
+        let v = e.update(&sample(10, vec![listener(3, 'S')], 3));
+        assert_eq!(kinds(&v), vec![ReasonKind::AcceptStall]);
+        assert_eq!(v[0].pids, vec![10, 11]);
+        assert!(v[0].reasons[0].evidence.contains("3/128"), "{:?}", v[0].reasons);
+    }
+
+    #[test]
+    fn busy_server_with_a_long_queue_is_never_stuck() {
+        let mut e = Engine::new(STALL, HashMap::new(), false);
+        // The queue stays long, but connections keep being accepted: 100 queued per
+        // second, 95 accepted.
+        let mut queued = 0;
+        for t in 0..60 {
+            queued += 100;
+            let backlog = 50 + (t % 5) as u32;
+            assert!(e.update(&sample(t, vec![listener(backlog, 'R')], queued)).is_empty(), "flagged at {t}s");
+        }
+    }
+
+    #[test]
+    fn queue_that_empties_resets_the_clock() {
+        let mut e = Engine::new(STALL, HashMap::new(), false);
+        e.update(&sample(0, vec![listener(2, 'S')], 2));
+        e.update(&sample(6, vec![listener(0, 'S')], 2));
+        e.update(&sample(8, vec![listener(1, 'S')], 3));
+        assert!(e.update(&sample(12, vec![listener(1, 'S')], 3)).is_empty());
+        assert_eq!(kinds(&e.update(&sample(18, vec![listener(1, 'S')], 3))), vec![ReasonKind::AcceptStall]);
+    }
+
+    #[test]
+    fn stopped_holders_and_bound_sockets() {
+        let mut e = Engine::new(STALL, HashMap::new(), false);
+        let mut bound = listener(0, 'S');
+        bound.cookie = 2;
+        bound.state = "bound";
+        bound.port = 6000;
+        e.update(&sample(0, vec![listener(0, 'T'), bound.clone()], 0));
+        let v = e.update(&sample(10, vec![listener(0, 'T'), bound.clone()], 0));
+        assert_eq!(kinds(&v), vec![ReasonKind::HoldersStopped, ReasonKind::BoundNotListening]);
+        assert!(v[0].reasons[0].evidence.contains("all 2 holders stopped (T)"));
+        // One holder running again: no longer stopped.
+        let mut mixed = listener(0, 'T');
+        mixed.holders[1].state = 'S';
+        assert!(e.update(&sample(11, vec![mixed], 0)).is_empty());
+    }
+
+    #[test]
+    fn probes_and_leftovers() {
+        let mut e = Engine::new(STALL, HashMap::from([(5050, 2)]), true);
+        let mut s = sample(0, vec![listener(0, 'S')], 0);
+        s.probe_failures.insert(5050, (1, "HTTP 503".into()));
+        assert!(e.update(&s).is_empty());
+        s.at = Duration::from_secs(1);
+        s.probe_failures.insert(5050, (2, "HTTP 503".into()));
+        assert_eq!(kinds(&e.update(&s)), vec![ReasonKind::ProbeFailing]);
+
+        let mut orphan = listener(0, 'S');
+        orphan.holders[0].ppid = 1;
+        let v = e.update(&sample(2, vec![orphan], 0));
+        assert_eq!(kinds(&v), vec![ReasonKind::Leftover]);
+    }
+}
