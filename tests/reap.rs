@@ -48,8 +48,9 @@ fn start_gunicorn(port: u16, dir: &std::path::Path) -> (ChildGuard, BTreeSet<i32
     panic!("gunicorn did not start 4 workers");
 }
 
+/// Bindable the way servers bind (SO_REUSEADDR).
 fn bindable(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    portwatch::reap::bindable(portwatch::sys::sockdiag::Proto::Tcp, "127.0.0.1".parse().expect("ip"), port)
 }
 
 #[test]

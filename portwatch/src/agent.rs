@@ -41,7 +41,10 @@ pub fn sample(cfg: &Config, obs: &Observer, probe_failures: &HashMap<u16, (u32, 
             holders: s.holders.iter().map(|h| HolderSample { pid: h.pid, ppid: h.ppid, state: h.state.chars().next().unwrap_or('?') }).collect(),
         })
         .collect();
-    let queued = cfg.ports.iter().map(|p| (p, obs.queued(p))).collect();
+    // Only ports with a listener need the kernel counter (one map read each).
+    let mut listening: Vec<u16> = r.sockets.iter().filter(|s| s.state == "listen").map(|s| s.port).collect();
+    listening.dedup();
+    let queued = listening.into_iter().map(|p| (p, obs.queued(p))).collect();
     let at = Duration::from_nanos(mono_ns());
     Ok((Sample { at, sockets, queued, probe_failures: probe_failures.clone() }, r))
 }
@@ -69,7 +72,7 @@ async fn run_probes(cfg: &Config, streaks: &mut HashMap<u16, (u32, String)>) {
 
 /// Polls all futures together: probes have their own timeouts, and running them one
 /// after another would add those up.
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     use std::{pin::Pin, task::Poll};
     let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
     let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();

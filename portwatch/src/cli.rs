@@ -10,7 +10,7 @@ use crate::{
     doctor, free,
     error::{exit, Error, Result},
     ports::{self, PortSet},
-    watch, who,
+    run, wait, watch, who,
 };
 
 #[derive(Debug, Parser)]
@@ -161,6 +161,47 @@ pub enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Wait until targets really serve: tcp://HOST:PORT (accepted by the application,
+    /// not just queued by the kernel), http:// URLs (2xx), or a bare port.
+    Wait {
+        #[arg(required = true, value_name = "TARGET", value_parser = wait::clap_target)]
+        targets: Vec<wait::Target>,
+        /// Give up after this long.
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        timeout: Duration,
+        /// First retry delay (doubles up to 2s).
+        #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+        interval: Duration,
+        /// HTTP status that counts as ready (default: any 2xx).
+        #[arg(long)]
+        expect_status: Option<u16>,
+        /// JSON result on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a service: optionally free its ports first, start COMMAND, wait until its
+    /// ports and health URLs are ready, forward SIGINT/SIGTERM, exit with its status.
+    /// Nothing started under it survives it (child subreaper).
+    Run {
+        /// Port(s) the service must serve.
+        #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        /// Health URL(s) that must answer 2xx.
+        #[arg(long, value_name = "URL", value_parser = wait::clap_target)]
+        health: Vec<wait::Target>,
+        /// Free the ports first (TERM, grace, KILL), as `free --force`.
+        #[arg(long)]
+        free: bool,
+        /// How long to wait for readiness.
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        timeout: Duration,
+        /// Time between SIGTERM and SIGKILL when stopping leftovers.
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        grace: Duration,
+        /// The command, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Show what this host supports (privileges, BTF, cgroup v2, each hook type,
     /// tried for real) and what portwatch will use.
     Doctor {
@@ -293,6 +334,22 @@ pub fn execute(cli: Cli) -> Result<u8> {
             init_logging(log_json);
             runtime()?.block_on(agent::run(cfg, dry_run))?;
             Ok(exit::OK)
+        }
+        Command::Wait { targets, timeout, interval, expect_status, json } => {
+            let opts = wait::WaitOptions { timeout, interval, expect_status, quiet: json };
+            let results = runtime()?.block_on(wait::wait_all(&targets, &opts));
+            if json {
+                println!("{}", to_json(&results)?);
+            } else {
+                for r in results.iter().filter(|r| !r.ready) {
+                    eprintln!("portwatch: {} not ready after {}: {}", r.target, humantime::format_duration(timeout), r.detail);
+                }
+            }
+            Ok(if results.iter().all(|r| r.ready) { exit::OK } else { exit::CONDITION })
+        }
+        Command::Run { ports, health, free, timeout, grace, command } => {
+            let opts = run::RunOptions { ports: ports::merge(&ports), health, free, timeout, grace, command };
+            runtime()?.block_on(run::run(opts))
         }
         Command::Doctor { json } => {
             let report = doctor::run();

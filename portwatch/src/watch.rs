@@ -72,14 +72,24 @@ impl<W: Write> Printer<W> {
 
 /// A listen() without bind() gets its port after the state change the kernel hook
 /// sees; find it by socket cookie among the listeners.
+/// The event can reach us before listen() has hashed the socket, so look a few
+/// times (up to ~100 ms; only implicit-bind listens pay this).
 fn resolve_autobound(r: &mut crate::model::Record) {
-    let listeners = [sockdiag::AF_INET, sockdiag::AF_INET6]
-        .into_iter()
-        .filter_map(|f| sockdiag::dump(sockdiag::Proto::Tcp, f, 1 << sockdiag::TCP_LISTEN, &[]).ok())
-        .flatten();
-    if let Some(s) = listeners.into_iter().find(|s| s.cookie == r.cookie && r.cookie != 0) {
-        r.port = s.port;
-        r.addr = crate::model::fmt_addr(&s.addr);
+    if r.cookie == 0 {
+        return;
+    }
+    for _ in 0..20 {
+        let found = [sockdiag::AF_INET, sockdiag::AF_INET6]
+            .into_iter()
+            .filter_map(|f| sockdiag::dump(sockdiag::Proto::Tcp, f, 1 << sockdiag::TCP_LISTEN, &[]).ok())
+            .flatten()
+            .find(|s| s.cookie == r.cookie);
+        if let Some(s) = found {
+            r.port = s.port;
+            r.addr = crate::model::fmt_addr(&s.addr);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -68,6 +68,12 @@ fn is_mounted(point: &str) -> bool {
 }
 
 fn setup() -> Result<()> {
+    prepare()?;
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
+}
+
+/// Toolchain pieces and mounts, without building.
+fn prepare() -> Result<()> {
     let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))
         .context("the `nightly` toolchain is required (rustup toolchain list)")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
@@ -86,7 +92,7 @@ fn setup() -> Result<()> {
     } else {
         eprintln!("xtask: not root: skipping tracefs/bpffs mounts (portwatch itself needs root)");
     }
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
+    Ok(())
 }
 
 fn demo() -> Result<()> {
@@ -124,7 +130,9 @@ fn free_port() -> Result<u16> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    setup()?;
+    // `cargo test --release` builds the release binary the tests run; a separate
+    // `cargo build` would build the kernel object a second time for other features.
+    prepare()?;
     ensure_python_packages()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--release"]);

@@ -167,6 +167,8 @@ impl Observer {
         }
         let mut obs = Self { ebpf, hooks, offsets, cgroup, memlock_raised, watched: PortSet::new() };
         obs.set_ports(&opts.ports)?;
+        drop(aya_btf);
+        release_heap();
         Ok(obs)
     }
 
@@ -226,6 +228,15 @@ impl Observer {
 
     pub fn attached(&self, hook: &str) -> bool {
         self.hooks.iter().any(|h| h.hook == hook && h.attached)
+    }
+}
+
+/// Parsing kernel BTF allocates tens of MiB that are free once the programs are
+/// loaded; hand them back to the OS so a long-running agent stays small.
+pub fn release_heap() {
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -1,0 +1,209 @@
+//! `portwatch run`: start a service, wait until it really serves, and make sure that
+//! nothing started under it survives. portwatch becomes a child subreaper, so
+//! daemons that double-fork and setsid() are re-parented to it instead of to init;
+//! when the command and its descendants are to end, every remaining descendant gets
+//! SIGTERM, then SIGKILL after `grace`.
+use std::{
+    collections::HashSet,
+    os::unix::process::ExitStatusExt,
+    process::ExitStatus,
+    time::Duration,
+};
+
+use nix::{
+    sys::{
+        signal::{kill, Signal},
+        wait::{waitpid, WaitPidFlag},
+    },
+    unistd::Pid,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    error::{exit, Error, Result},
+    free::{self, FreeOptions},
+    ports::PortSet,
+    wait::{self, Target, WaitOptions},
+};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub ports: PortSet,
+    pub health: Vec<Target>,
+    pub free: bool,
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub command: Vec<String>,
+}
+
+/// Live processes whose parent is this process (direct children and adopted
+/// orphans), from every thread's `children` list (an orphan is adopted by one of
+/// the subreaper's threads).
+pub fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for t in tasks.flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    out.retain(|&pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+            .is_some_and(|state| state != 'Z')
+    });
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// No descendants left, judged twice a little apart: a daemon being handed from an
+/// exiting parent to us must not be missed.
+async fn no_descendants() -> bool {
+    if !children().is_empty() {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    reap_zombies();
+    children().is_empty()
+}
+
+/// Reaps every exited child without blocking.
+fn reap_zombies() {
+    while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if matches!(st, nix::sys::wait::WaitStatus::StillAlive) {
+            break;
+        }
+    }
+}
+
+/// Ends every descendant: SIGTERM (and SIGCONT), wait up to `grace`, SIGKILL. Orphans
+/// of killed processes are re-parented to us and handled in the next round.
+pub async fn end_descendants(grace: Duration) {
+    for _ in 0..32 {
+        reap_zombies();
+        let kids = children();
+        if kids.is_empty() {
+            return;
+        }
+        for &k in &kids {
+            let _ = kill(Pid::from_raw(k), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(k), Signal::SIGCONT);
+        }
+        let until = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < until {
+            reap_zombies();
+            let live: HashSet<i32> = children().into_iter().collect();
+            if kids.iter().all(|k| !live.contains(k)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for &k in &kids {
+            let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reap_zombies();
+}
+
+fn status_code(st: ExitStatus) -> u8 {
+    st.code().map_or_else(|| 128 + st.signal().unwrap_or(0) as u8, |c| c as u8)
+}
+
+pub async fn run(opts: RunOptions) -> Result<u8> {
+    let Some((prog, args)) = opts.command.split_first() else {
+        return Err(Error::Usage("no command given: portwatch run [OPTIONS] -- COMMAND...".into()));
+    };
+    if opts.free && !opts.ports.is_empty() {
+        let fo = FreeOptions { force: true, grace: opts.grace, dry_run: false, tcp: true, udp: false, protect: Default::default() };
+        let (reports, _) = free::run(&opts.ports, &fo)?;
+        if let Some(r) = reports.iter().find(|r| r.plan.refused.is_some()) {
+            return Err(Error::Refused(format!("cannot free port {}: {}", r.port, r.plan.refused.clone().unwrap_or_default())));
+        }
+        if let Some(r) = reports.iter().find(|r| r.outcome.as_ref().is_some_and(|o| !o.freed)) {
+            return Err(Error::Refused(format!("port {} is still held after freeing it", r.port)));
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(Error::io("prctl(PR_SET_CHILD_SUBREAPER)", std::io::Error::last_os_error()));
+    }
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If portwatch itself is SIGKILLed, the command goes too.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::Usage(format!("cannot start {prog}: {e}")))?;
+    let child_pid = child.id().map_or(0, |p| p as i32);
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+
+    let mut targets: Vec<Target> = opts.ports.iter().map(|p| Target::Tcp { host: "127.0.0.1".into(), port: p }).collect();
+    targets.extend(opts.health.iter().cloned());
+    let wopts = WaitOptions { timeout: opts.timeout, interval: Duration::from_millis(100), expect_status: None, quiet: true };
+    let started = std::time::Instant::now();
+    let ready = async {
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        wait::wait_all(&targets, &wopts).await
+    };
+    tokio::pin!(ready);
+    let mut status: Option<ExitStatus> = None;
+    let mut ready_done = false;
+    let mut code_override: Option<u8> = None;
+    loop {
+        tokio::select! {
+            results = &mut ready, if !ready_done => {
+                ready_done = true;
+                let bad: Vec<String> = results.iter().filter(|r| !r.ready).map(|r| format!("{}: {}", r.target, r.detail)).collect();
+                if bad.is_empty() {
+                    eprintln!("portwatch: ready after {:.1}s", started.elapsed().as_secs_f64());
+                } else {
+                    eprintln!("portwatch: not ready after {}: {}", humantime::format_duration(opts.timeout), bad.join("; "));
+                    code_override = Some(exit::CONDITION);
+                    break;
+                }
+            }
+            st = child.wait(), if status.is_none() => {
+                let st = st.map_err(|e| Error::io("waiting for the command", e))?;
+                status = Some(st);
+                // A daemonizing command exits at once; its descendants are the service.
+                if no_descendants().await {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if status.is_some() => {
+                reap_zombies();
+                if no_descendants().await {
+                    break;
+                }
+            }
+            _ = sigint.recv() => { forward(child_pid, status.is_none(), Signal::SIGINT); break; }
+            _ = sigterm.recv() => { forward(child_pid, status.is_none(), Signal::SIGTERM); break; }
+        }
+    }
+    // Give the command `grace` to finish on its own after a forwarded signal.
+    if status.is_none() {
+        if let Ok(Ok(st)) = tokio::time::timeout(opts.grace, child.wait()).await {
+            status = Some(st);
+        }
+    }
+    end_descendants(opts.grace).await;
+    if status.is_none() {
+        status = child.wait().await.ok();
+    }
+    Ok(code_override.unwrap_or_else(|| status.map_or(exit::INTERNAL, status_code)))
+}
+
+fn forward(pid: i32, alive: bool, sig: Signal) {
+    if alive && pid > 0 {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}

@@ -1,0 +1,134 @@
+//! `portwatch wait` and `portwatch run` with real servers.
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::{kill, Signal}, unistd::Pid};
+use support::{free_port, portwatch, require_root, spawn_python, ChildGuard, PidGuard};
+
+fn http_server(port: u16) -> String {
+    format!(
+        r#"
+import http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 503); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+socketserver.TCPServer.allow_reuse_address = True
+srv = socketserver.TCPServer(("127.0.0.1", {port}), H)
+print("READY", flush=True)
+srv.serve_forever()
+"#
+    )
+}
+
+#[test]
+fn wait_healthy_http_and_tcp() {
+    let port = free_port();
+    let (_srv, _) = spawn_python(&http_server(port));
+    let out = portwatch(&["wait", "--timeout", "5s", &port.to_string(), &format!("http://127.0.0.1:{port}/health"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v.iter().all(|r| r["ready"] == true));
+    assert_eq!(v[0]["detail"], "accepted");
+    // A wrong status is not ready.
+    let out = portwatch(&["wait", "--timeout", "1s", &format!("http://127.0.0.1:{port}/other")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 503"));
+}
+
+#[test]
+fn wait_names_the_holder_of_a_wedged_listener() {
+    require_root();
+    let port = free_port();
+    let (srv, _) = spawn_python(&http_server(port));
+    kill(Pid::from_raw(srv.pid()), Signal::SIGSTOP).expect("SIGSTOP");
+    let out = portwatch(&["wait", "--timeout", "2s", &format!("tcp://127.0.0.1:{port}")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("never accepted") && err.contains(&format!("pid {}", srv.pid())) && err.contains("python3"), "{err}");
+    let _ = kill(Pid::from_raw(srv.pid()), Signal::SIGCONT);
+}
+
+#[test]
+fn wait_refused_then_ready_when_the_server_starts() {
+    let port = free_port();
+    let mut waiter = Command::new(support::bin())
+        .args(["wait", "--timeout", "15s", &port.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wait");
+    std::thread::sleep(Duration::from_millis(700));
+    let (_srv, _) = spawn_python(&http_server(port));
+    let status = waiter.wait().expect("wait exits");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut waiter.stderr.take().expect("stderr"), &mut err).expect("read");
+    assert!(status.success(), "{err}");
+    assert!(err.contains("refused") && err.contains("ready"), "{err}");
+}
+
+#[test]
+fn run_leaves_nothing_behind_even_a_setsid_daemon() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("daemon.pid");
+    // The command double-forks a setsid daemon that listens, then exits at once.
+    let script = format!(
+        r#"
+import os, socket, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        s = socket.socket(); s.bind(("127.0.0.1", {port})); s.listen()
+        open("{pidfile}", "w").write(str(os.getpid()))
+        while True:
+            c, _ = s.accept(); c.close()
+    os._exit(0)
+os._exit(0)
+"#,
+        pidfile = pidfile.display()
+    );
+    let mut run = Command::new(support::bin())
+        .args(["run", "--port", &port.to_string(), "--timeout", "10s", "--grace", "1s", "--", "python3", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let run_pid = run.id() as i32;
+    let stderr = run.stderr.take().expect("stderr");
+    let guard = ChildGuard(run);
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok).find(|l| l.contains("ready"));
+    assert!(line.is_some_and(|l| l.contains("ready after")), "run did not report readiness");
+    let daemon: i32 = std::fs::read_to_string(&pidfile).expect("daemon pid").trim().parse().expect("pid");
+    let _daemon_guard = PidGuard(daemon);
+    let ppid = std::fs::read_to_string(format!("/proc/{daemon}/stat")).expect("daemon alive");
+    assert!(ppid.contains(&format!(" {run_pid} ")), "the daemon was adopted by run (subreaper): {ppid}");
+    kill(Pid::from_raw(run_pid), Signal::SIGTERM).expect("SIGTERM run");
+    let start = Instant::now();
+    let mut guard = guard;
+    let status = loop {
+        if let Some(st) = guard.0.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "run did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.code().is_some(), "run exited normally after SIGTERM: {status:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{daemon}")).exists(), "the daemon is gone");
+    // Connections the daemon accepted linger in TIME_WAIT; servers bind with
+    // SO_REUSEADDR, so that is what "free" means.
+    assert!(portwatch::reap::bindable(portwatch::sys::sockdiag::Proto::Tcp, "127.0.0.1".parse().expect("ip"), port), "the port is free");
+    assert_eq!(portwatch(&["check", "-q", &port.to_string()]).status.code(), Some(0));
+}
+
+#[test]
+fn run_exits_with_the_command_status() {
+    let out = portwatch(&["run", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = portwatch(&["run", "--", "/nonexistent/cmd"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start"));
+}
