@@ -83,7 +83,8 @@ import os, socket, time
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
-        s = socket.socket(); s.bind(("127.0.0.1", {port})); s.listen()
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {port})); s.listen()
         open("{pidfile}", "w").write(str(os.getpid()))
         while True:
             c, _ = s.accept(); c.close()
@@ -118,8 +119,8 @@ os._exit(0)
     };
     assert!(status.code().is_some(), "run exited normally after SIGTERM: {status:?}");
     assert!(!std::path::Path::new(&format!("/proc/{daemon}")).exists(), "the daemon is gone");
-    // Connections the daemon accepted linger in TIME_WAIT; servers bind with
-    // SO_REUSEADDR, so that is what "free" means.
+    // Connections the daemon accepted and closed linger in TIME_WAIT; servers (this
+    // daemon too) use SO_REUSEADDR, which lets a new listener bind over them.
     assert!(portwatch::reap::bindable(portwatch::sys::sockdiag::Proto::Tcp, "127.0.0.1".parse().expect("ip"), port), "the port is free");
     assert_eq!(portwatch(&["check", "-q", &port.to_string()]).status.code(), Some(0));
 }
@@ -131,4 +132,30 @@ fn run_exits_with_the_command_status() {
     let out = portwatch(&["run", "--", "/nonexistent/cmd"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start"));
+}
+
+#[test]
+fn run_detach_ready_then_stop() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("svc.pid");
+    let pf = pidfile.to_str().expect("utf8");
+    let out = portwatch(&[
+        "run", "--detach-ready", "--pid-file", pf, "--port", &port.to_string(), "--timeout", "10s", "--",
+        "python3", "-m", "http.server", "--bind", "127.0.0.1", &port.to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("run --stop"), "{err}");
+    let supervisor: i32 = std::fs::read_to_string(&pidfile).expect("pid file").trim().parse().expect("pid");
+    let _guard = PidGuard(supervisor);
+    // The service outlives the command that started it, and serves.
+    assert_eq!(portwatch(&["check", "-q", &port.to_string()]).status.code(), Some(1));
+    assert_eq!(portwatch(&["wait", "--timeout", "2s", &port.to_string()]).status.code(), Some(0));
+    let out = portwatch(&["run", "--stop", pf]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!std::path::Path::new(&format!("/proc/{supervisor}")).exists() || std::fs::read_to_string(format!("/proc/{supervisor}/stat")).is_ok_and(|s| s.contains(") Z")));
+    assert_eq!(portwatch(&["check", "-q", &port.to_string()]).status.code(), Some(0), "the service is gone");
+    assert!(!pidfile.exists());
 }

@@ -198,8 +198,25 @@ pub enum Command {
         /// Time between SIGTERM and SIGKILL when stopping leftovers.
         #[arg(long, value_parser = parse_duration, default_value = "5s")]
         grace: Duration,
+        /// Once ready, leave the service running under a background supervisor and
+        /// exit 0; stop it later with `--stop PIDFILE`. Needs --pid-file.
+        #[arg(long, requires = "pid_file")]
+        detach_ready: bool,
+        /// Where the background supervisor writes its pid.
+        #[arg(long, value_name = "PIDFILE")]
+        pid_file: Option<PathBuf>,
+        /// With --detach-ready: the service's output (default: PIDFILE.log).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Stop a service started with --detach-ready: SIGTERM its supervisor, which
+        /// ends every process under it, and wait.
+        #[arg(long, value_name = "PIDFILE", conflicts_with_all = ["detach_ready", "command"])]
+        stop: Option<PathBuf>,
+        /// Internal: the pipe to report readiness on (set by --detach-ready).
+        #[arg(long, hide = true)]
+        ready_fd: Option<i32>,
         /// The command, after `--`.
-        #[arg(last = true, required = true, value_name = "COMMAND")]
+        #[arg(last = true, required_unless_present = "stop", value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// Show what this host supports (privileges, BTF, cgroup v2, each hook type,
@@ -347,8 +364,15 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             Ok(if results.iter().all(|r| r.ready) { exit::OK } else { exit::CONDITION })
         }
-        Command::Run { ports, health, free, timeout, grace, command } => {
-            let opts = run::RunOptions { ports: ports::merge(&ports), health, free, timeout, grace, command };
+        Command::Run { ports, health, free, timeout, grace, detach_ready, pid_file, log, stop, ready_fd, command } => {
+            if let Some(pidfile) = stop {
+                return run::stop(&pidfile, grace);
+            }
+            if detach_ready {
+                let pidfile = pid_file.ok_or_else(|| Error::Usage("--detach-ready needs --pid-file".into()))?;
+                return run::detach(&pidfile, log.as_deref());
+            }
+            let opts = run::RunOptions { ports: ports::merge(&ports), health, free, timeout, grace, command, pid_file, ready_fd };
             runtime()?.block_on(run::run(opts))
         }
         Command::Doctor { json } => {

@@ -34,6 +34,10 @@ pub struct RunOptions {
     pub timeout: Duration,
     pub grace: Duration,
     pub command: Vec<String>,
+    /// Write our pid here (removed on exit).
+    pub pid_file: Option<std::path::PathBuf>,
+    /// Report "ready" / "not-ready: why" on this fd (the detaching parent reads it).
+    pub ready_fd: Option<i32>,
 }
 
 /// Live processes whose parent is this process (direct children and adopted
@@ -129,6 +133,12 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(Error::io("prctl(PR_SET_CHILD_SUBREAPER)", std::io::Error::last_os_error()));
     }
+    if let Some(fd) = opts.ready_fd {
+        // The service must not inherit the readiness pipe, or the parent waiting on
+        // it would never see it close.
+        // SAFETY: fcntl on an fd we were handed.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args);
     // SAFETY: only async-signal-safe calls between fork and exec.
@@ -140,6 +150,12 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
         });
     }
     let mut child = cmd.spawn().map_err(|e| Error::Usage(format!("cannot start {prog}: {e}")))?;
+    if let Some(p) = &opts.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+    }
+    if targets_empty(&opts) {
+        notify(opts.ready_fd, "ready");
+    }
     let child_pid = child.id().map_or(0, |p| p as i32);
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
@@ -165,8 +181,11 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
                 let bad: Vec<String> = results.iter().filter(|r| !r.ready).map(|r| format!("{}: {}", r.target, r.detail)).collect();
                 if bad.is_empty() {
                     eprintln!("portwatch: ready after {:.1}s", started.elapsed().as_secs_f64());
+                    notify(opts.ready_fd, "ready");
                 } else {
-                    eprintln!("portwatch: not ready after {}: {}", humantime::format_duration(opts.timeout), bad.join("; "));
+                    let why = format!("not ready after {}: {}", humantime::format_duration(opts.timeout), bad.join("; "));
+                    eprintln!("portwatch: {why}");
+                    notify(opts.ready_fd, &format!("not-ready: {why}"));
                     code_override = Some(exit::CONDITION);
                     break;
                 }
@@ -199,11 +218,122 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
     if status.is_none() {
         status = child.wait().await.ok();
     }
+    if !ready_done {
+        notify(opts.ready_fd, "not-ready: the command ended before it was ready");
+    }
+    if let Some(p) = &opts.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(code_override.unwrap_or_else(|| status.map_or(exit::INTERNAL, status_code)))
 }
 
 fn forward(pid: i32, alive: bool, sig: Signal) {
     if alive && pid > 0 {
         let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+fn targets_empty(opts: &RunOptions) -> bool {
+    opts.ports.is_empty() && opts.health.is_empty()
+}
+
+/// Writes one line to the readiness pipe, once; later calls find it closed.
+fn notify(fd: Option<i32>, line: &str) {
+    use std::{io::Write, os::fd::FromRawFd};
+    if let Some(fd) = fd {
+        // SAFETY: the fd was handed to us by the detaching parent and is used once
+        // here; dup'ing it keeps later calls harmless (they get EBADF once closed).
+        let dup = unsafe { libc::dup(fd) };
+        if dup >= 0 {
+            // SAFETY: we own the dup.
+            let mut f = unsafe { std::fs::File::from_raw_fd(dup) };
+            let _ = writeln!(f, "{line}");
+        }
+        // SAFETY: closing the inherited fd so the parent sees EOF after our line.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// `run --detach-ready`: starts `portwatch run` (the same arguments, minus the
+/// detaching ones) as a background supervisor in its own session, waits for its
+/// readiness report on a pipe, and exits 0 when ready (1 when not).
+pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>) -> Result<u8> {
+    use std::{io::BufRead, os::{fd::AsRawFd, unix::process::CommandExt as _}};
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the portwatch binary", e))?;
+    let log_path = log.map_or_else(|| pidfile.with_extension("log"), std::path::Path::to_path_buf);
+    let log_file = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| Error::io("pipe", e.into()))?;
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args().skip(1) {
+        if skip {
+            skip = false;
+            continue;
+        }
+        match a.as_str() {
+            "--detach-ready" => {}
+            "--log" => skip = true,
+            _ if a.starts_with("--log=") => {}
+            _ => args.push(a),
+        }
+    }
+    // Insert the readiness fd before `--`.
+    let pos = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let wr_fd = wr.as_raw_fd();
+    args.insert(pos, format!("--ready-fd={wr_fd}"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args).stdin(std::process::Stdio::null()).stdout(log_file.try_clone().map_err(|e| Error::io("log", e))?).stderr(log_file);
+    // SAFETY: setsid and fcntl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Keep the write end open across exec.
+            let flags = libc::fcntl(wr_fd, libc::F_GETFD);
+            libc::fcntl(wr_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| Error::io("starting the supervisor", e))?;
+    drop(wr);
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut line);
+    let line = line.trim().to_string();
+    if line == "ready" {
+        eprintln!(
+            "portwatch: ready; supervisor pid {} (pid file {}, output {}); stop with: portwatch run --stop {}",
+            child.id(),
+            pidfile.display(),
+            log_path.display(),
+            pidfile.display()
+        );
+        Ok(exit::OK)
+    } else {
+        let why = line.strip_prefix("not-ready: ").unwrap_or("the supervisor exited before it was ready");
+        eprintln!("portwatch: {why} (output in {})", log_path.display());
+        Ok(exit::CONDITION)
+    }
+}
+
+/// `run --stop PIDFILE`: SIGTERM the supervisor named in the pid file (after checking
+/// it is a portwatch process) and wait for it to end its service.
+pub fn stop(pidfile: &std::path::Path, grace: Duration) -> Result<u8> {
+    let text = std::fs::read_to_string(pidfile).map_err(|e| Error::Usage(format!("cannot read {}: {e}", pidfile.display())))?;
+    let pid: i32 = text.trim().parse().map_err(|_| Error::Usage(format!("{}: not a pid", pidfile.display())))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if !cmdline.contains("portwatch") || !cmdline.contains("run") {
+        let _ = std::fs::remove_file(pidfile);
+        eprintln!("portwatch: pid {pid} from {} is not a running portwatch supervisor; nothing to stop", pidfile.display());
+        return Ok(exit::OK);
+    }
+    let fd = crate::sys::pidfd::PidFd::open(pid).map_err(|e| Error::io(format!("pidfd for {pid}"), e))?;
+    fd.signal(Signal::SIGTERM).map_err(|e| Error::io(format!("signalling {pid}"), e))?;
+    if fd.wait_exit(grace * 2 + Duration::from_secs(5)) {
+        let _ = std::fs::remove_file(pidfile);
+        eprintln!("portwatch: stopped supervisor {pid} and everything under it");
+        Ok(exit::OK)
+    } else {
+        eprintln!("portwatch: supervisor {pid} did not stop in time");
+        Ok(exit::CONDITION)
     }
 }
