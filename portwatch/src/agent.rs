@@ -27,7 +27,7 @@ use crate::{
 
 /// Samples the TCP sockets on the ports, with holders and the kernel's counters.
 pub fn sample(cfg: &Config, obs: &Observer, probe_failures: &HashMap<u16, (u32, String)>) -> Result<(Sample, WhoResult)> {
-    let r = who::gather(&cfg.ports, WhoOptions { tcp: true, udp: false, clients: false, force_proc: false })?;
+    let r = who::gather(&cfg.ports, WhoOptions { tcp: true, udp: false, clients: false, force_proc: false, prefetch: false })?;
     let sockets = r
         .sockets
         .iter()
@@ -129,7 +129,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     if cfg.ports.is_empty() {
         return Err(Error::Usage("no ports to watch: give --port or `ports` in the config".into()));
     }
-    let mut obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None })?;
+    let mut obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: None })?;
     let ring = obs.take_events()?;
     // SAFETY: the ring buffer owns its fd and outlives the registration.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -209,7 +209,7 @@ pub async fn cleanup(cfg: Config, force: bool, dry_run: bool) -> Result<(Cleanup
     if cfg.ports.is_empty() {
         return Err(Error::Usage("no ports: give --port or a config with `ports`".into()));
     }
-    let obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None })?;
+    let obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: None })?;
     let mut engine = engine(&cfg);
     let mut streaks = HashMap::new();
     let start = tokio::time::Instant::now();

@@ -286,7 +286,7 @@ pub fn execute(cli: Cli) -> Result<u8> {
         }
         Command::Who { ports, tcp, udp, clients, proc, json } => {
             let ports = ports::merge(&ports);
-            let r = who::gather(&ports, who::WhoOptions { tcp, udp, clients, force_proc: proc })?;
+            let r = who::gather(&ports, who::WhoOptions { tcp, udp, clients, force_proc: proc, prefetch: true })?;
             for n in &r.notes {
                 eprintln!("portwatch: note: {n}");
             }
@@ -301,7 +301,7 @@ pub fn execute(cli: Cli) -> Result<u8> {
         }
         Command::Check { ports, tcp, udp, json, quiet } => {
             let ports = ports::merge(&ports);
-            let opts = who::WhoOptions { tcp: tcp || !udp, udp, clients: false, force_proc: false };
+            let opts = who::WhoOptions { tcp: tcp || !udp, udp, clients: false, force_proc: false, prefetch: true };
             let r = who::gather(&ports, opts)?;
             let st = who::port_status(&ports, &r);
             if !quiet {

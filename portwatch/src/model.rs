@@ -19,6 +19,9 @@ use crate::{
 /// What `watch` prints for one event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Record {
+    /// RFC 3339 wall time, filled in when printed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     #[serde(skip)]
     pub ts_ns: u64,
     pub event: &'static str,
@@ -89,6 +92,7 @@ impl Record {
         let t = ev.task.as_ref();
         let accept = ev.kind == EventKind::Accept;
         Self {
+            time: None,
             ts_ns: ev.ts_ns,
             event: event_name(ev.kind),
             pid: t.map(|t| t.pid),
@@ -191,6 +195,11 @@ impl BindTracker {
 pub fn infer_failure(attempt: &SockEvent, on_port: &[SockEntry], unpriv_start: u16) -> Record {
     let mut r = Record::from_event(attempt);
     r.requested_port = Some(attempt.req_port);
+    // The socket is bound to the port after all: the success event was lost (the
+    // ring buffer overflowed) or late. Report the bind as it is.
+    if attempt.cookie != 0 && on_port.iter().any(|s| s.cookie == attempt.cookie && s.port == attempt.port) {
+        return r;
+    }
     r.error_source = Some("inferred");
     let holder = on_port.iter().find(|s| {
         s.cookie != attempt.cookie && s.port == attempt.port && Some(s.proto) == attempt.proto
@@ -298,8 +307,10 @@ mod tests {
         assert_eq!(r.error.as_deref(), Some("EADDRINUSE"));
         assert_eq!(r.error_source, Some("inferred"));
         assert_eq!(r.held_by.as_ref().unwrap().inode, 777);
-        // Its own socket does not count as a holder.
-        assert_eq!(infer_failure(&a, &[entry(5050, 1)], 1024).error.as_deref(), Some("unknown"));
+        // Its own socket on the port means the bind succeeded after all.
+        let ok = infer_failure(&a, &[entry(5050, 1)], 1024);
+        assert_eq!((ok.error, ok.error_source), (None, None));
+        assert_eq!(infer_failure(&a, &[], 1024).error.as_deref(), Some("unknown"));
         let mut low = ev(EventKind::BindAttempt, 10, 80, 1, 100);
         low.task.as_mut().unwrap().uid = 1000;
         assert_eq!(infer_failure(&low, &[], 1024).error.as_deref(), Some("EACCES"));

@@ -49,13 +49,11 @@ pub fn human_line(r: &Record, clock: &WallClock) -> String {
     )
 }
 
-/// One JSON object (one line).
-pub fn json_line(r: &Record, clock: &WallClock) -> String {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("time".into(), rfc3339_ms(clock.wall(r.ts_ns)).into());
-    }
-    v.to_string()
+/// One JSON object (one line), written straight to `out`.
+pub fn write_json<W: std::io::Write>(out: &mut W, r: &mut Record, clock: &WallClock) -> std::io::Result<()> {
+    r.time = Some(rfc3339_ms(clock.wall(r.ts_ns)));
+    serde_json::to_writer(&mut *out, &*r).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -80,7 +78,10 @@ mod tests {
         assert_eq!(header_cols, ["TIME", "EVENT", "PID", "COMM", "PROTO", "ADDRESS", "RESULT"]);
 
         r.error = Some("EADDRINUSE".into());
-        let j: serde_json::Value = serde_json::from_str(&json_line(&r, &clock)).unwrap();
+        let mut buf = Vec::new();
+        write_json(&mut buf, &mut r, &clock).unwrap();
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let j: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         for key in ["time", "event", "pid", "tid", "uid", "comm", "proto", "family", "addr", "port", "error"] {
             assert!(j.get(key).is_some(), "missing {key}");
         }

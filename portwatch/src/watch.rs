@@ -21,6 +21,10 @@ use crate::{
     },
 };
 
+/// `watch` may print hundreds of thousands of events a second: a larger ring buffer
+/// than the agent's absorbs bursts while the printer catches up.
+pub const WATCH_RING_BYTES: u32 = 64 << 20;
+
 /// How long a bind attempt may wait for its success event before it counts as failed.
 pub const BIND_WINDOW: Duration = Duration::from_millis(50);
 
@@ -63,8 +67,12 @@ impl<W: Write> Printer<W> {
                 infer_failure(&attempt, &on_port, self.unpriv_start)
             }
         };
-        let line = if self.json { output::json_line(&rec, &self.clock) } else { output::human_line(&rec, &self.clock) };
-        writeln!(self.out, "{line}")?;
+        let mut rec = rec;
+        if self.json {
+            output::write_json(&mut self.out, &mut rec, &self.clock)?;
+        } else {
+            writeln!(self.out, "{}", output::human_line(&rec, &self.clock))?;
+        }
         self.printed += 1;
         Ok(())
     }
@@ -110,7 +118,7 @@ fn describe(ports: &PortSet) -> String {
 }
 
 pub async fn run(opts: WatchOptions) -> Result<Summary> {
-    let mut obs = Observer::load(&ObserverOptions { ports: opts.ports.clone(), cgroup: None })?;
+    let mut obs = Observer::load(&ObserverOptions { ports: opts.ports.clone(), cgroup: None, ring_bytes: Some(WATCH_RING_BYTES) })?;
     let ring = obs.take_events()?;
     // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd, which
     // deregisters it before dropping it.
@@ -118,8 +126,9 @@ pub async fn run(opts: WatchOptions) -> Result<Summary> {
         .map_err(|e| Error::io("polling the ring buffer", io::Error::other(e.to_string())))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    // Block-buffered: stdout's own line buffering would cost a write per event.
     let stdout = io::stdout();
-    let mut p = Printer { out: stdout.lock(), json: opts.json, clock: WallClock::new(), printed: 0, unpriv_start: unprivileged_port_start() };
+    let mut p = Printer { out: io::BufWriter::with_capacity(1 << 16, stdout.lock()), json: opts.json, clock: WallClock::new(), printed: 0, unpriv_start: unprivileged_port_start() };
     let missing: Vec<&str> = obs.hooks.iter().filter(|h| !h.attached).map(|h| h.hook).collect();
     if !missing.is_empty() {
         eprintln!("portwatch: not attached (see `portwatch doctor`): {}", missing.join(", "));

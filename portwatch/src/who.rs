@@ -25,6 +25,9 @@ pub struct WhoOptions {
     pub clients: bool,
     /// Skip the BPF iterator and walk /proc (for comparison and tests).
     pub force_proc: bool,
+    /// Read the pinned iterator in a second thread while sock_diag runs (one-shot
+    /// commands: less wall time; the agent leaves it off to spend no CPU on idle ports).
+    pub prefetch: bool,
 }
 
 /// A process holding a socket through one fd.
@@ -85,18 +88,32 @@ fn family_name(f: u8) -> &'static str {
 }
 
 /// Finds holders for the inodes: the BPF iterator first, then the /proc walk.
-fn find_holders(inodes: &HashSet<u64>, force_proc: bool, notes: &mut Vec<String>) -> (Vec<FdHolder>, &'static str) {
+type Prefetch = std::thread::JoinHandle<Result<Vec<FdHolder>>>;
+
+fn find_holders(inodes: &HashSet<u64>, force_proc: bool, prefetch: Option<Prefetch>, notes: &mut Vec<String>) -> (Vec<FdHolder>, &'static str) {
     if inodes.is_empty() {
         return (Vec::new(), "none");
     }
     if proc::in_nested_pid_namespace() {
         notes.push("in a nested pid namespace: walking /proc so pids are this namespace's".into());
     } else if !force_proc {
-        match iter::socket_holders(inodes) {
+        let pass = match prefetch {
+            Some(h) => h.join().unwrap_or_else(|_| Err(Error::Internal("iterator thread panicked".into()))),
+            None => iter::all_socket_fds(),
+        }
+        .map(|all| all.into_iter().filter(|h| inodes.contains(&h.inode)).collect::<Vec<_>>());
+        match pass {
             // The iterator reports pids of the initial pid namespace; when they do not
             // name the same fds in our /proc (another pid namespace), walk /proc.
-            Ok(h) if h.iter().all(|x| proc::fd_is_socket(x.pid, x.fd, x.inode)) => return (h, "bpf-iterator"),
-            Ok(_) => notes.push("BPF iterator pids do not match this /proc (pid namespace); walking /proc instead".into()),
+            Ok(h) => {
+                // Keep what /proc confirms; an fd closed since the pass just drops out.
+                let n = h.len();
+                let ok: Vec<FdHolder> = h.into_iter().filter(|x| proc::fd_is_socket(x.pid, x.fd, x.inode)).collect();
+                if n == 0 || !ok.is_empty() {
+                    return (ok, "bpf-iterator");
+                }
+                notes.push("BPF iterator pids do not match this /proc (pid namespace); walking /proc instead".into());
+            }
             Err(e) => notes.push(format!("BPF iterator unavailable ({e}); walking /proc instead")),
         }
     }
@@ -153,6 +170,7 @@ fn report(s: &SockEntry, holders: Vec<Holder>, client: bool) -> SocketReport {
 /// Everything bound to `ports`.
 pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
     let list: Vec<u16> = ports.iter().collect();
+    let prefetch = (opts.prefetch && !opts.force_proc && iter::pinned()).then(|| std::thread::spawn(iter::all_socket_fds));
     let both = !opts.tcp && !opts.udp;
     let q = Query { tcp: opts.tcp || both, udp: opts.udp || both, connections: false };
     let sockets = sockdiag::sockets_on_ports(&list, q).map_err(|e| Error::io("sock_diag", e))?;
@@ -164,7 +182,7 @@ pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
     };
     let inodes: HashSet<u64> = sockets.iter().chain(&clients).map(|s| s.inode).filter(|&i| i != 0).collect();
     let mut notes = Vec::new();
-    let (fds, method) = find_holders(&inodes, opts.force_proc, &mut notes);
+    let (fds, method) = find_holders(&inodes, opts.force_proc, prefetch, &mut notes);
     let mut cache = HashMap::new();
     let mut out: Vec<SocketReport> =
         sockets.iter().map(|s| report(s, holders_for(&fds, s.inode, &mut cache), false)).collect();

@@ -25,13 +25,19 @@ pub fn require_root() {
     );
 }
 
-/// A TCP port that is free right now on 127.0.0.1 and ::1.
+/// A port that is free right now (TCP on 127.0.0.1 and ::1, UDP on 127.0.0.1), taken
+/// below the kernel's ephemeral range so no concurrent outgoing connection can grab
+/// it between the check and the test's own bind.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 1000) as u16 * 12;
     loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local_addr").port();
-        drop(l);
-        if TcpListener::bind(("::1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let port = 20000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12000;
+        let ok = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("::1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if ok {
             return port;
         }
     }

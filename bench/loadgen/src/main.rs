@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// N raw syscall(SYS_getpid) per round; prints the median ns/op of the rounds.
+    /// N raw syscall(SYS_getpid) per round; prints the median (and minimum) ns/op of the rounds.
     Getpid {
         #[arg(long, default_value_t = 2_000_000)]
         iters: u64,
@@ -52,6 +52,9 @@ enum Cmd {
         seconds: f64,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Target binds per second over all threads (0 = as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Fork N children holding F fds each (half /dev/null, half UDP sockets bound to
     /// 127.0.0.1:0); print their pids once all are ready, then wait. SIGTERM,
@@ -69,7 +72,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Getpid { iters, rounds } => getpid(iters, rounds),
         Cmd::Bindloop { iters, port, rounds } => bindloop(iters, port, rounds),
-        Cmd::Storm { seconds, threads } => storm(seconds, threads),
+        Cmd::Storm { seconds, threads, rate } => storm(seconds, threads, rate),
         Cmd::Hold { procs, fds } => hold(procs, fds),
     };
     if let Err(e) = r {
@@ -95,6 +98,10 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 fn json_list(v: &[f64]) -> String {
@@ -125,9 +132,10 @@ fn getpid(iters: u64, rounds: usize) -> io::Result<()> {
         Ok(())
     })?;
     println!(
-        "{{\"bench\":\"getpid\",\"iters\":{iters},\"rounds\":{},\"ns_per_op\":{:.2},\"rounds_ns_per_op\":{}}}",
+        "{{\"bench\":\"getpid\",\"iters\":{iters},\"rounds\":{},\"ns_per_op\":{:.2},\"min_ns_per_op\":{:.2},\"rounds_ns_per_op\":{}}}",
         per.len(),
         median(&per),
+        min(&per),
         json_list(&per)
     );
     Ok(())
@@ -144,7 +152,11 @@ fn sockaddr_v4(port: u16) -> libc::sockaddr_in {
 
 const SA_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
 
-fn bind_listen_close(sa: &libc::sockaddr_in) -> io::Result<()> {
+/// One socket + SO_REUSEADDR + bind + listen + close. `Ok(false)` when bind said
+/// EADDRINUSE: the previous iteration's listener can outlive its close() for a
+/// moment while another process holds a reference to its file (anything walking
+/// /proc/PID/fd or a BPF task_file iterator: ss -p, lsof, fuser, `portwatch who`).
+fn bind_listen_close(sa: &libc::sockaddr_in) -> io::Result<bool> {
     // SAFETY: plain syscalls on an fd this function owns and closes on every path.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -165,9 +177,10 @@ fn bind_listen_close(sa: &libc::sockaddr_in) -> io::Result<()> {
             return Err(e);
         }
         if libc::bind(fd, (sa as *const libc::sockaddr_in).cast(), SA_LEN) != 0 {
+            let in_use = io::Error::last_os_error().raw_os_error() == Some(libc::EADDRINUSE);
             let e = os_err(&format!("bind 127.0.0.1:{}", u16::from_be(sa.sin_port)));
             libc::close(fd);
-            return Err(e);
+            return if in_use { Ok(false) } else { Err(e) };
         }
         if libc::listen(fd, 128) != 0 {
             let e = os_err("listen");
@@ -176,7 +189,7 @@ fn bind_listen_close(sa: &libc::sockaddr_in) -> io::Result<()> {
         }
         libc::close(fd);
     }
-    Ok(())
+    Ok(true)
 }
 
 fn bindloop(iters: u64, port: u16, rounds: usize) -> io::Result<()> {
@@ -184,22 +197,37 @@ fn bindloop(iters: u64, port: u16, rounds: usize) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "--port must not be 0"));
     }
     let sa = sockaddr_v4(port);
+    // EADDRINUSE retries (see bind_listen_close); counted and reported, and their
+    // time stays in the measurement. Many in a row means the port is really taken.
+    let mut retries = 0u64;
     let per = timed_rounds(iters, rounds, |n| {
         for _ in 0..n {
-            bind_listen_close(&sa)?;
+            let mut streak = 0u32;
+            while !bind_listen_close(&sa)? {
+                retries += 1;
+                streak += 1;
+                if streak >= 1000 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("bind 127.0.0.1:{port}: address in use (1000 tries); is something else on the port?"),
+                    ));
+                }
+                std::thread::yield_now();
+            }
         }
         Ok(())
     })?;
     println!(
-        "{{\"bench\":\"bindloop\",\"port\":{port},\"iters\":{iters},\"rounds\":{},\"ns_per_op\":{:.2},\"rounds_ns_per_op\":{}}}",
+        "{{\"bench\":\"bindloop\",\"port\":{port},\"iters\":{iters},\"rounds\":{},\"ns_per_op\":{:.2},\"min_ns_per_op\":{:.2},\"eaddrinuse_retries\":{retries},\"rounds_ns_per_op\":{}}}",
         per.len(),
         median(&per),
+        min(&per),
         json_list(&per)
     );
     Ok(())
 }
 
-fn storm(seconds: f64, threads: usize) -> io::Result<()> {
+fn storm(seconds: f64, threads: usize, rate: u64) -> io::Result<()> {
     if !(seconds > 0.0 && seconds.is_finite()) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "--seconds must be > 0"));
     }
@@ -214,7 +242,18 @@ fn storm(seconds: f64, threads: usize) -> io::Result<()> {
             std::thread::spawn(move || {
                 let sa = sockaddr_v4(0);
                 let (mut ok, mut bad) = (0u64, 0u64);
+                // Paced: each thread owes rate/threads binds per second, checked every
+                // batch of 64 against the time elapsed.
+                let per_thread = rate as f64 / threads as f64;
+                let t0 = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    if per_thread > 0.0 {
+                        let due = (t0.elapsed().as_secs_f64() * per_thread) as u64;
+                        if ok + bad >= due {
+                            std::thread::sleep(Duration::from_micros(200));
+                            continue;
+                        }
+                    }
                     for _ in 0..64 {
                         // SAFETY: plain syscalls on an fd this loop owns and closes.
                         unsafe {
@@ -245,7 +284,7 @@ fn storm(seconds: f64, threads: usize) -> io::Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let b = binds.load(Ordering::Relaxed);
     println!(
-        "{{\"bench\":\"storm\",\"threads\":{threads},\"seconds\":{elapsed:.3},\"binds\":{b},\"errors\":{},\"binds_per_sec\":{:.0}}}",
+        "{{\"bench\":\"storm\",\"threads\":{threads},\"rate_target\":{rate},\"seconds\":{elapsed:.3},\"binds\":{b},\"errors\":{},\"binds_per_sec\":{:.0}}}",
         errors.load(Ordering::Relaxed),
         b as f64 / elapsed
     );

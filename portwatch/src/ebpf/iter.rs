@@ -7,7 +7,7 @@
 //! read it, which runs the iterator. Pins of other builds are removed when a new one
 //! is made. bpffs pins are root-only, like the iterator itself.
 use std::{
-    collections::{hash_map::DefaultHasher, HashSet},
+    collections::hash_map::DefaultHasher,
     fs::{self, File},
     hash::{Hash, Hasher},
     io::Read,
@@ -30,15 +30,18 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/portwatch";
 
 /// Where this build's iterator is pinned.
 pub fn pin_path() -> PathBuf {
-    let mut h = DefaultHasher::new();
-    load::OBJECT.hash(&mut h);
-    Path::new(PIN_ROOT).join(format!("{:016x}", h.finish())).join("task_sockets")
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let mut h = DefaultHasher::new();
+        load::OBJECT.hash(&mut h);
+        Path::new(PIN_ROOT).join(format!("{:016x}", h.finish())).join("task_sockets")
+    })
+    .clone()
 }
 
-/// Finds the holders of `inodes`.
-pub fn socket_holders(inodes: &HashSet<u64>) -> Result<Vec<FdHolder>> {
-    let all = all_socket_fds()?;
-    Ok(all.into_iter().filter(|h| inodes.contains(&h.inode)).collect())
+/// Whether this build's iterator is pinned (the fast path is available).
+pub fn pinned() -> bool {
+    pin_path().exists()
 }
 
 /// Every (process, fd, inode) for every socket on the host.

@@ -26,6 +26,8 @@ pub struct ObserverOptions {
     pub ports: PortSet,
     /// cgroup v2 directory to attach to (default: the root of the unified hierarchy).
     pub cgroup: Option<PathBuf>,
+    /// Ring buffer size in bytes (a power of two); default `EVENTS_BYTES`.
+    pub ring_bytes: Option<u32>,
 }
 
 /// One hook: what it is for, and whether it is attached.
@@ -132,7 +134,11 @@ impl Observer {
         let offsets = kbtf::load_vmlinux().map(|b| kbtf::resolve(&b)).unwrap_or(KernelOffsets::UNSET);
         let aya_btf = Btf::from_sys_fs().ok();
         let me = std::process::id();
-        let mut ebpf = loader(aya_btf.as_ref(), &offsets, &me, false).load(OBJECT).map_err(|e| load_error(&e))?;
+        let mut l = loader(aya_btf.as_ref(), &offsets, &me, false);
+        if let Some(bytes) = opts.ring_bytes {
+            l.map_max_entries(maps::EVENTS, bytes);
+        }
+        let mut ebpf = l.load(OBJECT).map_err(|e| load_error(&e))?;
 
         let mut hooks = Vec::new();
         for (program, hook, purpose) in [
