@@ -36,6 +36,15 @@ fn missing_privilege_exits_4() {
     assert!(stderr.contains("root"), "{stderr}");
     let out = portwatch_unprivileged(&["doctor"]);
     assert_eq!(out.status.code(), Some(4));
+    // A port held by root: nobody cannot see (or signal) its holders.
+    let port = free_port();
+    let (_server, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    let out = portwatch_unprivileged(&["free", "--force", &port.to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("root"), "{stderr}");
 }
 
 #[test]

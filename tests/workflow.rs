@@ -159,3 +159,50 @@ fn run_detach_ready_then_stop() {
     assert_eq!(portwatch(&["check", "-q", &port.to_string()]).status.code(), Some(0), "the service is gone");
     assert!(!pidfile.exists());
 }
+
+#[test]
+fn wait_uses_its_whole_timeout() {
+    let port = free_port();
+    let start = Instant::now();
+    let out = portwatch(&["wait", "--timeout", "2s", &port.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() >= Duration::from_millis(1900), "gave up after {:?}", start.elapsed());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+}
+
+#[test]
+fn run_kills_a_command_that_ignores_sigterm() {
+    let mut run = Command::new(support::bin())
+        .args(["run", "--grace", "1s", "--", "sh", "-c", "trap '' TERM; echo up; sleep 60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let stdout = run.stdout.take().expect("stdout");
+    let guard = ChildGuard(run);
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok).next();
+    assert_eq!(line.as_deref(), Some("up"));
+    kill(Pid::from_raw(guard.pid()), Signal::SIGTERM).expect("SIGTERM");
+    let mut guard = guard;
+    let status = guard.0.wait().expect("wait");
+    assert_eq!(status.code(), Some(137), "the command was SIGKILLed after grace: {status:?}");
+}
+
+#[test]
+fn run_reports_a_command_that_ends_before_ready() {
+    let port = free_port();
+    let out = portwatch(&["run", "--port", &port.to_string(), "--timeout", "5s", "--", "sleep", "0.2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("before it was ready"));
+    // A failing command takes its descendants with it and passes its status on.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("bg.pid");
+    let script = format!("setsid sleep 60 & echo $! > {}; exit 5", pidfile.display());
+    let start = Instant::now();
+    let out = portwatch(&["run", "--grace", "1s", "--", "sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let bg: i32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("pid");
+    let _g = PidGuard(bg);
+    let gone = std::fs::read_to_string(format!("/proc/{bg}/stat")).map_or(true, |s| s.contains(") Z"));
+    assert!(gone, "the setsid sleep did not survive run");
+}

@@ -18,6 +18,8 @@ pub mod maps {
     /// reported as bound or listening, so their release is reported as a `close`
     /// (`cgroup/sock_release` may not read the socket's address itself).
     pub const TRACKED: &str = "TRACKED";
+    /// `Array<u64>` [1]: how many sockets `TRACKED` holds.
+    pub const TRACKED_COUNT: &str = "TRACKED_COUNT";
     /// `PerCpuArray<u64>` indexed by port: connections the kernel completed into a
     /// listener's accept queue (SYN_RECV -> ESTABLISHED on the listener's port).
     pub const QUEUED: &str = "QUEUED";

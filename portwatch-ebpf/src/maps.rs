@@ -20,6 +20,11 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 #[map]
 pub static TRACKED: LruHashMap<u64, TrackedSock> = LruHashMap::with_max_entries(TRACKED_ENTRIES, 0);
 
+/// How many sockets `TRACKED` holds (approximately: LRU evictions are not counted
+/// down). Zero lets `sock_release` skip the cookie and the hash lookup.
+#[map]
+pub static TRACKED_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static QUEUED: PerCpuArray<u64> = PerCpuArray::with_max_entries(65536, 0);
 
@@ -65,9 +70,37 @@ pub fn submit(ev: &Event) {
     }
 }
 
+const BPF_NOEXIST: u64 = 1;
+
+/// Adds `delta` to the counter with one BPF atomic add (the BPF target has no
+/// compare-and-swap, so `AtomicU64::fetch_add` is not available; the intrinsic is).
+#[inline(always)]
+fn tracked_add(delta: i64) {
+    if let Some(p) = TRACKED_COUNT.get_ptr_mut(0) {
+        // SAFETY: a map value, 8-byte aligned, valid while the program runs.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta as u64) };
+    }
+}
+
 /// Remembers a socket so its release is reported as a `close`.
 #[inline(always)]
 pub fn track(d: &SockData) {
     let t = TrackedSock { port: d.port, family: d.family, _pad: 0, addr: d.addr };
-    let _ = TRACKED.insert(&d.cookie, &t, 0);
+    if TRACKED.insert(&d.cookie, &t, BPF_NOEXIST).is_ok() {
+        tracked_add(1);
+    }
+}
+
+/// Whether any socket is tracked at all (cheap: one array read).
+#[inline(always)]
+pub fn any_tracked() -> bool {
+    matches!(TRACKED_COUNT.get(0), Some(n) if *n != 0)
+}
+
+/// Forgets a tracked socket.
+#[inline(always)]
+pub fn untrack(cookie: u64) {
+    if TRACKED.remove(&cookie).is_ok() {
+        tracked_add(-1);
+    }
 }

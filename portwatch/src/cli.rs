@@ -333,6 +333,9 @@ pub fn execute(cli: Cli) -> Result<u8> {
         Command::Cleanup { ports, config, stall, grace, force, dry_run, json } => {
             let mut cfg = load_config(config.as_deref())?;
             merge_flags(&mut cfg, &ports, stall, grace, None);
+            if cfg.ports.is_empty() {
+                return Err(Error::Usage("no ports: give --port or a config with `ports`".into()));
+            }
             if !json {
                 eprintln!("portwatch: observing {} port(s) for {}", cfg.ports.len(), humantime::format_duration(cfg.stall));
             }

@@ -47,13 +47,21 @@ pub fn run(ports: &PortSet, opts: &FreeOptions) -> Result<(Vec<PortReport>, Vec<
     // TCP unless --udp alone; both flags: both.
     let r = who::gather(ports, WhoOptions { tcp: opts.tcp || !opts.udp, udp: opts.udp, clients: false, force_proc: false, prefetch: true })?;
     let me = SelfInfo::current();
-    let reports = ports
+    let reports: Vec<PortReport> = ports
         .iter()
         .map(|port| {
             let socks: Vec<&SocketReport> = r.sockets.iter().filter(|s| s.port == port).collect();
             reap_sockets(port, &socks, opts, &me)
         })
         .collect();
+    // Without privilege the holders of other users' sockets are invisible: say so,
+    // rather than report a refusal.
+    if !nix::unistd::geteuid().is_root() && reports.iter().any(|r| r.plan.sockets > 0 && r.plan.targets.is_empty()) {
+        return Err(crate::error::Error::privilege(
+            "cannot see the processes holding these ports (they belong to other users)",
+            "run as root, e.g. `sudo portwatch free ...`",
+        ));
+    }
     Ok((reports, r.notes))
 }
 
@@ -89,15 +97,14 @@ pub fn render(reports: &[PortReport], force: bool, grace: Duration) -> String {
                 }
             }
             Some(o) if o.freed => {
-                let kills = o.signals.iter().filter(|x| x.signal == "SIGKILL").count();
-                let terms = o.signals.iter().filter(|x| x.signal == "SIGTERM").count();
-                s.push_str(&format!(
-                    "port {}: freed in {:.2}s (SIGTERM to {terms}{}): {}\n",
-                    r.port,
-                    o.elapsed_ms as f64 / 1000.0,
-                    if kills > 0 { format!(", SIGKILL to {kills}") } else { String::new() },
-                    who.join(", ")
-                ));
+                let count = |sig: &str| o.signals.iter().filter(|x| x.signal == sig).count();
+                let mut sent = format!("SIGTERM to {}", count("SIGTERM"));
+                for sig in ["SIGCONT", "SIGKILL"] {
+                    if count(sig) > 0 {
+                        sent.push_str(&format!(", {sig} to {}", count(sig)));
+                    }
+                }
+                s.push_str(&format!("port {}: freed in {:.2}s ({sent}): {}\n", r.port, o.elapsed_ms as f64 / 1000.0, who.join(", ")));
             }
             Some(o) => {
                 let alive: Vec<String> = o.survivors.iter().map(ToString::to_string).collect();

@@ -63,29 +63,32 @@ pub fn children() -> Vec<i32> {
 
 /// No descendants left, judged twice a little apart: a daemon being handed from an
 /// exiting parent to us must not be missed.
-async fn no_descendants() -> bool {
+async fn no_descendants(keep: i32) -> bool {
     if !children().is_empty() {
         return false;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    reap_zombies();
+    reap_zombies(keep);
     children().is_empty()
 }
 
-/// Reaps every exited child without blocking.
-fn reap_zombies() {
-    while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if matches!(st, nix::sys::wait::WaitStatus::StillAlive) {
-            break;
+/// Reaps exited adopted children without blocking. The command itself (`keep`) is
+/// left to its own waiter, which needs its exit status.
+fn reap_zombies(keep: i32) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+    for t in tasks.flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for pid in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&p| p != keep) {
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
     }
 }
 
 /// Ends every descendant: SIGTERM (and SIGCONT), wait up to `grace`, SIGKILL. Orphans
 /// of killed processes are re-parented to us and handled in the next round.
-pub async fn end_descendants(grace: Duration) {
+pub async fn end_descendants(grace: Duration, keep: i32) {
     for _ in 0..32 {
-        reap_zombies();
+        reap_zombies(keep);
         let kids = children();
         if kids.is_empty() {
             return;
@@ -96,7 +99,7 @@ pub async fn end_descendants(grace: Duration) {
         }
         let until = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < until {
-            reap_zombies();
+            reap_zombies(keep);
             let live: HashSet<i32> = children().into_iter().collect();
             if kids.iter().all(|k| !live.contains(k)) {
                 break;
@@ -108,7 +111,7 @@ pub async fn end_descendants(grace: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    reap_zombies();
+    reap_zombies(keep);
 }
 
 fn status_code(st: ExitStatus) -> u8 {
@@ -193,14 +196,15 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
             st = child.wait(), if status.is_none() => {
                 let st = st.map_err(|e| Error::io("waiting for the command", e))?;
                 status = Some(st);
-                // A daemonizing command exits at once; its descendants are the service.
-                if no_descendants().await {
+                // A daemonizing command exits 0 at once and its descendants are the
+                // service; a command that failed takes its descendants with it.
+                if !st.success() || no_descendants(child_pid).await {
                     break;
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)), if status.is_some() => {
-                reap_zombies();
-                if no_descendants().await {
+                reap_zombies(child_pid);
+                if no_descendants(child_pid).await {
                     break;
                 }
             }
@@ -208,18 +212,19 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
             _ = sigterm.recv() => { forward(child_pid, status.is_none(), Signal::SIGTERM); break; }
         }
     }
-    // Give the command `grace` to finish on its own after a forwarded signal.
-    if status.is_none() {
-        if let Ok(Ok(st)) = tokio::time::timeout(opts.grace, child.wait()).await {
-            status = Some(st);
-        }
-    }
-    end_descendants(opts.grace).await;
+    // TERM (the command already has the forwarded signal), grace, KILL: for the
+    // command and every descendant together.
+    end_descendants(opts.grace, child_pid).await;
     if status.is_none() {
         status = child.wait().await.ok();
     }
-    if !ready_done {
-        notify(opts.ready_fd, "not-ready: the command ended before it was ready");
+    if !ready_done && code_override.is_none() {
+        let how = status.map_or_else(|| "ended".to_string(), |s| format!("exited with status {}", status_code(s)));
+        eprintln!("portwatch: the command {how} before it was ready");
+        notify(opts.ready_fd, &format!("not-ready: the command {how} before it was ready"));
+        if status.is_some_and(|s| s.success()) {
+            code_override = Some(exit::CONDITION);
+        }
     }
     if let Some(p) = &opts.pid_file {
         let _ = std::fs::remove_file(p);

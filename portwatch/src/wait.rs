@@ -185,10 +185,13 @@ async fn wait_one(t: Target, opts: WaitOptions, report: impl Fn(&str, &str)) -> 
                 }
             }
         }
-        if Instant::now() + delay > deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return TargetResult { target: t.label(), ready: false, elapsed_ms: start.elapsed().as_millis() as u64, attempts, detail: last };
         }
-        tokio::time::sleep(delay).await;
+        // Back off, but make the last attempt at the deadline rather than giving up
+        // a back-off step early.
+        tokio::time::sleep(delay.min(deadline - now)).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
 }

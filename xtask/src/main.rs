@@ -139,14 +139,40 @@ fn test(args: &[String]) -> Result<()> {
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    if args.is_empty() {
+        pytest_example()?;
+    }
+    Ok(())
 }
 
-/// gunicorn (the seed story's server) and flask, for the integration tests.
+/// The copyable pytest example (examples/pytest) must pass against the built binary.
+fn pytest_example() -> Result<()> {
+    let port = free_port_below_ephemeral()?;
+    let bin = root().join("target/release/portwatch");
+    run(Command::new("python3")
+        .current_dir(root())
+        .args(["-m", "pytest", "-q", "examples/pytest"])
+        .env("PORTWATCH", bin)
+        .env("APP_PORT", port.to_string()))
+}
+
+/// A port below the ephemeral range, free now.
+fn free_port_below_ephemeral() -> Result<u16> {
+    for port in (18000..19000).step_by(7) {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 18000-19000")
+}
+
+/// gunicorn (the seed story's server), flask and pytest, for the integration tests
+/// and the pytest example.
 fn ensure_python_packages() -> Result<()> {
-    let have = Command::new("python3").args(["-c", "import gunicorn, flask"]).stderr(Stdio::null()).status()?;
+    let have = Command::new("python3").args(["-c", "import gunicorn, flask, pytest"]).stderr(Stdio::null()).status()?;
     if !have.success() {
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "gunicorn", "flask"]))?;
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "gunicorn", "flask", "pytest"]))?;
     }
     Ok(())
 }

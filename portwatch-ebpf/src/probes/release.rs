@@ -12,7 +12,7 @@ use portwatch_common::EventKind;
 use crate::{
     ctx_field,
     emit::task_event,
-    maps::{submit, TRACKED},
+    maps::{any_tracked, submit, untrack, TRACKED},
 };
 
 #[cgroup_sock(sock_release)]
@@ -22,13 +22,18 @@ pub fn pw_sock_release(ctx: SockContext) -> i32 {
 }
 
 fn try_sock_release(ctx: &SockContext) -> Result<(), ()> {
+    // Most releases are of sockets nobody watches: with nothing tracked, stop here
+    // before computing a cookie.
+    if !any_tracked() {
+        return Ok(());
+    }
     // SAFETY: helper valid for cgroup/sock programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out before the entry is removed.
     let Some(t) = (unsafe { TRACKED.get(&cookie) }).copied() else {
         return Ok(());
     };
-    let _ = TRACKED.remove(&cookie);
+    untrack(cookie);
     let sk = ctx.sock;
     let mut ev = task_event(EventKind::Close);
     // SAFETY: helper valid for cgroup/sock programs.
