@@ -17,10 +17,11 @@ use crate::{
     ebpf::{events::decode, Observer, ObserverOptions},
     error::{Error, Result},
     free::{self, FreeOptions, PortReport},
-    model,
+    history,
+    model::{self, BindTracker, Step},
     probe,
     reap::SelfInfo,
-    sys::clock::mono_ns,
+    sys::clock::{mono_ns, WallClock},
     verdict::{Engine, HolderSample, Sample, SockSample, Verdict},
     who::{self, WhoOptions, WhoResult},
 };
@@ -96,6 +97,23 @@ pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     outs.into_iter().flatten().collect()
 }
 
+fn handle_step(step: Step, recorder: &mut Recorder) {
+    let r = match step {
+        Step::Emit(r) => r,
+        Step::Failed(attempt) => recorder.failed_bind(&attempt),
+    };
+    if r.event == "accept" {
+        return;
+    }
+    match &r.error {
+        Some(e) => warn!(event = "bind_failed", error = %e, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event"),
+        None => info!(event = r.event, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event"),
+    }
+    if r.error.is_none() {
+        recorder.socket_event(&r);
+    }
+}
+
 fn verdict_fields(v: &Verdict) -> (String, String) {
     let reasons: Vec<&str> = v.reasons.iter().map(|r| r.kind.name()).collect();
     let evidence: Vec<&str> = v.reasons.iter().map(|r| r.evidence.as_str()).collect();
@@ -124,6 +142,133 @@ fn log_reap(rep: &PortReport) {
     }
 }
 
+/// Turns what the agent sees into history rows, with process details captured now.
+struct Recorder {
+    writer: Option<history::Writer>,
+    details: history::DetailsCache,
+    /// Socket cookie -> (first seen, pid, comm, job): to say since when, and by which
+    /// job, a port was held when a later bind fails.
+    seen: HashMap<u64, (i64, Option<i32>, Option<String>, Option<String>)>,
+    clock: WallClock,
+    unpriv_start: u16,
+}
+
+impl Recorder {
+    fn row(&mut self, time_ns: i64, event: &str, pid: Option<i32>) -> history::Row {
+        let mut r = history::Row { time_ns, time: history::fmt_time(time_ns), event: event.into(), pid, ..history::Row::default() };
+        if let Some(d) = pid.and_then(|p| self.details.get(p)) {
+            r.ppid = Some(d.ppid);
+            r.uid = Some(d.uid);
+            r.comm = Some(d.comm);
+            r.cmdline = Some(d.cmdline);
+            r.cgroup = Some(d.cgroup);
+            r.ancestry = Some(d.ancestry);
+            r.job = d.job;
+        }
+        r
+    }
+
+    fn wall_ns(&self, mono_ns: u64) -> i64 {
+        self.clock.wall(mono_ns).duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    }
+
+    fn socket_event(&mut self, rec: &model::Record) {
+        if self.writer.is_none() || rec.event == "accept" {
+            return;
+        }
+        let t = self.wall_ns(rec.ts_ns);
+        let mut r = self.row(t, rec.event, rec.pid.map(|p| p as i32));
+        if r.comm.is_none() {
+            r.comm = rec.comm.clone();
+        }
+        r.port = Some(rec.port);
+        r.proto = Some(rec.proto.to_string());
+        r.addr = Some(rec.addr.clone());
+        r.cookie = Some(rec.cookie);
+        if rec.event == "bind" || rec.event == "listen" {
+            self.seen.entry(rec.cookie).or_insert((t, r.pid, r.comm.clone(), r.job.clone()));
+        }
+        if rec.event == "close" {
+            self.seen.remove(&rec.cookie);
+        }
+        self.record(r);
+    }
+
+    /// A failed bind: who held the port at that moment, and since when.
+    fn failed_bind(&mut self, attempt: &crate::ebpf::events::SockEvent) -> model::Record {
+        let q = crate::sys::sockdiag::Query { tcp: attempt.proto == Some(crate::sys::sockdiag::Proto::Tcp), udp: attempt.proto == Some(crate::sys::sockdiag::Proto::Udp), connections: false };
+        let ports: crate::ports::PortSet = std::iter::once(attempt.port).collect();
+        let who = who::gather(&ports, WhoOptions { tcp: q.tcp, udp: q.udp, ..WhoOptions::default() }).unwrap_or_default();
+        let on_port: Vec<crate::sys::sockdiag::SockEntry> = crate::sys::sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
+        let rec = model::infer_failure(attempt, &on_port, self.unpriv_start);
+        if rec.error.is_none() {
+            return rec;
+        }
+        let t = self.wall_ns(attempt.ts_ns);
+        let mut r = self.row(t, "bind_failed", rec.pid.map(|p| p as i32));
+        if r.comm.is_none() {
+            r.comm = rec.comm.clone();
+        }
+        r.port = Some(rec.port);
+        r.proto = Some(rec.proto.to_string());
+        r.addr = Some(rec.addr.clone());
+        r.cookie = Some(rec.cookie);
+        r.error = rec.error.clone();
+        if let Some(h) = &rec.held_by {
+            let holder = who.sockets.iter().find(|s| s.inode == h.inode);
+            let mut d = match holder.and_then(|s| s.holders.first()) {
+                Some(p) => format!("held by pid {} ({})", p.pid, p.comm),
+                None => format!("held by a {} socket (inode {})", h.state, h.inode),
+            };
+            if let Some((since, _, _, job)) = holder.and_then(|s| self.seen.get(&s.cookie)) {
+                d.push_str(&format!(", since {}", history::fmt_time(*since)));
+                if let Some(j) = job {
+                    d.push_str(&format!(", job {j}"));
+                }
+            }
+            r.detail = Some(d);
+        }
+        self.record(r);
+        rec
+    }
+
+    fn verdict(&mut self, v: &Verdict) {
+        let (reasons, evidence) = verdict_fields(v);
+        let mut r = history::Row { time_ns: history::now_ns(), event: "stuck".into(), port: Some(v.port), cookie: Some(v.cookie), ..history::Row::default() };
+        r.time = history::fmt_time(r.time_ns);
+        r.error = Some(reasons);
+        r.detail = Some(format!("{evidence}; pids {:?}", v.pids));
+        self.record(r);
+    }
+
+    fn reap(&mut self, rep: &PortReport) {
+        let now = history::now_ns();
+        if let Some(why) = &rep.plan.refused {
+            let mut r = history::Row { time_ns: now, time: history::fmt_time(now), event: "refused".into(), port: Some(rep.port), ..history::Row::default() };
+            r.detail = Some(why.clone());
+            self.record(r);
+        }
+        if let Some(o) = &rep.outcome {
+            for sig in &o.signals {
+                let t = rep.plan.targets.iter().find(|t| t.pid == sig.pid);
+                let mut r = history::Row { time_ns: now, time: history::fmt_time(now), event: "signal".into(), port: Some(rep.port), pid: Some(sig.pid), ..history::Row::default() };
+                r.comm = t.map(|t| t.comm.clone());
+                r.detail = Some(format!("{} {}", sig.signal, if sig.ok { "delivered" } else { "failed" }));
+                self.record(r);
+            }
+            let mut r = history::Row { time_ns: now, time: history::fmt_time(now), event: "reaped".into(), port: Some(rep.port), ..history::Row::default() };
+            r.detail = Some(format!("{} after {} ms", if o.freed { "port free" } else { "port still held" }, o.elapsed_ms));
+            self.record(r);
+        }
+    }
+
+    fn record(&self, r: history::Row) {
+        if let Some(w) = &self.writer {
+            w.record(r);
+        }
+    }
+}
+
 /// The long-running agent.
 pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     if cfg.ports.is_empty() {
@@ -131,6 +276,10 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     }
     let mut obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: None })?;
     let ring = obs.take_events()?;
+    // Sockets already on the watched ports: their close is reported too.
+    let list: Vec<u16> = cfg.ports.iter().collect();
+    let existing = crate::sys::sockdiag::sockets_on_ports(&list, crate::sys::sockdiag::Query::default()).unwrap_or_default();
+    let seeded = obs.seed(&existing)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| Error::io("polling the ring buffer", std::io::Error::other(e.to_string())))?;
@@ -140,26 +289,47 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let mut engine = engine(&cfg);
     let mut streaks: HashMap<u16, (u32, String)> = HashMap::new();
     let mut stuck: HashSet<u64> = HashSet::new();
+    let writer = if cfg.history {
+        let path = cfg.db.clone().unwrap_or_else(|| history::DEFAULT_DB.into());
+        let retention = history::Retention { max_age: cfg.retention, max_rows: cfg.max_events };
+        Some(history::Writer::start(&path, retention)?)
+    } else {
+        None
+    };
+    let mut recorder = Recorder {
+        writer,
+        details: history::DetailsCache::default(),
+        seen: HashMap::new(),
+        clock: WallClock::new(),
+        unpriv_start: 1024,
+    };
+    let mut tracker = BindTracker::new(crate::watch::BIND_WINDOW.as_nanos() as u64);
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_every = (Duration::from_secs(1).as_nanos() / cfg.interval.as_nanos().max(1)).max(1) as u64;
     let mut ticks: u64 = 0;
     let ports: Vec<u16> = cfg.ports.iter().collect();
-    info!(ports = ?ports, stall = %humantime::format_duration(cfg.stall), grace = %humantime::format_duration(cfg.grace), reap = cfg.reap, dry_run, "agent started");
+    info!(ports = ?ports, existing_sockets = seeded, stall = %humantime::format_duration(cfg.stall), grace = %humantime::format_duration(cfg.grace), reap = cfg.reap, dry_run, "agent started");
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("ring buffer", e))?;
                 let rb = guard.get_inner_mut();
+                let mut steps = Vec::new();
                 while let Some(item) = rb.next() {
                     if let Ok(ev) = decode(&item) {
-                        let r = model::Record::from_event(&ev);
-                        info!(event = r.event, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event");
+                        steps.extend(tracker.push(ev));
                     }
                 }
                 guard.clear_ready();
+                for step in steps {
+                    handle_step(step, &mut recorder);
+                }
             }
             _ = tick.tick() => {
+                for attempt in tracker.expire(mono_ns()) {
+                    handle_step(Step::Failed(attempt), &mut recorder);
+                }
                 ticks += 1;
                 if !cfg.probes.is_empty() && ticks % probe_every == 0 {
                     run_probes(&cfg, &mut streaks).await;
@@ -174,9 +344,11 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     if stuck.insert(v.cookie) {
                         let (reasons, evidence) = verdict_fields(v);
                         warn!(port = v.port, reasons = %reasons, evidence = %evidence, pids = ?v.pids, "listener stuck");
+                        recorder.verdict(v);
                         if cfg.reap {
                             let rep = reap_verdict(v, &who, &cfg, true, dry_run, &me);
                             log_reap(&rep);
+                            recorder.reap(&rep);
                         }
                     }
                 }
@@ -192,6 +364,8 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let lost = obs.lost();
     drop(ring);
     drop(obs);
+    // Flushes what is queued for the database.
+    drop(recorder);
     info!(lost_events = lost, "agent stopped; hooks detached");
     Ok(())
 }

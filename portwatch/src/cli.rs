@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     agent,
     config::Config,
-    doctor, free,
+    doctor, free, history,
     error::{exit, Error, Result},
     ports::{self, PortSet},
     run, wait, watch, who,
@@ -160,6 +160,36 @@ pub enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// History database (default /var/lib/portwatch/history.db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Record no history.
+        #[arg(long)]
+        no_history: bool,
+    },
+    /// The recorded timeline of watched ports (written by the agent): binds, failed
+    /// binds with their holder, listens, closes, verdicts, signals.
+    History {
+        /// Only this port.
+        #[arg(value_parser = ports::parse_port)]
+        port: Option<u16>,
+        /// From this long ago (10m) or this time (2026-11-26T10:02:11Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only events of this pid.
+        #[arg(long)]
+        pid: Option<i32>,
+        /// Who held PORT at this moment.
+        #[arg(long, requires = "port")]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// History database (default /var/lib/portwatch/history.db).
+        #[arg(long)]
+        db: Option<PathBuf>,
     },
     /// Wait until targets really serve: tcp://HOST:PORT (accepted by the application,
     /// not just queued by the kernel), http:// URLs (2xx), or a bare port.
@@ -347,10 +377,16 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             Ok(code)
         }
-        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json } => {
+        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json, db, no_history } => {
             let mut cfg = load_config(config.as_deref())?;
             merge_flags(&mut cfg, &ports, stall, grace, interval);
             cfg.reap |= reap;
+            if db.is_some() {
+                cfg.db = db;
+            }
+            if no_history {
+                cfg.history = false;
+            }
             init_logging(log_json);
             runtime()?.block_on(agent::run(cfg, dry_run))?;
             Ok(exit::OK)
@@ -377,6 +413,31 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             let opts = run::RunOptions { ports: ports::merge(&ports), health, free, timeout, grace, command, pid_file, ready_fd };
             runtime()?.block_on(run::run(opts))
+        }
+        Command::History { port, since, until, pid, at, json, db } => {
+            let now = history::now_ns();
+            let when = |s: Option<String>| s.map(|s| history::parse_when(&s, now).map_err(Error::Usage)).transpose();
+            let (since, until, at) = (when(since)?, when(until)?, when(at)?);
+            let path = db.unwrap_or_else(|| history::DEFAULT_DB.into());
+            let store = history::Store::open_readonly(&path)?;
+            let dberr = |e: rusqlite::Error| Error::Config(format!("history database {}: {e}", path.display()));
+            let rows = match (at, port) {
+                (Some(t), Some(p)) => store.holders_at(p, t).map_err(dberr)?,
+                _ => store.query(port, since, until, pid).map_err(dberr)?,
+            };
+            if json {
+                println!("{}", to_json(&rows)?);
+            } else if let (Some(t), Some(p)) = (at, port) {
+                if rows.is_empty() {
+                    println!("port {p} was not held (as far as the agent saw) at {}", history::fmt_time(t));
+                } else {
+                    println!("port {p} at {} was held by:", history::fmt_time(t));
+                    print!("{}", history::render(&rows));
+                }
+            } else {
+                print!("{}", history::render(&rows));
+            }
+            Ok(exit::OK)
         }
         Command::Doctor { json } => {
             let report = doctor::run();

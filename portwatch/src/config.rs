@@ -36,6 +36,15 @@ pub struct Config {
     pub protect: Protect,
     #[serde(rename = "probe")]
     pub probes: Vec<Probe>,
+    /// Record history (agent).
+    pub history: bool,
+    /// The history database.
+    pub db: Option<std::path::PathBuf>,
+    /// Drop history older than this.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+    /// Keep at most this many history rows.
+    pub max_events: u64,
 }
 
 impl Default for Config {
@@ -49,6 +58,10 @@ impl Default for Config {
             leftovers: false,
             protect: Protect::default(),
             probes: Vec::new(),
+            history: true,
+            db: None,
+            retention: Duration::from_secs(7 * 86400),
+            max_events: 1_000_000,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod ebpf;
 pub mod error;
 pub mod free;
+pub mod history;
 pub mod model;
 pub mod output;
 pub mod ports;

@@ -7,7 +7,7 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr},
     Btf, Ebpf, EbpfLoader,
 };
-use portwatch_common::{config, globals, maps, programs, KernelOffsets};
+use portwatch_common::{config, globals, maps, programs, KernelOffsets, TrackedSock};
 use serde::Serialize;
 
 use crate::{
@@ -206,6 +206,35 @@ impl Observer {
             cfg.set(config::WATCH_ALL, 0, 0).map_err(internal)?;
         }
         Ok(())
+    }
+
+    /// Tracks sockets that existed before the observer started (from a sock_diag
+    /// snapshot), so their close is reported too.
+    pub fn seed(&mut self, socks: &[crate::sys::sockdiag::SockEntry]) -> Result<usize> {
+        use aya::maps::HashMap as BpfHashMap;
+        let internal = |e: aya::maps::MapError| Error::Internal(format!("seeding the tracked sockets: {e}"));
+        let mut added = 0u64;
+        {
+            let mut tracked: BpfHashMap<_, u64, TrackedSock> =
+                BpfHashMap::try_from(self.ebpf.map_mut(maps::TRACKED).ok_or_else(|| missing(maps::TRACKED))?).map_err(internal)?;
+            for s in socks.iter().filter(|s| s.cookie != 0) {
+                let mut addr = [0u8; 16];
+                match s.addr {
+                    std::net::IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+                    std::net::IpAddr::V6(a) => addr = a.octets(),
+                }
+                let t = TrackedSock { port: s.port, family: u16::from(s.family), _pad: 0, addr };
+                // BPF_NOEXIST: a socket the kernel side tracked meanwhile stays counted once.
+                if tracked.insert(s.cookie, t, 1).is_ok() {
+                    added += 1;
+                }
+            }
+        }
+        let mut count: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(maps::TRACKED_COUNT).ok_or_else(|| missing(maps::TRACKED_COUNT))?).map_err(internal)?;
+        let now = count.get(&0, 0).map_err(internal)?;
+        count.set(0, now + added, 0).map_err(internal)?;
+        Ok(added as usize)
     }
 
     /// The ring buffer, moved out so it can be polled on its own.

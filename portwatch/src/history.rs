@@ -1,0 +1,482 @@
+//! Persistent history: every event the agent sees on watched ports, with the process
+//! details captured while the process still exists, in SQLite (WAL). Writes are
+//! batched on their own thread, so a bind storm costs the agent one channel send per
+//! event; a committed batch survives `kill -9` of the agent.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{params, Connection, OpenFlags};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_DB: &str = "/var/lib/portwatch/history.db";
+
+/// Environment variables that name the CI job a process belongs to.
+pub const JOB_VARS: &[&str] = &[
+    "GITHUB_RUN_ID",
+    "GITHUB_JOB",
+    "CI_JOB_ID",
+    "CI_PIPELINE_ID",
+    "BUILD_ID",
+    "BUILD_NUMBER",
+    "BUILDKITE_JOB_ID",
+    "JOB_NAME",
+];
+
+/// One row of history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Row {
+    /// Wall-clock nanoseconds since the epoch.
+    #[serde(skip)]
+    pub time_ns: i64,
+    /// RFC 3339, for JSON output.
+    pub time: String,
+    /// `bind`, `bind_failed`, `listen`, `close`, `stuck`, `signal`, `reaped`, `refused`.
+    pub event: String,
+    pub port: Option<u16>,
+    pub proto: Option<String>,
+    pub addr: Option<String>,
+    pub pid: Option<i32>,
+    pub ppid: Option<i32>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    /// `812 python3 < 377 bash < 1 init`: the parent chain at event time.
+    pub ancestry: Option<String>,
+    /// CI job identity from the process environment, e.g. `GITHUB_RUN_ID=4711`.
+    pub job: Option<String>,
+    pub cookie: Option<u64>,
+    pub error: Option<String>,
+    /// Free text: who held the port, a verdict's evidence, a signal's outcome.
+    pub detail: Option<String>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+pub fn fmt_time(ns: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)).to_string()
+}
+
+/// Parses `--since`/`--until`/`--at`: a duration back from now (`10m`) or a time
+/// (`2026-11-26T10:02:11Z`, `2026-11-26 10:02:11`, UTC).
+pub fn parse_when(s: &str, now: i64) -> std::result::Result<i64, String> {
+    let t = s.trim();
+    if let Ok(d) = crate::cli::parse_duration(t) {
+        return Ok(now - d.as_nanos() as i64);
+    }
+    humantime::parse_rfc3339_weak(t)
+        .map(|st| st.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64))
+        .map_err(|_| format!("invalid time '{t}': give a duration like 10m or a time like 2026-11-26T10:02:11Z"))
+}
+
+/// Details of a live process, for a history row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcDetails {
+    pub ppid: i32,
+    pub uid: u32,
+    pub comm: String,
+    pub cmdline: String,
+    pub cgroup: String,
+    pub ancestry: String,
+    pub job: Option<String>,
+}
+
+/// The CI job identity in an environment block (NUL-separated `KEY=value`).
+pub fn job_from_environ(env: &[u8]) -> Option<String> {
+    let mut found: Vec<String> = env
+        .split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .filter(|kv| JOB_VARS.iter().any(|k| kv.strip_prefix(k).is_some_and(|rest| rest.starts_with('='))))
+        .map(String::from)
+        .collect();
+    found.sort_by_key(|kv| JOB_VARS.iter().position(|k| kv.starts_with(k)).unwrap_or(usize::MAX));
+    (!found.is_empty()).then(|| found.join(" "))
+}
+
+/// Reads a process's details now (None once it is gone).
+pub fn read_details(pid: i32) -> Option<ProcDetails> {
+    let info = crate::sys::proc::info(pid)?;
+    let mut chain = vec![format!("{} {}", info.pid, info.comm)];
+    let mut p = info.ppid;
+    for _ in 0..32 {
+        if p <= 0 {
+            break;
+        }
+        let Some(st) = procfs::process::Process::new(p).ok().and_then(|x| x.stat().ok()) else { break };
+        chain.push(format!("{} {}", st.pid, st.comm));
+        if st.pid == 1 {
+            break;
+        }
+        p = st.ppid;
+    }
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    Some(ProcDetails {
+        ppid: info.ppid,
+        uid: info.uid,
+        comm: info.comm,
+        cmdline: info.cmdline,
+        cgroup: info.cgroup,
+        ancestry: chain.join(" < "),
+        job: job_from_environ(&env),
+    })
+}
+
+/// Caches details per (pid, start time) so a storm from one process reads /proc once.
+#[derive(Default)]
+pub struct DetailsCache {
+    map: HashMap<i32, (u64, Option<ProcDetails>)>,
+}
+
+impl DetailsCache {
+    pub fn get(&mut self, pid: i32) -> Option<ProcDetails> {
+        let start = procfs::process::Process::new(pid).ok().and_then(|p| p.stat().ok()).map(|s| s.starttime);
+        let start = start?;
+        if let Some((s, d)) = self.map.get(&pid) {
+            if *s == start {
+                return d.clone();
+            }
+        }
+        if self.map.len() > 4096 {
+            self.map.clear();
+        }
+        let d = read_details(pid);
+        self.map.insert(pid, (start, d.clone()));
+        d
+    }
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time_ns INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    port INTEGER, proto TEXT, addr TEXT,
+    pid INTEGER, ppid INTEGER, uid INTEGER, comm TEXT, cmdline TEXT, cgroup TEXT,
+    ancestry TEXT, job TEXT, cookie INTEGER, error TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_port_time ON events(port, time_ns);
+CREATE INDEX IF NOT EXISTS events_time ON events(time_ns);
+CREATE INDEX IF NOT EXISTS events_cookie ON events(cookie);
+";
+
+fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Config(format!("history database {}: {e}", path.display()))
+}
+
+impl Store {
+    /// Opens (creating) the database for writing.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_err(path, e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| db_err(path, e))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| db_err(path, e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing database for queries.
+    pub fn open_readonly(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Config(format!("no history database at {} (the agent writes it; --db to choose another)", path.display())));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| db_err(path, e))?;
+        Ok(Self { conn })
+    }
+
+    /// Inserts rows in one transaction.
+    pub fn insert(&mut self, rows: &[Row]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO events (time_ns, event, port, proto, addr, pid, ppid, uid, comm, cmdline, cgroup, ancestry, job, cookie, error, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?;
+            for r in rows {
+                st.execute(params![
+                    r.time_ns, r.event, r.port, r.proto, r.addr, r.pid, r.ppid, r.uid, r.comm, r.cmdline, r.cgroup,
+                    r.ancestry, r.job, r.cookie.map(|c| c as i64), r.error, r.detail
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    fn rows(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<Vec<Row>> {
+        let mut st = self.conn.prepare(sql)?;
+        let it = st.query_map(args, |r| {
+            let time_ns: i64 = r.get("time_ns")?;
+            Ok(Row {
+                time_ns,
+                time: fmt_time(time_ns),
+                event: r.get("event")?,
+                port: r.get("port")?,
+                proto: r.get("proto")?,
+                addr: r.get("addr")?,
+                pid: r.get("pid")?,
+                ppid: r.get("ppid")?,
+                uid: r.get("uid")?,
+                comm: r.get("comm")?,
+                cmdline: r.get("cmdline")?,
+                cgroup: r.get("cgroup")?,
+                ancestry: r.get("ancestry")?,
+                job: r.get("job")?,
+                cookie: r.get::<_, Option<i64>>("cookie")?.map(|c| c as u64),
+                error: r.get("error")?,
+                detail: r.get("detail")?,
+            })
+        })?;
+        it.collect()
+    }
+
+    /// The timeline, oldest first.
+    pub fn query(&self, port: Option<u16>, since: Option<i64>, until: Option<i64>, pid: Option<i32>) -> rusqlite::Result<Vec<Row>> {
+        self.rows(
+            "SELECT * FROM events WHERE (?1 IS NULL OR port = ?1) AND (?2 IS NULL OR time_ns >= ?2)
+             AND (?3 IS NULL OR time_ns <= ?3) AND (?4 IS NULL OR pid = ?4) ORDER BY time_ns, id",
+            &[&port, &since, &until, &pid],
+        )
+    }
+
+    /// Who held `port` at `at`: sockets bound or listening on it by then and not yet
+    /// closed (their first bind/listen row each).
+    pub fn holders_at(&self, port: u16, at: i64) -> rusqlite::Result<Vec<Row>> {
+        self.rows(
+            "SELECT * FROM events e WHERE e.port = ?1 AND e.event IN ('bind', 'listen') AND e.time_ns <= ?2
+               AND e.cookie IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM events c WHERE c.cookie = e.cookie AND c.event = 'close'
+                               AND c.time_ns >= e.time_ns AND c.time_ns <= ?2)
+               AND e.id = (SELECT MIN(f.id) FROM events f WHERE f.cookie = e.cookie AND f.event IN ('bind', 'listen'))
+             ORDER BY e.time_ns",
+            &[&port, &at],
+        )
+    }
+
+    /// The first bind/listen row of a socket, if recorded.
+    pub fn first_seen(&self, cookie: u64) -> rusqlite::Result<Option<Row>> {
+        Ok(self
+            .rows(
+                "SELECT * FROM events WHERE cookie = ?1 AND event IN ('bind', 'listen') ORDER BY id LIMIT 1",
+                &[&(cookie as i64)],
+            )?
+            .into_iter()
+            .next())
+    }
+
+    /// Drops rows older than `before_ns`, then the oldest beyond `max_rows`.
+    pub fn prune(&self, before_ns: i64, max_rows: u64) -> rusqlite::Result<usize> {
+        let mut n = self.conn.execute("DELETE FROM events WHERE time_ns < ?1", [before_ns])?;
+        let count: i64 = self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+        if count as u64 > max_rows {
+            n += self.conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
+                [count - max_rows as i64],
+            )?;
+        }
+        Ok(n)
+    }
+
+    pub fn count(&self) -> rusqlite::Result<u64> {
+        self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+    }
+}
+
+/// Retention settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_rows: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { max_age: Duration::from_secs(7 * 86400), max_rows: 1_000_000 }
+    }
+}
+
+/// The batching writer: rows go through a channel to a thread that commits them in
+/// transactions of up to 5000 rows or every 200 ms, and prunes once a minute.
+pub struct Writer {
+    tx: Option<mpsc::Sender<Row>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub path: PathBuf,
+}
+
+impl Writer {
+    pub fn start(path: &Path, retention: Retention) -> Result<Self> {
+        let mut store = Store::open(path)?;
+        let (tx, rx) = mpsc::channel::<Row>();
+        let thread = std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(5000);
+                let mut last_prune = std::time::Instant::now() - Duration::from_secs(3600);
+                loop {
+                    let closed = match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(r) => {
+                            batch.push(r);
+                            while batch.len() < 5000 {
+                                match rx.try_recv() {
+                                    Ok(r) => batch.push(r),
+                                    Err(_) => break,
+                                }
+                            }
+                            false
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => false,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                    };
+                    if !batch.is_empty() {
+                        if let Err(e) = store.insert(&batch) {
+                            tracing::warn!(error = %e, rows = batch.len(), "history write failed");
+                        }
+                        batch.clear();
+                    }
+                    if last_prune.elapsed() > Duration::from_secs(60) {
+                        let before = now_ns() - retention.max_age.as_nanos() as i64;
+                        if let Err(e) = store.prune(before, retention.max_rows) {
+                            tracing::warn!(error = %e, "history prune failed");
+                        }
+                        last_prune = std::time::Instant::now();
+                    }
+                    if closed {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the history writer", e))?;
+        Ok(Self { tx: Some(tx), thread: Some(thread), path: path.to_path_buf() })
+    }
+
+    pub fn record(&self, row: Row) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(row);
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The human timeline.
+pub fn render(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let port = r.port.map_or(String::new(), |p| format!("{p}/{}", r.proto.as_deref().unwrap_or("?")));
+        let who = match (r.pid, &r.comm) {
+            (Some(p), Some(c)) => format!("pid {p} ({c})"),
+            (Some(p), None) => format!("pid {p}"),
+            _ => String::new(),
+        };
+        let mut tail = Vec::new();
+        if let Some(e) = &r.error {
+            tail.push(e.clone());
+        }
+        if let Some(d) = &r.detail {
+            tail.push(d.clone());
+        }
+        if let Some(j) = &r.job {
+            tail.push(format!("job {j}"));
+        }
+        out.push_str(&format!(
+            "{}  {:<11} {:<10} {:<16} {:<24} {}\n",
+            r.time,
+            r.event,
+            port,
+            r.addr.as_deref().unwrap_or(""),
+            who,
+            tail.join("; ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(t: i64, event: &str, port: u16, pid: i32, cookie: u64) -> Row {
+        Row {
+            time_ns: t,
+            time: fmt_time(t),
+            event: event.into(),
+            port: Some(port),
+            proto: Some("tcp".into()),
+            pid: Some(pid),
+            comm: Some("gunicorn".into()),
+            cookie: Some(cookie),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn stores_queries_and_answers_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let mut s = Store::open(&path).unwrap();
+        s.insert(&[
+            row(100, "bind", 5050, 377, 1),
+            row(101, "listen", 5050, 377, 1),
+            row(150, "bind_failed", 5050, 812, 2),
+            row(200, "close", 5050, 377, 1),
+            row(300, "bind", 5050, 900, 3),
+            row(310, "bind", 6000, 901, 4),
+        ])
+        .unwrap();
+        assert_eq!(s.query(Some(5050), None, None, None).unwrap().len(), 5);
+        assert_eq!(s.query(None, Some(150), Some(300), None).unwrap().len(), 3);
+        assert_eq!(s.query(None, None, None, Some(812)).unwrap()[0].event, "bind_failed");
+        let at = |t| s.holders_at(5050, t).unwrap().iter().map(|r| r.pid.unwrap()).collect::<Vec<_>>();
+        assert_eq!(at(99), Vec::<i32>::new());
+        assert_eq!(at(120), vec![377]);
+        assert_eq!(at(250), Vec::<i32>::new());
+        assert_eq!(at(305), vec![900]);
+        assert_eq!(s.first_seen(1).unwrap().unwrap().time_ns, 100);
+        // Retention by age and by count.
+        assert_eq!(s.prune(150, 1000).unwrap(), 2);
+        assert_eq!(s.prune(0, 2).unwrap(), 2);
+        assert_eq!(s.count().unwrap(), 2);
+        drop(s);
+        assert!(Store::open_readonly(&dir.path().join("missing.db")).is_err());
+        assert_eq!(Store::open_readonly(&path).unwrap().count().unwrap(), 2);
+    }
+
+    #[test]
+    fn job_identity_and_times() {
+        let env = b"PATH=/bin\0GITHUB_JOB=test\0GITHUB_RUN_ID=4711\0HOME=/root\0";
+        assert_eq!(job_from_environ(env).as_deref(), Some("GITHUB_RUN_ID=4711 GITHUB_JOB=test"));
+        assert_eq!(job_from_environ(b"GITHUB_RUN_IDX=1\0"), None);
+        assert_eq!(parse_when("10s", 100_000_000_000), Ok(90_000_000_000));
+        assert_eq!(parse_when("1970-01-01T00:01:40Z", 0), Ok(100_000_000_000));
+        assert!(parse_when("yesterday", 0).is_err());
+        assert_eq!(fmt_time(1_500_000_000), "1970-01-01T00:00:01.500Z");
+    }
+
+    #[test]
+    fn reads_own_details() {
+        let d = read_details(std::process::id() as i32).unwrap();
+        assert!(d.ancestry.starts_with(&format!("{} ", std::process::id())));
+        assert!(!d.comm.is_empty());
+    }
+}
