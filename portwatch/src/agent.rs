@@ -17,7 +17,7 @@ use crate::{
     ebpf::{events::decode, Observer, ObserverOptions},
     error::{Error, Result},
     free::{self, FreeOptions, PortReport},
-    history,
+    history, metrics,
     model::{self, BindTracker, Step},
     probe,
     reap::SelfInfo,
@@ -102,6 +102,9 @@ fn handle_step(step: Step, recorder: &mut Recorder) {
         Step::Emit(r) => r,
         Step::Failed(attempt) => recorder.failed_bind(&attempt),
     };
+    if let Some(m) = &recorder.metrics {
+        m.event(if r.error.is_some() { "bind_failed" } else { r.event });
+    }
     if r.event == "accept" {
         return;
     }
@@ -145,6 +148,7 @@ fn log_reap(rep: &PortReport) {
 /// Turns what the agent sees into history rows, with process details captured now.
 struct Recorder {
     writer: Option<history::Writer>,
+    metrics: Option<metrics::Metrics>,
     details: history::DetailsCache,
     /// Socket cookie -> (first seen, pid, comm, job): to say since when, and by which
     /// job, a port was held when a later bind fails.
@@ -233,6 +237,11 @@ impl Recorder {
     }
 
     fn verdict(&mut self, v: &Verdict) {
+        if let Some(m) = &self.metrics {
+            for r in &v.reasons {
+                m.verdict(r.kind.name());
+            }
+        }
         let (reasons, evidence) = verdict_fields(v);
         let mut r = history::Row { time_ns: history::now_ns(), event: "stuck".into(), port: Some(v.port), cookie: Some(v.cookie), ..history::Row::default() };
         r.time = history::fmt_time(r.time_ns);
@@ -242,6 +251,18 @@ impl Recorder {
     }
 
     fn reap(&mut self, rep: &PortReport) {
+        if let Some(m) = &self.metrics {
+            let outcome = match (&rep.plan.refused, &rep.outcome) {
+                (Some(_), _) => "refused",
+                (None, None) => "dry_run",
+                (None, Some(o)) if o.freed => "freed",
+                (None, Some(_)) => "still_held",
+            };
+            m.reap(outcome);
+            for sig in rep.outcome.iter().flat_map(|o| o.signals.iter()) {
+                m.signal(sig.signal);
+            }
+        }
         let now = history::now_ns();
         if let Some(why) = &rep.plan.refused {
             let mut r = history::Row { time_ns: now, time: history::fmt_time(now), event: "refused".into(), port: Some(rep.port), ..history::Row::default() };
@@ -296,8 +317,19 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     } else {
         None
     };
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let (m, registry) = metrics::Metrics::new();
+            metrics::serve(addr, std::sync::Arc::new(registry)).await?;
+            info!(addr = %addr, "serving Prometheus metrics at /metrics");
+            Some(m)
+        }
+        None => None,
+    };
+    let mut lost_seen = 0u64;
     let mut recorder = Recorder {
         writer,
+        metrics,
         details: history::DetailsCache::default(),
         seen: HashMap::new(),
         clock: WallClock::new(),
@@ -339,6 +371,18 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     Err(e) => { warn!(error = %e, "sampling failed"); continue; }
                 };
                 let verdicts = engine.update(&sample);
+                if let Some(m) = &recorder.metrics {
+                    for port in cfg.ports.iter() {
+                        let socks: Vec<&who::SocketReport> = who.sockets.iter().filter(|s| s.port == port).collect();
+                        let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.pid)).collect();
+                        let queue = socks.iter().filter_map(|s| s.accept_queue).map(u64::from).sum();
+                        let max = socks.iter().filter_map(|s| s.backlog).map(u64::from).sum();
+                        m.observe_port(port, socks.len(), pids.len(), queue, max, verdicts.iter().find(|v| v.port == port));
+                    }
+                    let lost = obs.lost();
+                    m.lost.inc_by(lost.saturating_sub(lost_seen));
+                    lost_seen = lost;
+                }
                 let now: HashSet<u64> = verdicts.iter().map(|v| v.cookie).collect();
                 for v in &verdicts {
                     if stuck.insert(v.cookie) {

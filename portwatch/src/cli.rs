@@ -166,6 +166,9 @@ pub enum Command {
         /// Record no history.
         #[arg(long)]
         no_history: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// The recorded timeline of watched ports (written by the agent): binds, failed
     /// binds with their holder, listens, closes, verdicts, signals.
@@ -377,7 +380,7 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             Ok(code)
         }
-        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json, db, no_history } => {
+        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json, db, no_history, metrics } => {
             let mut cfg = load_config(config.as_deref())?;
             merge_flags(&mut cfg, &ports, stall, grace, interval);
             cfg.reap |= reap;
@@ -386,6 +389,9 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             if no_history {
                 cfg.history = false;
+            }
+            if metrics.is_some() {
+                cfg.metrics = metrics;
             }
             init_logging(log_json);
             runtime()?.block_on(agent::run(cfg, dry_run))?;

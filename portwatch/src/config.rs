@@ -45,6 +45,8 @@ pub struct Config {
     pub retention: Duration,
     /// Keep at most this many history rows.
     pub max_events: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             db: None,
             retention: Duration::from_secs(7 * 86400),
             max_events: 1_000_000,
+            metrics: None,
         }
     }
 }

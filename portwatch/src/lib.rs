@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod error;
 pub mod free;
 pub mod history;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod ports;

@@ -129,11 +129,21 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// promtool (Debian's prometheus package) checks the metrics exposition in the tests.
+fn ensure_promtool() -> Result<()> {
+    if output(Command::new("promtool").arg("--version")).is_some() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends", "prometheus"]).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn test(args: &[String]) -> Result<()> {
     // `cargo test --release` builds the release binary the tests run; a separate
     // `cargo build` would build the kernel object a second time for other features.
     prepare()?;
     ensure_python_packages()?;
+    ensure_promtool()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--release"]);
     if !args.is_empty() {

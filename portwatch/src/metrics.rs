@@ -1,0 +1,223 @@
+//! Prometheus metrics for the agent (`--metrics ADDR`), served at `/metrics` in the
+//! text exposition format by a small HTTP responder.
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{
+    error::{Error, Result},
+    verdict::Verdict,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabel {
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StuckLabel {
+    pub port: u16,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Every metric the agent exports; cheap to clone (shared atomics).
+#[derive(Clone)]
+pub struct Metrics {
+    pub held: Family<PortLabel, Gauge>,
+    pub holders: Family<PortLabel, Gauge>,
+    pub accept_queue: Family<PortLabel, Gauge>,
+    pub accept_queue_max: Family<PortLabel, Gauge>,
+    pub stuck: Family<StuckLabel, Gauge>,
+    pub events: Family<EventLabel, Counter>,
+    pub verdicts: Family<ReasonLabel, Counter>,
+    pub signals: Family<SignalLabel, Counter>,
+    pub reaps: Family<OutcomeLabel, Counter>,
+    pub lost: Counter,
+}
+
+pub const REASONS: &[&str] = &["accept_stall", "holders_stopped", "probe_failing", "bound_not_listening", "leftover"];
+
+impl Metrics {
+    pub fn new() -> (Self, Registry) {
+        let mut r = Registry::with_prefix("portwatch");
+        let m = Self {
+            held: Family::default(),
+            holders: Family::default(),
+            accept_queue: Family::default(),
+            accept_queue_max: Family::default(),
+            stuck: Family::default(),
+            events: Family::default(),
+            verdicts: Family::default(),
+            signals: Family::default(),
+            reaps: Family::default(),
+            lost: Counter::default(),
+        };
+        r.register("port_held", "Whether a socket is bound to the watched port (1) or not (0)", m.held.clone());
+        r.register("port_holders", "Processes holding sockets on the watched port", m.holders.clone());
+        r.register("accept_queue_length", "Connections waiting in the accept queues of the port's listeners", m.accept_queue.clone());
+        r.register("accept_queue_max", "Accept queue maximum (backlog) of the port's listeners", m.accept_queue_max.clone());
+        r.register("port_stuck", "Whether a listener on the port is stuck, by reason (1) or not (0)", m.stuck.clone());
+        r.register("events", "Socket events seen on watched ports, by type", m.events.clone());
+        r.register("verdicts", "Listeners found stuck, by reason", m.verdicts.clone());
+        r.register("signals", "Signals sent while reaping, by signal", m.signals.clone());
+        r.register("reaps", "Reaps, by outcome", m.reaps.clone());
+        r.register("ringbuf_lost_events", "Kernel events dropped because the ring buffer was full", m.lost.clone());
+        // A gauge, not an OpenMetrics `info`, so Prometheus' text parser (and promtool)
+        // accept it.
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
+        r.register("build_info", "portwatch build information", build);
+        (m, r)
+    }
+
+    /// Sets the per-port gauges from one sample.
+    pub fn observe_port(&self, port: u16, sockets: usize, holders: usize, queue: u64, queue_max: u64, verdict: Option<&Verdict>) {
+        let l = PortLabel { port };
+        self.held.get_or_create(&l).set(i64::from(sockets > 0));
+        self.holders.get_or_create(&l).set(holders as i64);
+        self.accept_queue.get_or_create(&l).set(queue as i64);
+        self.accept_queue_max.get_or_create(&l).set(queue_max as i64);
+        for reason in REASONS {
+            let on = verdict.is_some_and(|v| v.reasons.iter().any(|r| r.kind.name() == *reason));
+            self.stuck.get_or_create(&StuckLabel { port, reason: (*reason).to_string() }).set(i64::from(on));
+        }
+    }
+
+    pub fn event(&self, event: &str) {
+        self.events.get_or_create(&EventLabel { event: event.to_string() }).inc();
+    }
+
+    pub fn verdict(&self, reason: &str) {
+        self.verdicts.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        self.signals.get_or_create(&SignalLabel { signal: signal.to_string() }).inc();
+    }
+
+    pub fn reap(&self, outcome: &str) {
+        self.reaps.get_or_create(&OutcomeLabel { outcome: outcome.to_string() }).inc();
+    }
+}
+
+/// The Prometheus text exposition format (0.0.4): prometheus-client writes
+/// OpenMetrics, where a counter family `x` has samples `x_total`; the text format
+/// names the family `x_total` too and has no `# EOF`.
+pub fn render(registry: &Registry) -> String {
+    let mut om = String::new();
+    let _ = encode(&mut om, registry);
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter")))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 64);
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| Error::io(format!("metrics listener on {addr}"), e))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { continue };
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while n < buf.len() {
+                    match conn.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let (status, ctype, body) = if head.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
+                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&registry))
+                } else {
+                    ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string())
+                };
+                let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{Reason, ReasonKind};
+
+    #[test]
+    fn renders_names_and_labels() {
+        let (m, r) = Metrics::new();
+        let v = Verdict { port: 5050, cookie: 1, reasons: vec![Reason { kind: ReasonKind::AcceptStall, evidence: String::new() }], pids: vec![1] };
+        m.observe_port(5050, 1, 5, 3, 128, Some(&v));
+        m.event("bind");
+        m.lost.inc_by(2);
+        let text = render(&r);
+        for needle in [
+            "portwatch_port_held{port=\"5050\"} 1",
+            "portwatch_port_holders{port=\"5050\"} 5",
+            "portwatch_accept_queue_length{port=\"5050\"} 3",
+            "portwatch_port_stuck{port=\"5050\",reason=\"accept_stall\"} 1",
+            "portwatch_port_stuck{port=\"5050\",reason=\"holders_stopped\"} 0",
+            "portwatch_events_total{event=\"bind\"} 1",
+            "portwatch_ringbuf_lost_events_total 2",
+            "portwatch_build_info{version=",
+            "# TYPE portwatch_events_total counter",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"));
+    }
+}

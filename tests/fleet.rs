@@ -1,0 +1,97 @@
+//! Running on a fleet: Prometheus metrics scraped over real HTTP and checked by
+//! promtool; the systemd unit verified by systemd-analyze; the example config valid.
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::{free_port, portwatch, require_root, spawn_python, ChildGuard};
+
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("Content-Type: text/plain; version=0.0.4"), "{resp}");
+    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn metrics_are_scraped_and_pass_promtool() {
+    require_root();
+    let (watched, metrics_port) = (free_port(), free_port());
+    let mut agent = Command::new(support::bin())
+        .args(["agent", "--no-history", "--interval", "200ms", "-p", &watched.to_string(), "--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let err = agent.stderr.take().expect("stderr");
+    let _agent = ChildGuard(agent);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            if l.contains("serving Prometheus metrics") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("metrics endpoint up");
+    let before = scrape(metrics_port);
+    assert!(before.contains(&format!("portwatch_port_held{{port=\"{watched}\"}} 0")), "{before}");
+    let (_server, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {watched})); s.listen()\nc = socket.create_connection(('127.0.0.1', {watched}))\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    std::thread::sleep(Duration::from_millis(800));
+    let body = scrape(metrics_port);
+    for needle in [
+        format!("portwatch_port_held{{port=\"{watched}\"}} 1"),
+        format!("portwatch_port_holders{{port=\"{watched}\"}} 1"),
+        format!("portwatch_accept_queue_length{{port=\"{watched}\"}} 1"),
+        format!("portwatch_port_stuck{{port=\"{watched}\",reason=\"accept_stall\"}} 0"),
+        "portwatch_events_total{event=\"listen\"} 1".to_string(),
+        "portwatch_ringbuf_lost_events_total 0".to_string(),
+        "portwatch_build_info{version=".to_string(),
+    ] {
+        assert!(body.contains(&needle), "missing {needle} in\n{body}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask test installs Debian's prometheus package)");
+    promtool.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let mut bad = TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect");
+    bad.write_all(b"GET /nope HTTP/1.1\r\n\r\n").expect("request");
+    let mut resp = String::new();
+    bad.read_to_string(&mut resp).expect("read");
+    assert!(resp.starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn systemd_unit_verifies_and_example_config_parses() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("deploy/portwatch.service")).expect("unit");
+    assert!(unit.contains("CapabilityBoundingSet=") && unit.contains("ProtectSystem=strict") && unit.contains("NoNewPrivileges=yes"));
+    // systemd-analyze checks that ExecStart's binary exists: point it at this build.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("portwatch.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/portwatch", support::bin())).expect("write unit");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().expect("systemd-analyze");
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The example config is accepted (a dry run signals nothing).
+    let cfg = root.join("deploy/portwatch.toml");
+    let out = portwatch(&["cleanup", "--dry-run", "--json", "--stall", "200ms", "--config", cfg.to_str().expect("utf8")]);
+    assert!(matches!(out.status.code(), Some(0 | 1 | 6)), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["verdicts"].is_array());
+}
