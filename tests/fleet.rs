@@ -42,8 +42,17 @@ fn metrics_are_scraped_and_pass_promtool() {
         }
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("metrics endpoint up");
-    let before = scrape(metrics_port);
-    assert!(before.contains(&format!("portwatch_port_held{{port=\"{watched}\"}} 0")), "{before}");
+    // The gauges appear with the agent's first sample.
+    let free_line = format!("portwatch_port_held{{port=\"{watched}\"}} 0");
+    let mut before = String::new();
+    for _ in 0..50 {
+        before = scrape(metrics_port);
+        if before.contains(&free_line) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(before.contains(&free_line), "{before}");
     let (_server, _) = spawn_python(&format!(
         "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {watched})); s.listen()\nc = socket.create_connection(('127.0.0.1', {watched}))\nprint('READY', flush=True)\ntime.sleep(60)\n"
     ));
