@@ -26,7 +26,7 @@ fn metrics_are_scraped_and_pass_promtool() {
     require_root();
     let (watched, metrics_port) = (free_port(), free_port());
     let mut agent = Command::new(support::bin())
-        .args(["agent", "--no-history", "--interval", "200ms", "-p", &watched.to_string(), "--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .args(["agent", "--no-history", "--no-socket", "--interval", "200ms", "-p", &watched.to_string(), "--metrics", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -12,7 +12,7 @@ use support::{free_port, portwatch, require_root, spawn_python, ChildGuard};
 
 fn start_agent(port: u16, db: &std::path::Path) -> ChildGuard {
     let mut child = Command::new(support::bin())
-        .args(["agent", "--interval", "200ms", "-p", &port.to_string(), "--db", db.to_str().expect("utf8")])
+        .args(["agent", "--no-socket", "--interval", "200ms", "-p", &port.to_string(), "--db", db.to_str().expect("utf8")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -145,7 +145,7 @@ srv.serve_forever()
         "import time, urllib.request\nprint('READY', flush=True)\nfor _ in range(400):\n    urllib.request.urlopen('http://127.0.0.1:{busy_port}/', timeout=2).read()\n    time.sleep(0.02)\n"
     ));
     let mut agent = Command::new(support::bin())
-        .args(["agent", "--reap", "--log-json", "--no-history", "--stall", "2s", "--grace", "1s", "--interval", "200ms"])
+        .args(["agent", "--reap", "--log-json", "--no-history", "--no-socket", "--stall", "2s", "--grace", "1s", "--interval", "200ms"])
         .args(["-p", &format!("{stuck_port},{busy_port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

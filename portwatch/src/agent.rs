@@ -17,7 +17,7 @@ use crate::{
     ebpf::{events::decode, Observer, ObserverOptions},
     error::{Error, Result},
     free::{self, FreeOptions, PortReport},
-    history, metrics,
+    control, history, metrics,
     model::{self, BindTracker, Step},
     probe,
     reap::SelfInfo,
@@ -150,9 +150,9 @@ struct Recorder {
     writer: Option<history::Writer>,
     metrics: Option<metrics::Metrics>,
     details: history::DetailsCache,
-    /// Socket cookie -> (first seen, pid, comm, job): to say since when, and by which
-    /// job, a port was held when a later bind fails.
-    seen: HashMap<u64, (i64, Option<i32>, Option<String>, Option<String>)>,
+    /// Shared with the control socket: socket cookie -> (first seen, job), to say
+    /// since when, and by which job, a port was held.
+    shared: std::sync::Arc<control::Shared>,
     clock: WallClock,
     unpriv_start: u16,
 }
@@ -177,7 +177,7 @@ impl Recorder {
     }
 
     fn socket_event(&mut self, rec: &model::Record) {
-        if self.writer.is_none() || rec.event == "accept" {
+        if rec.event == "accept" {
             return;
         }
         let t = self.wall_ns(rec.ts_ns);
@@ -189,11 +189,14 @@ impl Recorder {
         r.proto = Some(rec.proto.to_string());
         r.addr = Some(rec.addr.clone());
         r.cookie = Some(rec.cookie);
-        if rec.event == "bind" || rec.event == "listen" {
-            self.seen.entry(rec.cookie).or_insert((t, r.pid, r.comm.clone(), r.job.clone()));
-        }
-        if rec.event == "close" {
-            self.seen.remove(&rec.cookie);
+        {
+            let mut seen = self.shared.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if rec.event == "bind" || rec.event == "listen" {
+                seen.entry(rec.cookie).or_insert((t, r.job.clone()));
+            }
+            if rec.event == "close" {
+                seen.remove(&rec.cookie);
+            }
         }
         self.record(r);
     }
@@ -224,7 +227,8 @@ impl Recorder {
                 Some(p) => format!("held by pid {} ({})", p.pid, p.comm),
                 None => format!("held by a {} socket (inode {})", h.state, h.inode),
             };
-            if let Some((since, _, _, job)) = holder.and_then(|s| self.seen.get(&s.cookie)) {
+            let seen = self.shared.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((since, job)) = holder.and_then(|s| seen.get(&s.cookie)) {
                 d.push_str(&format!(", since {}", history::fmt_time(*since)));
                 if let Some(j) = job {
                     d.push_str(&format!(", job {j}"));
@@ -327,11 +331,26 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
         None => None,
     };
     let mut lost_seen = 0u64;
+    let shared = std::sync::Arc::new(control::Shared {
+        ports: cfg.ports.clone(),
+        started: std::time::Instant::now(),
+        db: cfg.history.then(|| cfg.db.clone().unwrap_or_else(|| history::DEFAULT_DB.into())),
+        protect: cfg.protect.clone(),
+        grace: cfg.grace,
+        seen: std::sync::Mutex::new(HashMap::new()),
+        stuck: std::sync::Mutex::new(Vec::new()),
+        lost: std::sync::Mutex::new(0),
+    });
+    if let Some(path) = &cfg.socket {
+        let mode = u32::from_str_radix(cfg.socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o660);
+        control::serve(path, mode, Some(&cfg.socket_group), shared.clone()).await?;
+        info!(socket = %path.display(), mode = %format!("{mode:o}"), "control socket ready");
+    }
     let mut recorder = Recorder {
         writer,
         metrics,
         details: history::DetailsCache::default(),
-        seen: HashMap::new(),
+        shared: shared.clone(),
         clock: WallClock::new(),
         unpriv_start: 1024,
     };
@@ -383,6 +402,8 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     m.lost.inc_by(lost.saturating_sub(lost_seen));
                     lost_seen = lost;
                 }
+                *shared.stuck.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = verdicts.iter().map(|v| v.port).collect();
+                *shared.lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = obs.lost();
                 let now: HashSet<u64> = verdicts.iter().map(|v| v.cookie).collect();
                 for v in &verdicts {
                     if stuck.insert(v.cookie) {
@@ -410,6 +431,9 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     drop(obs);
     // Flushes what is queued for the database.
     drop(recorder);
+    if let Some(path) = &cfg.socket {
+        let _ = std::fs::remove_file(path);
+    }
     info!(lost_events = lost, "agent stopped; hooks detached");
     Ok(())
 }

@@ -169,6 +169,15 @@ pub enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Control socket path (default /run/portwatch.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Serve no control socket.
+        #[arg(long)]
+        no_socket: bool,
+        /// Control socket mode, octal (default 0660; group `portwatch` if it exists).
+        #[arg(long)]
+        socket_mode: Option<String>,
     },
     /// The recorded timeline of watched ports (written by the agent): binds, failed
     /// binds with their holder, listens, closes, verdicts, signals.
@@ -270,6 +279,79 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(t).map_err(|e| format!("invalid duration '{t}': {e} (e.g. 5s, 250ms, 1m)"))
 }
 
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The agent's control socket (PORTWATCH_SOCKET overrides the default path).
+fn agent_request(req: &serde_json::Value) -> Option<serde_json::Value> {
+    let path = std::env::var_os("PORTWATCH_SOCKET").map_or_else(|| PathBuf::from(crate::control::DEFAULT_SOCKET), PathBuf::from);
+    crate::control::request(&path, req)
+}
+
+/// The agent's reply, or its error as ours (a denial is a missing privilege).
+fn agent_ok(reply: serde_json::Value) -> Result<serde_json::Value> {
+    if reply["ok"] == true {
+        return Ok(reply);
+    }
+    let msg = reply["error"].as_str().unwrap_or("the agent refused").to_string();
+    if msg.starts_with("denied") {
+        Err(Error::privilege(format!("agent: {msg}"), "ask root, or free only ports your own processes hold"))
+    } else {
+        Err(Error::Internal(format!("agent: {msg}")))
+    }
+}
+
+/// The agent's answer to `free`, one line per port.
+fn render_agent_free(reports: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for r in reports.as_array().cloned().unwrap_or_default() {
+        let port = &r["port"];
+        let plan = &r["plan"];
+        let targets: Vec<String> = plan["targets"].as_array().cloned().unwrap_or_default().iter().map(|t| format!("{} ({})", t["pid"], t["comm"].as_str().unwrap_or("?"))).collect();
+        let line = if let Some(why) = plan["refused"].as_str() {
+            format!("port {port}: refused: {why}")
+        } else if plan["sockets"] == 0 {
+            format!("port {port}: already free")
+        } else if r["outcome"].is_null() {
+            format!("port {port}: would signal {}", targets.join(", "))
+        } else if r["outcome"]["freed"] == true {
+            format!("port {port}: freed in {:.2}s (via the agent): {}", r["outcome"]["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0, targets.join(", "))
+        } else {
+            format!("port {port}: still held by {}", r["outcome"]["survivors"])
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A plain listing of the sockets the agent reported.
+fn render_agent_sockets(ports: &PortSet, sockets: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let list = sockets.as_array().cloned().unwrap_or_default();
+    for port in ports.iter() {
+        let here: Vec<&serde_json::Value> = list.iter().filter(|s| s["port"] == port).collect();
+        if here.is_empty() {
+            out.push_str(&format!("port {port}: free\n"));
+            continue;
+        }
+        out.push_str(&format!("port {port}: {} socket(s) (from the agent)\n", here.len()));
+        for s in here {
+            let since = s["since"].as_str().map(|t| format!(" since {t}")).unwrap_or_default();
+            let job = s["job"].as_str().map(|j| format!(" job {j}")).unwrap_or_default();
+            out.push_str(&format!("  {} {} {} inode {}{since}{job}\n", s["proto"].as_str().unwrap_or("?"), s["addr"].as_str().unwrap_or("?"), s["state"].as_str().unwrap_or("?"), s["inode"]));
+            for h in s["holders"].as_array().cloned().unwrap_or_default() {
+                out.push_str(&format!(
+                    "    pid {} ppid {} {} ({}) {} fd {}: {}\n",
+                    h["pid"], h["ppid"], h["comm"].as_str().unwrap_or("?"), h["user"].as_str().unwrap_or("?"), h["state"].as_str().unwrap_or("?"), h["fd"], h["cmdline"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
     path.map_or_else(|| Ok(Config::default()), Config::load)
 }
@@ -319,6 +401,18 @@ pub fn execute(cli: Cli) -> Result<u8> {
         }
         Command::Who { ports, tcp, udp, clients, proc, json } => {
             let ports = ports::merge(&ports);
+            // Without privilege, ask the agent (it sees every holder) when one runs.
+            if !is_root() && !proc {
+                if let Some(reply) = agent_request(&serde_json::json!({"cmd": "who", "ports": ports.iter().collect::<Vec<_>>()})) {
+                    let sockets = agent_ok(reply)?["sockets"].clone();
+                    if json {
+                        println!("{}", to_json(&sockets)?);
+                    } else {
+                        print!("{}", render_agent_sockets(&ports, &sockets));
+                    }
+                    return Ok(exit::OK);
+                }
+            }
             let r = who::gather(&ports, who::WhoOptions { tcp, udp, clients, force_proc: proc, prefetch: true })?;
             for n in &r.notes {
                 eprintln!("portwatch: note: {n}");
@@ -351,6 +445,22 @@ pub fn execute(cli: Cli) -> Result<u8> {
         }
         Command::Free { ports, force, grace, dry_run, tcp, udp, config, json } => {
             let cfg = load_config(config.as_deref())?;
+            if !is_root() && !udp {
+                let req = serde_json::json!({
+                    "cmd": "free", "ports": ports::merge(&ports).iter().collect::<Vec<_>>(),
+                    "force": force, "grace_ms": grace.as_millis() as u64, "dry_run": dry_run,
+                });
+                if let Some(reply) = agent_request(&req) {
+                    let reply = agent_ok(reply)?;
+                    let reports = reply["reports"].clone();
+                    if json {
+                        println!("{}", to_json(&reports)?);
+                    } else {
+                        print!("{}", render_agent_free(&reports));
+                    }
+                    return Ok(reply["exit_code"].as_u64().map_or(exit::INTERNAL, |c| c as u8));
+                }
+            }
             let opts = free::FreeOptions { force, grace, dry_run, tcp, udp, protect: cfg.protect };
             let (reports, notes) = free::run(&ports::merge(&ports), &opts)?;
             for n in &notes {
@@ -380,7 +490,7 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             Ok(code)
         }
-        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json, db, no_history, metrics } => {
+        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json, db, no_history, metrics, socket, no_socket, socket_mode } => {
             let mut cfg = load_config(config.as_deref())?;
             merge_flags(&mut cfg, &ports, stall, grace, interval);
             cfg.reap |= reap;
@@ -392,6 +502,18 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             if metrics.is_some() {
                 cfg.metrics = metrics;
+            }
+            if socket.is_some() {
+                cfg.socket = socket;
+            }
+            if no_socket {
+                cfg.socket = None;
+            }
+            if let Some(m) = socket_mode {
+                if u32::from_str_radix(m.trim_start_matches("0o"), 8).map_or(true, |v| v > 0o777) {
+                    return Err(Error::Usage(format!("--socket-mode: '{m}' is not an octal file mode like 0660")));
+                }
+                cfg.socket_mode = m;
             }
             init_logging(log_json);
             runtime()?.block_on(agent::run(cfg, dry_run))?;

@@ -47,6 +47,12 @@ pub struct Config {
     pub max_events: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The control socket (None: off).
+    pub socket: Option<std::path::PathBuf>,
+    /// Its mode, octal.
+    pub socket_mode: String,
+    /// Its group (when that group exists).
+    pub socket_group: String,
 }
 
 impl Default for Config {
@@ -65,6 +71,9 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 86400),
             max_events: 1_000_000,
             metrics: None,
+            socket: Some(crate::control::DEFAULT_SOCKET.into()),
+            socket_mode: "0660".into(),
+            socket_group: "portwatch".into(),
         }
     }
 }
@@ -176,6 +185,9 @@ impl Config {
             if p.failures == 0 {
                 return Err(Error::Config(format!("{origin}: probe for port {}: failures must be at least 1", p.port)));
             }
+        }
+        if u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8).map_or(true, |m| m > 0o777) {
+            return Err(Error::Config(format!("{origin}: socket_mode: '{}' is not an octal file mode like \"0660\"", self.socket_mode)));
         }
         if self.stall.is_zero() || self.interval.is_zero() {
             return Err(Error::Config(format!("{origin}: stall and interval must be longer than 0")));

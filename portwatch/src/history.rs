@@ -129,18 +129,28 @@ pub fn read_details(pid: i32) -> Option<ProcDetails> {
     })
 }
 
-/// Caches details per (pid, start time) so a storm from one process reads /proc once.
+/// Caches details per (pid, start time) so a storm from one process reads /proc once;
+/// an entry is re-validated (pid reuse) at most once a second.
 #[derive(Default)]
 pub struct DetailsCache {
-    map: HashMap<i32, (u64, Option<ProcDetails>)>,
+    map: HashMap<i32, (u64, std::time::Instant, Option<ProcDetails>)>,
 }
 
 impl DetailsCache {
     pub fn get(&mut self, pid: i32) -> Option<ProcDetails> {
+        if let Some((_, checked, d)) = self.map.get(&pid) {
+            if checked.elapsed() < Duration::from_secs(1) {
+                return d.clone();
+            }
+        }
         let start = procfs::process::Process::new(pid).ok().and_then(|p| p.stat().ok()).map(|s| s.starttime);
-        let start = start?;
-        if let Some((s, d)) = self.map.get(&pid) {
+        let Some(start) = start else {
+            // Gone: what we knew is still the best description of it.
+            return self.map.get(&pid).and_then(|(_, _, d)| d.clone());
+        };
+        if let Some((s, checked, d)) = self.map.get_mut(&pid) {
             if *s == start {
+                *checked = std::time::Instant::now();
                 return d.clone();
             }
         }
@@ -148,7 +158,7 @@ impl DetailsCache {
             self.map.clear();
         }
         let d = read_details(pid);
-        self.map.insert(pid, (start, d.clone()));
+        self.map.insert(pid, (start, std::time::Instant::now(), d.clone()));
         d
     }
 }

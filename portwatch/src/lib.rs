@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod doctor;
 pub mod ebpf;
 pub mod error;
