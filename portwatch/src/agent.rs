@@ -110,7 +110,9 @@ fn handle_step(step: Step, recorder: &mut Recorder) {
     }
     match &r.error {
         Some(e) => warn!(event = "bind_failed", error = %e, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event"),
-        None => info!(event = r.event, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event"),
+        // Every event is in the history and the metrics; logging each one would flood
+        // the log pipeline in a bind storm (RUST_LOG=portwatch=debug shows them).
+        None => tracing::debug!(event = r.event, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event"),
     }
     if r.error.is_none() {
         recorder.socket_event(&r);
@@ -192,7 +194,7 @@ impl Recorder {
         {
             let mut seen = self.shared.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if rec.event == "bind" || rec.event == "listen" {
-                seen.entry(rec.cookie).or_insert((t, r.job.clone()));
+                seen.entry(rec.cookie).or_insert((t, r.job.as_deref().map(String::from)));
             }
             if rec.event == "close" {
                 seen.remove(&rec.cookie);
@@ -429,6 +431,10 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let lost = obs.lost();
     drop(ring);
     drop(obs);
+    let dropped = recorder.writer.as_ref().map_or(0, |w| w.dropped.load(std::sync::atomic::Ordering::Relaxed));
+    if dropped > 0 {
+        warn!(dropped_rows = dropped, "history could not keep up; rows were dropped");
+    }
     // Flushes what is queued for the database.
     drop(recorder);
     if let Some(path) = &cfg.socket {

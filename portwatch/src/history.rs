@@ -28,6 +28,9 @@ pub const JOB_VARS: &[&str] = &[
     "JOB_NAME",
 ];
 
+/// Shared text: a storm of events from one process shares one copy of its details.
+pub type Text = std::sync::Arc<str>;
+
 /// One row of history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Row {
@@ -45,12 +48,12 @@ pub struct Row {
     pub ppid: Option<i32>,
     pub uid: Option<u32>,
     pub comm: Option<String>,
-    pub cmdline: Option<String>,
-    pub cgroup: Option<String>,
+    pub cmdline: Option<Text>,
+    pub cgroup: Option<Text>,
     /// `812 python3 < 377 bash < 1 init`: the parent chain at event time.
-    pub ancestry: Option<String>,
+    pub ancestry: Option<Text>,
     /// CI job identity from the process environment, e.g. `GITHUB_RUN_ID=4711`.
-    pub job: Option<String>,
+    pub job: Option<Text>,
     pub cookie: Option<u64>,
     pub error: Option<String>,
     /// Free text: who held the port, a verdict's evidence, a signal's outcome.
@@ -83,10 +86,10 @@ pub struct ProcDetails {
     pub ppid: i32,
     pub uid: u32,
     pub comm: String,
-    pub cmdline: String,
-    pub cgroup: String,
-    pub ancestry: String,
-    pub job: Option<String>,
+    pub cmdline: Text,
+    pub cgroup: Text,
+    pub ancestry: Text,
+    pub job: Option<Text>,
 }
 
 /// The CI job identity in an environment block (NUL-separated `KEY=value`).
@@ -122,10 +125,10 @@ pub fn read_details(pid: i32) -> Option<ProcDetails> {
         ppid: info.ppid,
         uid: info.uid,
         comm: info.comm,
-        cmdline: info.cmdline,
-        cgroup: info.cgroup,
-        ancestry: chain.join(" < "),
-        job: job_from_environ(&env),
+        cmdline: info.cmdline.into(),
+        cgroup: info.cgroup.into(),
+        ancestry: chain.join(" < ").into(),
+        job: job_from_environ(&env).map(Text::from),
     })
 }
 
@@ -165,21 +168,34 @@ impl DetailsCache {
 
 pub struct Store {
     conn: Connection,
+    /// Content hash of a process's details -> its row in `processes`.
+    procs: HashMap<u64, i64>,
 }
 
+/// Events reference the process they came from; process details (command line,
+/// parent chain, job...) are stored once per process, which keeps rows small and
+/// inserts fast in a storm.
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS processes (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER, ppid INTEGER, uid INTEGER, cmdline TEXT, cgroup TEXT, ancestry TEXT, job TEXT
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     time_ns INTEGER NOT NULL,
     event TEXT NOT NULL,
     port INTEGER, proto TEXT, addr TEXT,
-    pid INTEGER, ppid INTEGER, uid INTEGER, comm TEXT, cmdline TEXT, cgroup TEXT,
-    ancestry TEXT, job TEXT, cookie INTEGER, error TEXT, detail TEXT
+    pid INTEGER, comm TEXT, proc_id INTEGER REFERENCES processes(id),
+    cookie INTEGER, error TEXT, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_port_time ON events(port, time_ns);
 CREATE INDEX IF NOT EXISTS events_time ON events(time_ns);
 CREATE INDEX IF NOT EXISTS events_cookie ON events(cookie);
 ";
+
+const SELECT: &str = "SELECT e.id, e.time_ns, e.event, e.port, e.proto, e.addr, e.pid, e.comm, e.cookie, e.error, e.detail,
+    p.ppid, p.uid, p.cmdline, p.cgroup, p.ancestry, p.job
+    FROM events e LEFT JOIN processes p ON p.id = e.proc_id";
 
 fn db_err(path: &Path, e: rusqlite::Error) -> Error {
     Error::Config(format!("history database {}: {e}", path.display()))
@@ -196,7 +212,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| db_err(path, e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| db_err(path, e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
-        Ok(Self { conn })
+        Ok(Self { conn, procs: HashMap::new() })
     }
 
     /// Opens an existing database for queries.
@@ -206,21 +222,43 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| db_err(path, e))?;
-        Ok(Self { conn })
+        Ok(Self { conn, procs: HashMap::new() })
     }
 
     /// Inserts rows in one transaction.
     pub fn insert(&mut self, rows: &[Row]) -> rusqlite::Result<()> {
+        use std::hash::{Hash, Hasher};
         let tx = self.conn.transaction()?;
         {
+            let mut proc_st = tx.prepare_cached(
+                "INSERT INTO processes (pid, ppid, uid, cmdline, cgroup, ancestry, job) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
             let mut st = tx.prepare_cached(
-                "INSERT INTO events (time_ns, event, port, proto, addr, pid, ppid, uid, comm, cmdline, cgroup, ancestry, job, cookie, error, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                "INSERT INTO events (time_ns, event, port, proto, addr, pid, comm, proc_id, cookie, error, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for r in rows {
+                let proc_id = if r.ancestry.is_some() || r.cmdline.is_some() {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (r.pid, r.ppid, r.uid, &r.cmdline, &r.cgroup, &r.ancestry, &r.job).hash(&mut h);
+                    let key = h.finish();
+                    match self.procs.get(&key) {
+                        Some(&id) => Some(id),
+                        None => {
+                            proc_st.execute(params![r.pid, r.ppid, r.uid, r.cmdline.as_deref(), r.cgroup.as_deref(), r.ancestry.as_deref(), r.job.as_deref()])?;
+                            let id = tx.last_insert_rowid();
+                            if self.procs.len() > 65536 {
+                                self.procs.clear();
+                            }
+                            self.procs.insert(key, id);
+                            Some(id)
+                        }
+                    }
+                } else {
+                    None
+                };
                 st.execute(params![
-                    r.time_ns, r.event, r.port, r.proto, r.addr, r.pid, r.ppid, r.uid, r.comm, r.cmdline, r.cgroup,
-                    r.ancestry, r.job, r.cookie.map(|c| c as i64), r.error, r.detail
+                    r.time_ns, r.event, r.port, r.proto, r.addr, r.pid, r.comm, proc_id, r.cookie.map(|c| c as i64), r.error, r.detail
                 ])?;
             }
         }
@@ -242,10 +280,10 @@ impl Store {
                 ppid: r.get("ppid")?,
                 uid: r.get("uid")?,
                 comm: r.get("comm")?,
-                cmdline: r.get("cmdline")?,
-                cgroup: r.get("cgroup")?,
-                ancestry: r.get("ancestry")?,
-                job: r.get("job")?,
+                cmdline: r.get::<_, Option<String>>("cmdline")?.map(Text::from),
+                cgroup: r.get::<_, Option<String>>("cgroup")?.map(Text::from),
+                ancestry: r.get::<_, Option<String>>("ancestry")?.map(Text::from),
+                job: r.get::<_, Option<String>>("job")?.map(Text::from),
                 cookie: r.get::<_, Option<i64>>("cookie")?.map(|c| c as u64),
                 error: r.get("error")?,
                 detail: r.get("detail")?,
@@ -257,8 +295,10 @@ impl Store {
     /// The timeline, oldest first.
     pub fn query(&self, port: Option<u16>, since: Option<i64>, until: Option<i64>, pid: Option<i32>) -> rusqlite::Result<Vec<Row>> {
         self.rows(
-            "SELECT * FROM events WHERE (?1 IS NULL OR port = ?1) AND (?2 IS NULL OR time_ns >= ?2)
-             AND (?3 IS NULL OR time_ns <= ?3) AND (?4 IS NULL OR pid = ?4) ORDER BY time_ns, id",
+            &format!(
+                "{SELECT} WHERE (?1 IS NULL OR e.port = ?1) AND (?2 IS NULL OR e.time_ns >= ?2)
+                 AND (?3 IS NULL OR e.time_ns <= ?3) AND (?4 IS NULL OR e.pid = ?4) ORDER BY e.time_ns, e.id"
+            ),
             &[&port, &since, &until, &pid],
         )
     }
@@ -267,12 +307,14 @@ impl Store {
     /// closed (their first bind/listen row each).
     pub fn holders_at(&self, port: u16, at: i64) -> rusqlite::Result<Vec<Row>> {
         self.rows(
-            "SELECT * FROM events e WHERE e.port = ?1 AND e.event IN ('bind', 'listen') AND e.time_ns <= ?2
-               AND e.cookie IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM events c WHERE c.cookie = e.cookie AND c.event = 'close'
-                               AND c.time_ns >= e.time_ns AND c.time_ns <= ?2)
-               AND e.id = (SELECT MIN(f.id) FROM events f WHERE f.cookie = e.cookie AND f.event IN ('bind', 'listen'))
-             ORDER BY e.time_ns",
+            &format!(
+                "{SELECT} WHERE e.port = ?1 AND e.event IN ('bind', 'listen') AND e.time_ns <= ?2
+                   AND e.cookie IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM events c WHERE c.cookie = e.cookie AND c.event = 'close'
+                                   AND c.time_ns >= e.time_ns AND c.time_ns <= ?2)
+                   AND e.id = (SELECT MIN(f.id) FROM events f WHERE f.cookie = e.cookie AND f.event IN ('bind', 'listen'))
+                 ORDER BY e.time_ns"
+            ),
             &[&port, &at],
         )
     }
@@ -281,7 +323,7 @@ impl Store {
     pub fn first_seen(&self, cookie: u64) -> rusqlite::Result<Option<Row>> {
         Ok(self
             .rows(
-                "SELECT * FROM events WHERE cookie = ?1 AND event IN ('bind', 'listen') ORDER BY id LIMIT 1",
+                &format!("{SELECT} WHERE e.cookie = ?1 AND e.event IN ('bind', 'listen') ORDER BY e.id LIMIT 1"),
                 &[&(cookie as i64)],
             )?
             .into_iter()
@@ -289,7 +331,7 @@ impl Store {
     }
 
     /// Drops rows older than `before_ns`, then the oldest beyond `max_rows`.
-    pub fn prune(&self, before_ns: i64, max_rows: u64) -> rusqlite::Result<usize> {
+    pub fn prune(&mut self, before_ns: i64, max_rows: u64) -> rusqlite::Result<usize> {
         let mut n = self.conn.execute("DELETE FROM events WHERE time_ns < ?1", [before_ns])?;
         let count: i64 = self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
         if count as u64 > max_rows {
@@ -298,6 +340,9 @@ impl Store {
                 [count - max_rows as i64],
             )?;
         }
+        // Processes no event refers to any more.
+        self.conn.execute("DELETE FROM processes WHERE id NOT IN (SELECT proc_id FROM events WHERE proc_id IS NOT NULL)", [])?;
+        self.procs.clear();
         Ok(n)
     }
 
@@ -319,10 +364,15 @@ impl Default for Retention {
     }
 }
 
+/// Rows the writer may have queued before new ones are dropped.
+pub const QUEUE_ROWS: usize = 10_000;
+
 /// The batching writer: rows go through a channel to a thread that commits them in
 /// transactions of up to 5000 rows or every 200 ms, and prunes once a minute.
 pub struct Writer {
-    tx: Option<mpsc::Sender<Row>>,
+    tx: Option<mpsc::SyncSender<Row>>,
+    /// Rows dropped because the writer fell this far behind (memory stays bounded).
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub path: PathBuf,
 }
@@ -330,7 +380,8 @@ pub struct Writer {
 impl Writer {
     pub fn start(path: &Path, retention: Retention) -> Result<Self> {
         let mut store = Store::open(path)?;
-        let (tx, rx) = mpsc::channel::<Row>();
+        // Bounded: a storm the database cannot absorb costs rows (counted), not memory.
+        let (tx, rx) = mpsc::sync_channel::<Row>(QUEUE_ROWS);
         let thread = std::thread::Builder::new()
             .name("history".into())
             .spawn(move || {
@@ -370,12 +421,14 @@ impl Writer {
                 }
             })
             .map_err(|e| Error::io("starting the history writer", e))?;
-        Ok(Self { tx: Some(tx), thread: Some(thread), path: path.to_path_buf() })
+        Ok(Self { tx: Some(tx), dropped: Default::default(), thread: Some(thread), path: path.to_path_buf() })
     }
 
     pub fn record(&self, row: Row) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(row);
+            if tx.try_send(row).is_err() {
+                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
