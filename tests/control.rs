@@ -5,10 +5,9 @@ mod support;
 use std::{
     os::unix::process::CommandExt,
     process::{Command, Output, Stdio},
-    time::Duration,
 };
 
-use support::{free_port, require_root, spawn_python, ChildGuard};
+use support::{free_port, require_root, spawn_python, start_logged, ChildGuard};
 
 fn as_nobody(socket: &str, args: &[&str]) -> Output {
     Command::new(support::bin()).args(args).env("PORTWATCH_SOCKET", socket).uid(65534).gid(65534).output().expect("portwatch as nobody")
@@ -19,24 +18,11 @@ fn nobody_queries_but_frees_only_its_own_ports() {
     require_root();
     let (root_port, own_port) = (free_port(), free_port());
     let socket = format!("/tmp/portwatch-test-{}.sock", std::process::id());
-    let mut agent = Command::new(support::bin())
-        .args(["agent", "--no-history", "--interval", "200ms", "--socket", &socket, "--socket-mode", "0666"])
-        .args(["-p", &format!("{root_port},{own_port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent");
-    let err = agent.stderr.take().expect("stderr");
-    let _agent = ChildGuard(agent);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-            if l.contains("control socket ready") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30)).expect("control socket up");
+    let ports = format!("{root_port},{own_port}");
+    let (_agent, _log) = start_logged(
+        &["agent", "--no-history", "--interval", "200ms", "--socket", &socket, "--socket-mode", "0666", "-p", &ports],
+        "control socket ready",
+    );
 
     let (root_server, _) = spawn_python(&format!(
         "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {root_port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"

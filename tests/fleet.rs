@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use support::{free_port, portwatch, require_root, spawn_python, ChildGuard};
+use support::{free_port, portwatch, require_root, spawn_python, start_logged};
 
 fn scrape(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
@@ -25,23 +25,11 @@ fn scrape(port: u16) -> String {
 fn metrics_are_scraped_and_pass_promtool() {
     require_root();
     let (watched, metrics_port) = (free_port(), free_port());
-    let mut agent = Command::new(support::bin())
-        .args(["agent", "--no-history", "--no-socket", "--interval", "200ms", "-p", &watched.to_string(), "--metrics", &format!("127.0.0.1:{metrics_port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent");
-    let err = agent.stderr.take().expect("stderr");
-    let _agent = ChildGuard(agent);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-            if l.contains("serving Prometheus metrics") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30)).expect("metrics endpoint up");
+    let (watched_s, addr) = (watched.to_string(), format!("127.0.0.1:{metrics_port}"));
+    let (_agent, _log) = start_logged(
+        &["agent", "--no-history", "--no-socket", "--interval", "200ms", "-p", &watched_s, "--metrics", &addr],
+        "serving Prometheus metrics",
+    );
     // The gauges appear with the agent's first sample.
     let free_line = format!("portwatch_port_held{{port=\"{watched}\"}} 0");
     let mut before = String::new();

@@ -8,27 +8,11 @@ use std::{
 };
 
 use nix::{sys::signal::{kill, Signal}, unistd::Pid};
-use support::{free_port, portwatch, require_root, spawn_python, ChildGuard};
+use support::{free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard};
 
 fn start_agent(port: u16, db: &std::path::Path) -> ChildGuard {
-    let mut child = Command::new(support::bin())
-        .args(["agent", "--no-socket", "--interval", "200ms", "-p", &port.to_string(), "--db", db.to_str().expect("utf8")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent");
-    let err = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep draining the log so the agent never writes into a closed pipe.
-    std::thread::spawn(move || {
-        for l in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-            if l.contains("agent started") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok(), "agent did not start");
-    ChildGuard(child)
+    let port = port.to_string();
+    start_logged(&["agent", "--no-socket", "--interval", "200ms", "-p", &port, "--db", db.to_str().expect("utf8")], "agent started").0
 }
 
 fn history(args: &[&str]) -> Vec<serde_json::Value> {

@@ -5,13 +5,12 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use nix::{sys::signal::{kill, Signal}, unistd::Pid};
-use support::{free_port, portwatch, require_root, spawn_python, ChildGuard, PidGuard};
+use support::{free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard, PidGuard};
 
 /// Alive and not a zombie.
 fn alive(pid: i32) -> bool {
@@ -144,25 +143,11 @@ srv.serve_forever()
     let (_traffic, _) = spawn_python(&format!(
         "import time, urllib.request\nprint('READY', flush=True)\nfor _ in range(400):\n    urllib.request.urlopen('http://127.0.0.1:{busy_port}/', timeout=2).read()\n    time.sleep(0.02)\n"
     ));
-    let mut agent = Command::new(support::bin())
-        .args(["agent", "--reap", "--log-json", "--no-history", "--no-socket", "--stall", "2s", "--grace", "1s", "--interval", "200ms"])
-        .args(["-p", &format!("{stuck_port},{busy_port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent");
-    let stderr = agent.stderr.take().expect("stderr");
-    let agent = ChildGuard(agent);
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let started = rx.recv_timeout(Duration::from_secs(30)).expect("agent log");
-    assert!(started.contains("agent started"), "{started}");
+    let ports = format!("{stuck_port},{busy_port}");
+    let (agent, rx) = start_logged(
+        &["agent", "--reap", "--log-json", "--no-history", "--no-socket", "--stall", "2s", "--grace", "1s", "--interval", "200ms", "-p", &ports],
+        "agent started",
+    );
 
     let (silent, _) = spawn_python(&format!(
         "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {stuck_port})); s.listen()\nc = socket.create_connection(('127.0.0.1', {stuck_port}))\nprint('READY', flush=True)\ntime.sleep(120)\n"

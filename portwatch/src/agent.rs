@@ -174,6 +174,19 @@ impl Recorder {
         r
     }
 
+    /// A row for a socket event, with the task's details.
+    fn sock_row(&mut self, t: i64, event: &str, rec: &model::Record) -> history::Row {
+        let mut r = self.row(t, event, rec.pid.map(|p| p as i32));
+        if r.comm.is_none() {
+            r.comm = rec.comm.clone();
+        }
+        r.port = Some(rec.port);
+        r.proto = Some(rec.proto.to_string());
+        r.addr = Some(rec.addr.clone());
+        r.cookie = Some(rec.cookie);
+        r
+    }
+
     fn wall_ns(&self, mono_ns: u64) -> i64 {
         self.clock.wall(mono_ns).duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
     }
@@ -183,14 +196,7 @@ impl Recorder {
             return;
         }
         let t = self.wall_ns(rec.ts_ns);
-        let mut r = self.row(t, rec.event, rec.pid.map(|p| p as i32));
-        if r.comm.is_none() {
-            r.comm = rec.comm.clone();
-        }
-        r.port = Some(rec.port);
-        r.proto = Some(rec.proto.to_string());
-        r.addr = Some(rec.addr.clone());
-        r.cookie = Some(rec.cookie);
+        let r = self.sock_row(t, rec.event, rec);
         {
             let mut seen = self.shared.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if rec.event == "bind" || rec.event == "listen" {
@@ -206,24 +212,18 @@ impl Recorder {
     /// A failed bind: who held the port at that moment, and since when.
     fn failed_bind(&mut self, attempt: &crate::ebpf::events::SockEvent) -> model::Record {
         let q = crate::sys::sockdiag::Query { tcp: attempt.proto == Some(crate::sys::sockdiag::Proto::Tcp), udp: attempt.proto == Some(crate::sys::sockdiag::Proto::Udp), connections: false };
-        let ports: crate::ports::PortSet = std::iter::once(attempt.port).collect();
-        let who = who::gather(&ports, WhoOptions { tcp: q.tcp, udp: q.udp, ..WhoOptions::default() }).unwrap_or_default();
         let on_port: Vec<crate::sys::sockdiag::SockEntry> = crate::sys::sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
         let rec = model::infer_failure(attempt, &on_port, self.unpriv_start);
         if rec.error.is_none() {
             return rec;
         }
         let t = self.wall_ns(attempt.ts_ns);
-        let mut r = self.row(t, "bind_failed", rec.pid.map(|p| p as i32));
-        if r.comm.is_none() {
-            r.comm = rec.comm.clone();
-        }
-        r.port = Some(rec.port);
-        r.proto = Some(rec.proto.to_string());
-        r.addr = Some(rec.addr.clone());
-        r.cookie = Some(rec.cookie);
+        let mut r = self.sock_row(t, "bind_failed", &rec);
         r.error = rec.error.clone();
         if let Some(h) = &rec.held_by {
+            // Only now, for a failure with a holder: which processes hold it.
+            let ports: crate::ports::PortSet = std::iter::once(attempt.port).collect();
+            let who = who::gather(&ports, WhoOptions { tcp: q.tcp, udp: q.udp, ..WhoOptions::default() }).unwrap_or_default();
             let holder = who.sockets.iter().find(|s| s.inode == h.inode);
             let mut d = match holder.and_then(|s| s.holders.first()) {
                 Some(p) => format!("held by pid {} ({})", p.pid, p.comm),

@@ -191,3 +191,28 @@ pub fn events_of<'a>(events: &'a [serde_json::Value], pid: i32, port: u16, kind:
         .filter(|e| e["event"] == kind && e["port"] == port && e["pid"] == pid)
         .collect()
 }
+
+/// Starts `portwatch ARGS` (an agent) with its stderr drained by a thread, and waits
+/// until a log line contains `ready`. Returns the guard and every later log line.
+pub fn start_logged(args: &[&str], ready: &'static str) -> (ChildGuard, mpsc::Receiver<String>) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn portwatch");
+    let err = child.stderr.take().expect("stderr");
+    let guard = ChildGuard(child);
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains(ready) {
+                let _ = ready_tx.send(());
+            }
+            let _ = tx.send(line);
+        }
+    });
+    assert!(ready_rx.recv_timeout(Duration::from_secs(30)).is_ok(), "no '{ready}' in the log within 30s");
+    (guard, rx)
+}
