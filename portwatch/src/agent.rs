@@ -32,27 +32,66 @@ use crate::{
 pub const AGENT_RING_BYTES: u32 = 4 << 20;
 
 /// Samples the TCP sockets on the ports, with holders and the kernel's counters.
-pub fn sample(cfg: &Config, obs: &Observer, probe_failures: &HashMap<u16, (u32, String)>) -> Result<(Sample, WhoResult)> {
-    let r = who::gather(&cfg.ports, WhoOptions { tcp: true, udp: false, clients: false, force_proc: false, prefetch: false })?;
-    let sockets = r
-        .sockets
-        .iter()
-        .map(|s| SockSample {
-            cookie: s.cookie,
-            port: s.port,
-            tcp: true,
-            state: s.state,
-            backlog: s.accept_queue.unwrap_or(0),
-            max_backlog: s.backlog.unwrap_or(0),
-            holders: s.holders.iter().map(|h| HolderSample { pid: h.pid, ppid: h.ppid, state: h.state.chars().next().unwrap_or('?') }).collect(),
-        })
-        .collect();
-    // Only ports with a listener need the kernel counter (one map read each).
-    let mut listening: Vec<u16> = r.sockets.iter().filter(|s| s.state == "listen").map(|s| s.port).collect();
-    listening.dedup();
-    let queued = listening.into_iter().map(|p| (p, obs.queued(p))).collect();
-    let at = Duration::from_nanos(mono_ns());
-    Ok((Sample { at, sockets, queued, probe_failures: probe_failures.clone() }, r))
+/// sock_diag runs every tick; the holder search (the BPF iterator's pass over every
+/// fd on the host, plus /proc details) only when a socket it has not seen appears,
+/// and every `FULL_EVERY` ticks; in between, known holders' states are re-read from
+/// /proc/PID/stat and gone ones dropped.
+#[derive(Default)]
+pub struct Sampler {
+    holders: HashMap<u64, Vec<who::Holder>>,
+    ticks: u64,
+}
+
+const FULL_EVERY: u64 = 10;
+
+impl Sampler {
+    pub fn sample(&mut self, cfg: &Config, obs: &Observer, probe_failures: &HashMap<u16, (u32, String)>) -> Result<(Sample, WhoResult)> {
+        self.ticks += 1;
+        let list: Vec<u16> = cfg.ports.iter().collect();
+        let q = crate::sys::sockdiag::Query { tcp: true, udp: false, connections: false };
+        let socks = crate::sys::sockdiag::sockets_on_ports(&list, q).map_err(|e| Error::io("sock_diag", e))?;
+        let known = socks.iter().all(|s| self.holders.contains_key(&s.cookie));
+        let r = if !known || self.ticks % FULL_EVERY == 1 {
+            let r = who::gather(&cfg.ports, WhoOptions { tcp: true, udp: false, clients: false, force_proc: false, prefetch: false })?;
+            self.holders = r.sockets.iter().map(|s| (s.cookie, s.holders.clone())).collect();
+            r
+        } else {
+            let sockets = socks
+                .iter()
+                .map(|s| {
+                    let mut hs = self.holders.get(&s.cookie).cloned().unwrap_or_default();
+                    hs.retain_mut(|h| match procfs::process::Process::new(h.pid).and_then(|p| p.stat()) {
+                        Ok(st) => {
+                            h.state = st.state.to_string();
+                            true
+                        }
+                        Err(_) => false,
+                    });
+                    who::report(s, hs, false)
+                })
+                .collect();
+            WhoResult { sockets, clients: Vec::new(), method: "cached", notes: Vec::new() }
+        };
+        let sockets = r
+            .sockets
+            .iter()
+            .map(|s| SockSample {
+                cookie: s.cookie,
+                port: s.port,
+                tcp: true,
+                state: s.state,
+                backlog: s.accept_queue.unwrap_or(0),
+                max_backlog: s.backlog.unwrap_or(0),
+                holders: s.holders.iter().map(|h| HolderSample { pid: h.pid, ppid: h.ppid, state: h.state.chars().next().unwrap_or('?') }).collect(),
+            })
+            .collect();
+        // Only ports with a listener need the kernel counter (one map read each).
+        let mut listening: Vec<u16> = r.sockets.iter().filter(|s| s.state == "listen").map(|s| s.port).collect();
+        listening.dedup();
+        let queued = listening.into_iter().map(|p| (p, obs.queued(p))).collect();
+        let at = Duration::from_nanos(mono_ns());
+        Ok((Sample { at, sockets, queued, probe_failures: probe_failures.clone() }, r))
+    }
 }
 
 fn engine(cfg: &Config) -> Engine {
@@ -132,6 +171,10 @@ fn verdict_fields(v: &Verdict) -> (String, String) {
 
 /// Reaps the sockets of one verdict (holders taken from the same sample).
 fn reap_verdict(v: &Verdict, r: &WhoResult, cfg: &Config, force: bool, dry_run: bool, me: &SelfInfo) -> PortReport {
+    // Holders may be from the sampler's cache: look again before signalling anyone.
+    let ports: crate::ports::PortSet = std::iter::once(v.port).collect();
+    let fresh = who::gather(&ports, WhoOptions { tcp: true, ..WhoOptions::default() });
+    let r = fresh.as_ref().unwrap_or(r);
     let socks: Vec<&who::SocketReport> = r.sockets.iter().filter(|s| s.cookie == v.cookie).collect();
     let opts = FreeOptions { force, grace: cfg.grace, dry_run, tcp: true, udp: false, protect: cfg.protect.clone() };
     free::reap_sockets(v.port, &socks, &opts, me)
@@ -362,6 +405,8 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
         unpriv_start: 1024,
     };
     let mut tracker = BindTracker::new(crate::watch::BIND_WINDOW.as_nanos() as u64);
+    let mut sampler = Sampler::default();
+    let (reap_tx, mut reap_rx) = tokio::sync::mpsc::unbounded_channel::<PortReport>();
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_every = (Duration::from_secs(1).as_nanos() / cfg.interval.as_nanos().max(1)).max(1) as u64;
@@ -392,7 +437,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 if !cfg.probes.is_empty() && ticks % probe_every == 0 {
                     run_probes(&cfg, &mut streaks).await;
                 }
-                let (sample, who) = match sample(&cfg, &obs, &streaks) {
+                let (sample, who) = match sampler.sample(&cfg, &obs, &streaks) {
                     Ok(s) => s,
                     Err(e) => { warn!(error = %e, "sampling failed"); continue; }
                 };
@@ -418,9 +463,12 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                         warn!(port = v.port, reasons = %reasons, evidence = %evidence, pids = ?v.pids, "listener stuck");
                         recorder.verdict(v);
                         if cfg.reap {
-                            let rep = reap_verdict(v, &who, &cfg, true, dry_run, &me);
-                            log_reap(&rep);
-                            recorder.reap(&rep);
+                            // Off the event loop: a reap waits up to `grace`, and the
+                            // ring buffer and other ports must not wait with it.
+                            let (v, who, cfg, me, tx) = (v.clone(), who.clone(), cfg.clone(), me.clone(), reap_tx.clone());
+                            tokio::task::spawn_blocking(move || {
+                                let _ = tx.send(reap_verdict(&v, &who, &cfg, true, dry_run, &me));
+                            });
                         }
                     }
                 }
@@ -428,6 +476,10 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     stuck.remove(&c);
                     info!(cookie = c, "listener no longer stuck (recovered or closed)");
                 }
+            }
+            Some(rep) = reap_rx.recv() => {
+                log_reap(&rep);
+                recorder.reap(&rep);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -465,6 +517,7 @@ pub async fn cleanup(cfg: Config, force: bool, dry_run: bool) -> Result<(Cleanup
     let obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: None })?;
     let mut engine = engine(&cfg);
     let mut streaks = HashMap::new();
+    let mut sampler = Sampler::default();
     let start = tokio::time::Instant::now();
     let until = start + cfg.stall + cfg.interval;
     let mut tick = tokio::time::interval(cfg.interval);
@@ -476,7 +529,7 @@ pub async fn cleanup(cfg: Config, force: bool, dry_run: bool) -> Result<(Cleanup
             run_probes(&cfg, &mut streaks).await;
         }
         n += 1;
-        let (s, who) = sample(&cfg, &obs, &streaks)?;
+        let (s, who) = sampler.sample(&cfg, &obs, &streaks)?;
         let verdicts = engine.update(&s);
         if tokio::time::Instant::now() >= until {
             break (verdicts, who);

@@ -316,7 +316,7 @@ fn render_agent_free(reports: &serde_json::Value) -> String {
         } else if r["outcome"].is_null() {
             format!("port {port}: would signal {}", targets.join(", "))
         } else if r["outcome"]["freed"] == true {
-            format!("port {port}: freed in {:.2}s (via the agent): {}", r["outcome"]["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0, targets.join(", "))
+            format!("port {port}: freed in {} (via the agent): {}", free::fmt_ms(r["outcome"]["elapsed_ms"].as_u64().unwrap_or(0)), targets.join(", "))
         } else {
             format!("port {port}: still held by {}", r["outcome"]["survivors"])
         };
@@ -372,7 +372,8 @@ fn merge_flags(cfg: &mut Config, ports: &[PortSet], stall: Option<Duration>, gra
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(tty);
     if json {
         b.json().flatten_event(true).init();
     } else {

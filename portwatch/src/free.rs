@@ -76,6 +76,15 @@ pub fn exit_code(reports: &[PortReport]) -> u8 {
     }
 }
 
+/// `12 ms` below a second, `1.25 s` above.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.2} s", ms as f64 / 1000.0)
+    }
+}
+
 pub fn render(reports: &[PortReport], force: bool, grace: Duration) -> String {
     let mut s = String::new();
     for r in reports {
@@ -104,7 +113,7 @@ pub fn render(reports: &[PortReport], force: bool, grace: Duration) -> String {
                         sent.push_str(&format!(", {sig} to {}", count(sig)));
                     }
                 }
-                s.push_str(&format!("port {}: freed in {:.2}s ({sent}): {}\n", r.port, o.elapsed_ms as f64 / 1000.0, who.join(", ")));
+                s.push_str(&format!("port {}: freed in {} ({sent}): {}\n", r.port, fmt_ms(o.elapsed_ms), who.join(", ")));
             }
             Some(o) => {
                 let alive: Vec<String> = o.survivors.iter().map(ToString::to_string).collect();

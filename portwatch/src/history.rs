@@ -193,6 +193,24 @@ CREATE INDEX IF NOT EXISTS events_time ON events(time_ns);
 CREATE INDEX IF NOT EXISTS events_cookie ON events(cookie);
 ";
 
+/// Bumped when the tables change; older tables are kept under another name.
+const SCHEMA_VERSION: i64 = 2;
+
+/// A database from an earlier schema keeps its rows in `events_v<N>`; new rows go
+/// to fresh tables.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let has_events: bool =
+        conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'", [], |r| r.get::<_, i64>(0))? > 0;
+    if has_events && version < SCHEMA_VERSION {
+        conn.execute_batch(&format!(
+            "ALTER TABLE events RENAME TO events_v{version};
+             DROP INDEX IF EXISTS events_port_time; DROP INDEX IF EXISTS events_time; DROP INDEX IF EXISTS events_cookie;"
+        ))?;
+    }
+    Ok(())
+}
+
 const SELECT: &str = "SELECT e.id, e.time_ns, e.event, e.port, e.proto, e.addr, e.pid, e.comm, e.cookie, e.error, e.detail,
     p.ppid, p.uid, p.cmdline, p.cgroup, p.ancestry, p.job
     FROM events e LEFT JOIN processes p ON p.id = e.proc_id";
@@ -211,7 +229,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_err(path, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| db_err(path, e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| db_err(path, e))?;
+        migrate(&conn).map_err(|e| db_err(path, e))?;
         conn.execute_batch(SCHEMA).map_err(|e| db_err(path, e))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| db_err(path, e))?;
         Ok(Self { conn, procs: HashMap::new() })
     }
 
@@ -522,6 +542,13 @@ mod tests {
         assert_eq!(s.count().unwrap(), 2);
         drop(s);
         assert!(Store::open_readonly(&dir.path().join("missing.db")).is_err());
+        // An older schema is set aside, not written into.
+        let old = dir.path().join("old.db");
+        Connection::open(&old).unwrap().execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, time_ns INTEGER, event TEXT);").unwrap();
+        let mut m = Store::open(&old).unwrap();
+        m.insert(&[row(1, "bind", 1, 1, 1)]).unwrap();
+        assert_eq!(m.count().unwrap(), 1);
+        assert_eq!(m.prune(0, 10).unwrap(), 0);
         assert_eq!(Store::open_readonly(&path).unwrap().count().unwrap(), 2);
     }
 

@@ -68,7 +68,7 @@ pub struct SocketReport {
     pub holders: Vec<Holder>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WhoResult {
     pub sockets: Vec<SocketReport>,
     /// Connections to the ports from local clients (only with `--clients`).
@@ -149,7 +149,7 @@ fn holders_for(fds: &[FdHolder], inode: u64, cache: &mut HashMap<i32, Option<Pro
         .collect()
 }
 
-fn report(s: &SockEntry, holders: Vec<Holder>, client: bool) -> SocketReport {
+pub fn report(s: &SockEntry, holders: Vec<Holder>, client: bool) -> SocketReport {
     let listener = s.is_listener();
     SocketReport {
         port: if client { s.peer_port } else { s.port },

@@ -35,7 +35,7 @@ enum Cmd {
     },
     /// Setup, then run the benchmarks (docs/benchmarks.md explains them).
     Bench {
-        /// Which: overhead, loss, who, all.
+        /// Which: overhead, loss, who, reap, footprint, all.
         #[arg(default_value = "all")]
         which: String,
     },
