@@ -7,18 +7,26 @@
 #   loss      `portwatch watch --json` (all ports) under a UDP bind storm: events, lost
 #   who       `portwatch who` vs lsof, ss -p and fuser on a gunicorn port, with
 #             400 processes x 100 fds loading the host
+#   reap      `portwatch agent --reap`: verdict latency and time to free a port held
+#             by a listener that never accepts (dies on SIGTERM / ignores it), and
+#             `portwatch free --force` on a SIGSTOPped listener
+#   footprint `portwatch agent -p 7000-7099` idle: RSS and CPU over 60 s, without
+#             and with a gunicorn on one of the watched ports
 #
 # Each section prints a markdown fragment and appends it to bench-out/results.md.
 # Knobs (environment): BENCH_ROUNDS (overhead, default 5), GETPID_ITERS (2000000),
-# BIND_ITERS (20000), STORM_SECONDS (10), STORM_THREADS (2), HOLD_PROCS (400),
-# HOLD_FDS (100), WHO_RUNS (20), WATCH_SETTLE (1 s).
+# BIND_ITERS (20000), STORM_SECONDS (10), STORM_THREADS (1), STORM_RATE (120000), HOLD_PROCS (400),
+# HOLD_FDS (100), WHO_RUNS (20), WATCH_SETTLE (1 s), REAP_RUNS (5), REAP_STALL
+# (2 s), REAP_GRACE (1 s), REAP_INTERVAL_MS (200), FREE_RUNS (5), FOOT_PORTS
+# (7000-7099), FOOT_WARMUP (5 s), FOOT_SECONDS (60).
 set -euo pipefail
 shopt -s inherit_errexit
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 WHICH=${1:-all}
-PW=$ROOT/target/release/portwatch
+PW_BUILT=$ROOT/target/release/portwatch
+PW=$PW_BUILT # replaced by a private copy once it exists (see main)
 LOADGEN=$ROOT/target/release/pw-loadgen
 OUT_DIR=$ROOT/bench-out
 RESULTS=$OUT_DIR/results.md
@@ -39,13 +47,25 @@ WHO_RUNS=${WHO_RUNS:-20}
 # start this long after the line (docs/benchmarks.md, "Known issues").
 WATCH_SETTLE=${WATCH_SETTLE:-1}
 GUNICORN_WORKERS=4
+# reap: runs per listener kind, and the agent's --stall, --grace (whole seconds) and
+# --interval; FREE_RUNS runs of `portwatch free --force` on a stopped listener.
+REAP_RUNS=${REAP_RUNS:-5}
+REAP_STALL=${REAP_STALL:-2}
+REAP_GRACE=${REAP_GRACE:-1}
+REAP_INTERVAL_MS=${REAP_INTERVAL_MS:-200}
+FREE_RUNS=${FREE_RUNS:-5}
+# footprint: the watched ports (a range LO-HI), the wait after "agent started", and
+# the idle sampling period (seconds).
+FOOT_PORTS=${FOOT_PORTS:-7000-7099}
+FOOT_WARMUP=${FOOT_WARMUP:-5}
+FOOT_SECONDS=${FOOT_SECONDS:-60}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 
 case $WHICH in
-overhead | loss | who | all) ;;
-*) die "unknown benchmark '$WHICH' (overhead, loss, who, all)" ;;
+overhead | loss | who | reap | footprint | all) ;;
+*) die "unknown benchmark '$WHICH' (overhead, loss, who, reap, footprint, all)" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (portwatch attaches eBPF programs)"
 for tool in python3 jq ss awk; do
@@ -148,7 +168,7 @@ host_lines() {
     local cpu
     cpu=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
     echo "- Host: $(uname -r), ${cpu:-unknown CPU}, $(nproc) CPUs, load average at start: $START_LOAD"
-    echo "- portwatch: $("$PW" --version 2>/dev/null || echo '?') (binary built $(date -u -r "$PW" '+%Y-%m-%d %H:%M UTC')), tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$([[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] && echo ' (with uncommitted changes)')"
+    echo "- portwatch: $("$PW" --version 2>/dev/null || echo '?') (binary built $PW_MTIME), tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$([[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] && echo ' (with uncommitted changes)')"
 }
 
 # emit FILE: print a finished fragment and append it to bench-out/results.md.
@@ -172,6 +192,35 @@ section_header() { # NAME
 
 verdict() { # OK-CONDITION (python expression) -> "met" / "**missed**"
     if [[ $(calc "$1") == True ]]; then echo "met"; else echo "**missed**"; fi
+}
+
+# start_gunicorn PORT LOGFILE: gunicorn ($GUNICORN_WORKERS sync workers, a trivial
+# WSGI app written to $TMP/app) on 127.0.0.1:PORT; returns once every worker is up
+# and it answered one request. Sets GUNICORN_PID and GUNICORN_NWORKERS.
+start_gunicorn() {
+    local port=$1 log=$2 app=$TMP/app gpid i n=0
+    python3 -c 'import gunicorn' 2>/dev/null ||
+        python3 -m pip install --quiet --disable-pip-version-check gunicorn >&2 || die "cannot install gunicorn"
+    mkdir -p "$app"
+    cat >"$app/benchapp.py" <<'PYEOF'
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok\n"]
+PYEOF
+    python3 -m gunicorn --workers "$GUNICORN_WORKERS" --bind "127.0.0.1:$port" --chdir "$app" \
+        --graceful-timeout 2 --log-level warning benchapp:app >"$log" 2>&1 &
+    gpid=$!
+    PIDS+=("$gpid")
+    for ((i = 0; i < 600; i++)); do
+        our_live_child "$gpid" || { cat "$log" >&2; die "gunicorn exited"; }
+        n=$(ps -o pid= --ppid "$gpid" | wc -l || true)
+        [[ $n -ge $GUNICORN_WORKERS && -n $(ss -Hltn "sport = :$port") ]] && break
+        sleep 0.05
+    done
+    [[ $n -ge $GUNICORN_WORKERS ]] || die "gunicorn did not start $GUNICORN_WORKERS workers"
+    python3 -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:$port/', timeout=5).read() != b'ok\n')" ||
+        die "gunicorn on 127.0.0.1:$port does not answer"
+    GUNICORN_PID=$gpid GUNICORN_NWORKERS=$n
 }
 
 # --- overhead ----------------------------------------------------------------
@@ -333,34 +382,14 @@ loop_time() {
 bench_who() {
     section_start
     say "who: gunicorn ($GUNICORN_WORKERS workers) + $HOLD_PROCS processes x $HOLD_FDS fds; portwatch who vs lsof, ss -p, fuser"
-    python3 -c 'import gunicorn' 2>/dev/null ||
-        python3 -m pip install --quiet --disable-pip-version-check gunicorn >&2 || die "cannot install gunicorn"
     command -v lsof >/dev/null || die "lsof is required (apt-get install lsof)"
     command -v fuser >/dev/null || die "fuser is required (apt-get install psmisc)"
 
-    local port app=$TMP/app gpid hpid
+    local port gpid hpid n
     port=$(pick_port)
-    mkdir -p "$app"
-    cat >"$app/benchapp.py" <<'EOF'
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok\n"]
-EOF
-    python3 -m gunicorn --workers "$GUNICORN_WORKERS" --bind "127.0.0.1:$port" --chdir "$app" \
-        --graceful-timeout 2 --log-level warning benchapp:app >"$TMP/gunicorn.log" 2>&1 &
-    gpid=$!
-    PIDS+=("$gpid")
-    local i n=0
-    for ((i = 0; i < 600; i++)); do
-        our_live_child "$gpid" || { cat "$TMP/gunicorn.log" >&2; die "gunicorn exited"; }
-        n=$(ps -o pid= --ppid "$gpid" | wc -l || true)
-        [[ $n -ge $GUNICORN_WORKERS && -n $(ss -Hltn "sport = :$port") ]] && break
-        sleep 0.05
-    done
-    [[ $n -ge $GUNICORN_WORKERS ]] || die "gunicorn did not start $GUNICORN_WORKERS workers"
+    start_gunicorn "$port" "$TMP/gunicorn.log"
+    gpid=$GUNICORN_PID n=$GUNICORN_NWORKERS
     local expected=$((n + 1))
-    python3 -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:$port/', timeout=5).read() != b'ok\n')" ||
-        die "gunicorn on 127.0.0.1:$port does not answer"
 
     "$LOADGEN" hold --procs "$HOLD_PROCS" --fds "$HOLD_FDS" >"$TMP/hold.json" 2>"$TMP/hold.err" &
     hpid=$!
@@ -432,6 +461,417 @@ EOF
     wait "$hpid" "$gpid" 2>/dev/null || true
 }
 
+# --- helpers for reap and footprint ------------------------------------------
+
+# poll_line RE FILE SECS: like wait_for_line, but returns 1 on timeout instead of
+# dying (a verdict that never comes is a result, not a harness failure).
+poll_line() {
+    local re=$1 file=$2 secs=$3 i
+    for ((i = 0; i < secs * 20; i++)); do
+        grep -qE "$re" "$file" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# stop_child PID SIG SECS: send SIG ("-" for none) to PID if it is still a live child
+# of this shell, give it SECS s to exit, then SIGKILL; reaps it and sets STOP_RC to
+# its exit status (128+N for signal N). Must run in the main shell.
+stop_child() {
+    local pid=$1 sig=$2 secs=$3 i
+    STOP_RC=0
+    if [[ $sig != - ]] && our_live_child "$pid"; then kill "-$sig" "$pid" 2>/dev/null || true; fi
+    for ((i = 0; i < secs * 20; i++)); do
+        our_live_child "$pid" || break
+        sleep 0.05
+    done
+    if our_live_child "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    wait "$pid" 2>/dev/null || STOP_RC=$?
+}
+
+# agent_private_args TAG: sets AGENT_ARGS to `--db` and `--socket` paths under $TMP
+# when this build has those options, so the benchmark's agents write a fresh history
+# database (as on a new host) and neither touch the host's /var/lib/portwatch
+# database (whose schema may be an older build's) nor replace /run/portwatch.sock.
+# AGENT_ARGS_NOTE describes them for the fragments.
+agent_private_args() {
+    AGENT_ARGS=()
+    AGENT_ARGS_NOTE=
+    local help
+    help=$("$PW" agent --help 2>&1 || true)
+    if grep -q -- '--db <' <<<"$help"; then AGENT_ARGS+=(--db "$TMP/history-$1.db"); fi
+    if grep -q -- '--socket <' <<<"$help"; then AGENT_ARGS+=(--socket "$TMP/agent-$1.sock"); fi
+    if ((${#AGENT_ARGS[@]})); then
+        AGENT_ARGS_NOTE=" plus \`$(sed -E "s|$TMP/|\$TMP/|g; s|-$1\.|-RUN.|g" <<<"${AGENT_ARGS[*]}")\` (a fresh history database and control socket per agent, private to the run)"
+    fi
+}
+
+# The python pieces of reap and footprint, written to $TMP once.
+write_py_helpers() {
+    [[ -f $TMP/listener.py ]] && return 0
+    cat >"$TMP/listener.py" <<'PYEOF'
+# listener.py PORT MODE: listens on 127.0.0.1:PORT (backlog 8) and never accepts.
+# MODE "ignore": SIGTERM is ignored; "term": the default action (it dies).
+import signal, socket, sys
+port, mode = int(sys.argv[1]), sys.argv[2]
+if mode == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", port))
+s.listen(8)
+print("listening", flush=True)
+while True:
+    signal.pause()
+PYEOF
+    cat >"$TMP/client.py" <<'PYEOF'
+# client.py PORT LISTENER_PID TIMEOUT: connects once (the connection then waits in
+# the listener's accept queue) and prints the wall time right after connect (T0);
+# stays connected until the listener process exits (its pidfd becomes readable) and
+# prints that time too. A client of the port: portwatch must never signal it.
+import json, os, select, socket, sys, time
+port, lpid, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+pfd = os.pidfd_open(lpid)
+c = socket.create_connection(("127.0.0.1", port), timeout=5)
+print(json.dumps({"t0": time.time()}), flush=True)
+ready, _, _ = select.select([pfd], [], [], timeout)
+print(json.dumps({"listener_exit": time.time() if ready else None}), flush=True)
+c.close()
+PYEOF
+    cat >"$TMP/reapstat.py" <<'PYEOF'
+# reapstat.py one AGENT_ERR CLIENT_OUT MODE PORT STALL LISTENER_RC CLIENT_RC -> one JSON line
+# reapstat.py table RUNS_JSONL STALL GRACE -> the markdown table and per-run lines
+import datetime, json, statistics as st, sys
+
+def ts(s):  # the agent's RFC 3339 "timestamp" -> epoch seconds
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+def jsonl(path):
+    out = []
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+def one(err, cout, mode, port, stall, lrc, crc):
+    log = jsonl(err)
+    cl = {}
+    for d in jsonl(cout):
+        cl.update(d)
+    first = lambda *m: next((l for l in log if l.get("message") in m), None)
+    stuck = first("listener stuck")
+    reap = first("reaped; port is free", "reaped, but the port is still held", "refused to reap")
+    stopped = first("agent stopped; hooks detached")
+    t0, texit = cl.get("t0"), cl.get("listener_exit")
+    r = {"mode": mode, "port": int(port), "t0": t0, "listener_rc": int(lrc), "client_rc": int(crc),
+         "stuck_lines": sum(1 for l in log if l.get("message") == "listener stuck"),
+         "warnings": [l.get("message") for l in log if l.get("level") in ("WARN", "ERROR") and l.get("message") != "listener stuck"]}
+    if stuck:
+        r.update(reasons=stuck.get("reasons"), evidence=stuck.get("evidence"), pids=stuck.get("pids"))
+        if t0 is not None:
+            r["latency"] = ts(stuck["timestamp"]) - t0 - float(stall)
+    if reap:
+        r.update(outcome=reap.get("message"), elapsed_ms=reap.get("elapsed_ms"), signals=reap.get("signals"))
+        if stuck:
+            r["free"] = ts(reap["timestamp"]) - ts(stuck["timestamp"])
+        if texit is not None:
+            r["exit_to_free"] = ts(reap["timestamp"]) - texit
+    if stuck and texit is not None:
+        r["verdict_to_exit"] = texit - ts(stuck["timestamp"])
+    if stopped:
+        r["lost_events"] = stopped.get("lost_events")
+    print(json.dumps(r))
+
+def table(path, stall, grace):
+    rows = jsonl(path)
+    def mm(vals, scale=1.0, fmt="%.3f"):
+        vals = [v * scale for v in vals if v is not None]
+        if not vals:
+            return "–"
+        return (fmt + " / " + fmt) % (st.median(vals), max(vals))
+    def ok(b):
+        return "met" if b else "**missed**"
+    kinds = [("term", "dies on SIGTERM", 0.2), ("ignore", "ignores SIGTERM (KILL after grace)", grace + 0.2)]
+    print("| listener | runs | verdicts / ports freed | verdict latency after stall, median / max (s) | verdict → port free, median / max (s) | agent's `elapsed_ms`, median / max | listener exit → \"port is free\" line, median / max (s) | goal | result |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for mode, what, free_goal in kinds:
+        rs = [r for r in rows if r["mode"] == mode]
+        if not rs:
+            continue
+        lat = [r["latency"] for r in rs if "latency" in r]
+        fre = [r["free"] for r in rs if r.get("outcome") == "reaped; port is free" and "free" in r]
+        ext = [r["exit_to_free"] for r in rs if "exit_to_free" in r]
+        lat_ok = len(lat) == len(rs) and max(lat) <= 1.0
+        free_ok = len(fre) == len(rs) and max(fre) <= free_goal
+        ext_ok = len(ext) == len(rs) and max(ext) <= 0.2
+        print(f"| {what} | {len(rs)} | {len(lat)} / {len(fre)} | {mm(lat)} | {mm(fre)} | "
+              f"{mm([r.get('elapsed_ms') for r in rs], fmt='%g')} | {mm(ext)} | "
+              f"verdict ≤ stall + 1 s; free ≤ {free_goal:g} s after the verdict and ≤ 0.2 s after the listener exits | "
+              f"verdict: {ok(lat_ok)}, free after verdict: {ok(free_ok)}, after exit: {ok(ext_ok)} |")
+    print()
+    print("Per run (T0 = the client's `time.time()` right after `connect()`; times from the agent's log timestamps):")
+    print()
+    sig = lambda rc: {143: "SIGTERM", 137: "SIGKILL", 0: "exit 0"}.get(rc, f"status {rc}")
+    for i, r in enumerate(rows):
+        n = sum(1 for x in rows[:i + 1] if x["mode"] == r["mode"])
+        parts = [f"- {r['mode']} #{n}, port {r['port']}:"]
+        if "latency" in r:
+            parts.append(f"verdict at T0 + stall + {r['latency']:.3f} s ({r.get('reasons')}: {r.get('evidence')});")
+        else:
+            parts.append("**no verdict**;")
+        if "outcome" in r:
+            f = f"{r['free']:.3f} s after the verdict" if "free" in r else "?"
+            parts.append(f"\"{r['outcome']}\" {f} (elapsed_ms {r.get('elapsed_ms')}, signals {r.get('signals')});")
+        else:
+            parts.append("**no reap outcome logged**;")
+        if r.get("verdict_to_exit") is not None:
+            parts.append(f"listener exited {r['verdict_to_exit']:.3f} s after the verdict ({sig(r['listener_rc'])});")
+        else:
+            parts.append(f"listener: {sig(r['listener_rc'])};")
+        parts.append(f"client {'untouched' if r['client_rc'] == 0 else '**' + sig(r['client_rc']) + '**'}")
+        extra = []
+        if r.get("stuck_lines", 0) > 1:
+            extra.append(f"{r['stuck_lines']} \"listener stuck\" lines")
+        if r.get("warnings"):
+            extra.append("other warnings: " + ", ".join(r["warnings"]))
+        if r.get("lost_events"):
+            extra.append(f"agent lost {r['lost_events']} events")
+        print(" ".join(parts) + ("; " + "; ".join(extra) if extra else ""))
+
+if sys.argv[1] == "one":
+    one(*sys.argv[2:9])
+else:
+    table(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+PYEOF
+    cat >"$TMP/sample.py" <<'PYEOF'
+# sample.py PID SECONDS CLK_TCK LABEL: samples /proc/PID/status once a second for
+# SECONDS s; CPU from utime+stime in /proc/PID/stat (clock ticks) at both ends, and
+# as a cross-check the sum of the threads' schedstat run time (ns).
+import json, os, sys, time
+pid, secs, tck, label = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def status():
+    d = {}
+    for line in open(f"/proc/{pid}/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "Threads"):
+            d[k] = int(v.split()[0])
+    return d
+def ticks():  # fields 14 and 15 of stat, counted after the ")" that ends comm
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+def bpf_map_rss():  # Rss of the agent's mmapped BPF maps (its ring buffer), kB
+    tot, inmap = 0, False
+    for line in open(f"/proc/{pid}/smaps"):
+        f = line.split()
+        if "-" in f[0] and len(f) >= 5 and not f[0].endswith(":"):
+            inmap = len(f) >= 6 and f[5] == "anon_inode:bpf-map"
+        elif inmap and f[0] == "Rss:":
+            tot += int(f[1])
+    return tot
+def sched_ns():
+    tot = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            tot += int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return tot
+w0, c0, s0 = time.monotonic(), ticks(), sched_ns()
+rss = [status()["VmRSS"]]
+k = 1
+while k <= secs:
+    time.sleep(max(0.0, w0 + k - time.monotonic()))
+    rss.append(status()["VmRSS"])
+    k += 1
+w1, c1, s1, end = time.monotonic(), ticks(), sched_ns(), status()
+bpf = bpf_map_rss()
+wall = w1 - w0
+print(json.dumps({"label": label, "seconds": wall, "cpu_ticks": c1 - c0, "clk_tck": tck,
+                  "cpu_pct": (c1 - c0) / tck / wall * 100, "sched_cpu_pct": (s1 - s0) / 1e9 / wall * 100,
+                  "rss_kib_start": rss[0], "rss_kib_end": rss[-1], "rss_kib_max": max(rss),
+                  "hwm_kib": end["VmHWM"], "threads": end["Threads"], "samples": len(rss),
+                  "rss_anon_kib": end.get("RssAnon"), "rss_file_kib": end.get("RssFile"),
+                  "rss_shmem_kib": end.get("RssShmem"), "bpf_map_rss_kib": bpf}))
+PYEOF
+}
+
+# --- reap --------------------------------------------------------------------
+
+# reap_run MODE N: a fresh agent on a fresh port, a listener (MODE term: dies on
+# SIGTERM; ignore: ignores it) and one client queued on it from T0; appends the
+# run's figures as one JSON line to $TMP/reap-runs.jsonl.
+reap_run() {
+    local mode=$1 n=$2 port err lout cout apid lpid cpid lrc crc
+    port=$(pick_port)
+    err=$TMP/reap-agent-$mode-$n.err lout=$TMP/reap-listener-$mode-$n.out cout=$TMP/reap-client-$mode-$n.out
+    agent_private_args "$mode-$n"
+    "$PW" agent --reap --log-json --stall "${REAP_STALL}s" --grace "${REAP_GRACE}s" \
+        --interval "${REAP_INTERVAL_MS}ms" -p "$port" "${AGENT_ARGS[@]}" >/dev/null 2>"$err" &
+    apid=$!
+    PIDS+=("$apid")
+    wait_for_line '"agent started"' "$err" 30 "$apid"
+    sleep "$WATCH_SETTLE"
+    python3 "$TMP/listener.py" "$port" "$mode" >"$lout" 2>&1 &
+    lpid=$!
+    PIDS+=("$lpid")
+    wait_for_line '^listening' "$lout" 10 "$lpid"
+    python3 "$TMP/client.py" "$port" "$lpid" $((REAP_STALL + REAP_GRACE + 30)) >"$cout" 2>&1 &
+    cpid=$!
+    PIDS+=("$cpid")
+    poll_line '"(reaped; port is free|reaped, but the port is still held|refused to reap)"' "$err" \
+        $((REAP_STALL + REAP_GRACE + 15)) || say "  $mode #$n: no reap outcome within $((REAP_STALL + REAP_GRACE + 15)) s"
+    # Whatever the agent did, the listener goes now (KILL if it is still there).
+    stop_child "$lpid" - 2
+    lrc=$STOP_RC
+    stop_child "$cpid" - 5
+    crc=$STOP_RC
+    stop_child "$apid" INT 15
+    [[ -z $(ss -Hltn "sport = :$port") ]] || say "  $mode #$n: port $port still has a listener"
+    python3 "$TMP/reapstat.py" one "$err" "$cout" "$mode" "$port" "$REAP_STALL" "$lrc" "$crc" >>"$TMP/reap-runs.jsonl"
+    say "  $mode #$n: $(tail -n 1 "$TMP/reap-runs.jsonl" | jq -c '{port, latency, free, elapsed_ms, exit_to_free, listener_rc, client_rc}')"
+}
+
+# free_run N: `portwatch free --force` on a SIGSTOPped listener (default SIGTERM
+# action); appends "PORT STATE FREED_IN WALL_MS RC LISTENER_RC STILL_HELD OUTPUT" to $TMP/free-runs.
+free_run() {
+    local n=$1 port lout lpid out t0 t1 frc=0 st i freed held
+    port=$(pick_port)
+    lout=$TMP/free-listener-$n.out
+    python3 "$TMP/listener.py" "$port" term >"$lout" 2>&1 &
+    lpid=$!
+    PIDS+=("$lpid")
+    wait_for_line '^listening' "$lout" 10 "$lpid"
+    kill -STOP "$lpid"
+    for ((i = 0; i < 100; i++)); do
+        st=$(awk '{print $3}' "/proc/$lpid/stat")
+        [[ $st == T ]] && break
+        sleep 0.01
+    done
+    t0=$(date +%s%N)
+    out=$("$PW" free --force --grace "${REAP_GRACE}s" "$port" 2>&1) || frc=$?
+    t1=$(date +%s%N)
+    stop_child "$lpid" - 2
+    held=no
+    [[ -z $(ss -Hltn "sport = :$port") ]] || held=yes
+    freed=$(grep -oE 'freed in [0-9.]+ ?s' <<<"$out" | grep -oE '[0-9.]+' | head -n 1 || true)
+    echo "$port $st ${freed:--} $(((t1 - t0) / 1000000)) $frc $STOP_RC $held $(tr '\n' ' ' <<<"$out")" >>"$TMP/free-runs"
+    say "  free #$n: port $port (state $st): rc $frc, ${freed:-?} s reported, $(((t1 - t0) / 1000000)) ms wall, listener status $STOP_RC"
+}
+
+bench_reap() {
+    section_start
+    write_py_helpers
+    say "reap: $REAP_RUNS runs x (listener dies on TERM, ignores TERM) under portwatch agent --reap --stall ${REAP_STALL}s --grace ${REAP_GRACE}s; $FREE_RUNS x portwatch free --force on a stopped listener"
+    : >"$TMP/reap-runs.jsonl"
+    : >"$TMP/free-runs"
+    local mode n
+    for mode in term ignore; do
+        for ((n = 1; n <= REAP_RUNS; n++)); do reap_run "$mode" "$n"; done
+    done
+    for ((n = 1; n <= FREE_RUNS; n++)); do free_run "$n"; done
+
+    local f=$TMP/reap.md
+    {
+        section_header reap
+        echo "- Agent, a fresh one and a fresh port per run: \`portwatch agent --reap --log-json --stall ${REAP_STALL}s --grace ${REAP_GRACE}s --interval ${REAP_INTERVAL_MS}ms -p PORT\`$AGENT_ARGS_NOTE (stderr to a file); the listener starts ${WATCH_SETTLE} s after its \"agent started\" line"
+        echo "- Listener: python3, \`bind(127.0.0.1:PORT)\` + \`listen(8)\`, never accepts; either with the default SIGTERM action or with SIGTERM ignored. Client: a second python3 process, \`create_connection\` to PORT, prints \`time.time()\` right after it (T0: the accept queue is non-empty from then on), stays connected, and records when the listener exits (pidfd)"
+        echo "- Verdict latency = \"listener stuck\" timestamp − (T0 + stall); port free = \"reaped; port is free\" timestamp − \"listener stuck\" timestamp (the agent's own \`elapsed_ms\` beside it). Goals (issue): verdict within stall + 1 s of the listener becoming stuck; port free within ~0.2 s of the verdict when the holder dies on SIGTERM, within grace + 0.2 s = $(calc "$REAP_GRACE + 0.2") s when it has to be KILLed"
+        echo
+        python3 "$TMP/reapstat.py" table "$TMP/reap-runs.jsonl" "$REAP_STALL" "$REAP_GRACE"
+        echo
+        if ((FREE_RUNS > 0)); then
+            echo "\`portwatch free --force --grace ${REAP_GRACE}s PORT\` on a SIGSTOPped python listener (default SIGTERM action; free sends TERM, then CONT to the stopped process), $FREE_RUNS runs:"
+            echo
+            echo "| run | port | listener state before | \"freed in\" (s) | wall time of \`portwatch free\` (ms) | exit code | listener ended by | port held after |"
+            echo "|---:|---:|---|---:|---:|---:|---|---|"
+            awk '{ended = ($6 == 143 ? "SIGTERM" : ($6 == 137 ? "SIGKILL" : "status " $6)); printf "| %d | %s | %s | %s | %s | %s | %s | %s |\n", NR, $1, $2, $3, $4, $5, ended, $7}' "$TMP/free-runs"
+            echo
+            echo "- \`portwatch free\` output, first run: \`$(head -n 1 "$TMP/free-runs" | cut -d' ' -f8- | sed 's/ *$//')\`"
+        fi
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
+# --- footprint ---------------------------------------------------------------
+
+# foot_run LABEL: `portwatch agent -p $FOOT_PORTS` (no reaping), FOOT_WARMUP s after
+# its "agent started" line, FOOT_SECONDS s of sampling; appends a JSON line to
+# $TMP/foot.jsonl and the agent's log line count to the same record.
+foot_run() {
+    local label=$1 err apid tck
+    err=$TMP/foot-$label.err
+    tck=$(getconf CLK_TCK)
+    agent_private_args "foot-$label"
+    "$PW" agent -p "$FOOT_PORTS" "${AGENT_ARGS[@]}" >/dev/null 2>"$err" &
+    apid=$!
+    PIDS+=("$apid")
+    wait_for_line 'agent started' "$err" 30 "$apid"
+    sleep "$FOOT_WARMUP"
+    local before after j
+    before=$(wc -l <"$err")
+    j=$(python3 "$TMP/sample.py" "$apid" "$FOOT_SECONDS" "$tck" "$label")
+    after=$(wc -l <"$err")
+    # what it logged while sampled (ANSI colours stripped), shown in the fragment
+    if ((after > before)); then
+        sed -n "$((before + 1)),${after}p" "$err" | sed 's/\x1b\[[0-9;]*m//g' |
+            awk -v l="$label" '{print "  - " l ": `" $0 "`"}' >>"$TMP/foot-log"
+    fi
+    our_live_child "$apid" || die "the agent exited during the footprint run: $(tail -n 3 "$err")"
+    stop_child "$apid" INT 15
+    [[ $STOP_RC == 0 ]] || say "  footprint $label: agent exited with status $STOP_RC"
+    jq -c --argjson lines "$((after - before))" --argjson rc "$STOP_RC" '. + {log_lines: $lines, agent_rc: $rc}' <<<"$j" >>"$TMP/foot.jsonl"
+    say "  footprint $label: $(tail -n 1 "$TMP/foot.jsonl")"
+}
+
+bench_footprint() {
+    section_start
+    write_py_helpers
+    local lo hi nports busy gport gpid n
+    lo=${FOOT_PORTS%-*} hi=${FOOT_PORTS#*-}
+    nports=$((hi - lo + 1))
+    say "footprint: portwatch agent -p $FOOT_PORTS ($nports ports), ${FOOT_SECONDS}s idle, then again with gunicorn on one of them"
+    busy=$(ss -Htan "sport >= :$lo and sport <= :$hi" | wc -l || true)
+    : >"$TMP/foot.jsonl"
+    : >"$TMP/foot-log"
+    foot_run idle
+    gport=
+    for ((n = lo; n <= hi; n++)); do
+        if [[ -z $(ss -Htuan "sport = :$n") ]]; then gport=$n; break; fi
+    done
+    [[ -n $gport ]] || die "no free port in $FOOT_PORTS for gunicorn"
+    start_gunicorn "$gport" "$TMP/foot-gunicorn.log"
+    gpid=$GUNICORN_PID n=$GUNICORN_NWORKERS
+    foot_run gunicorn
+    stop_child "$gpid" TERM 10
+
+    local f=$TMP/footprint.md
+    {
+        section_header footprint
+        echo "- Agent: \`portwatch agent -p $FOOT_PORTS\`$AGENT_ARGS_NOTE ($nports watched ports, no reaping, default --interval 500ms, text log to a file); sampling starts ${FOOT_WARMUP} s after its \"agent started\" line and lasts ${FOOT_SECONDS} s: VmRSS from /proc/PID/status once a second, VmHWM at the end, CPU = utime+stime from /proc/PID/stat (clock ticks, \`getconf CLK_TCK\` = $(getconf CLK_TCK)) / wall time; the sum of the threads' schedstat run time is a finer cross-check"
+        echo "- Runs: \`idle\` (nothing on the watched ports; $busy TCP socket(s) on them before the run), then \`gunicorn\`: \`python3 -m gunicorn --workers $GUNICORN_WORKERS --bind 127.0.0.1:$gport benchapp:app\` ($n workers, trivial WSGI app in a temp dir, idle) started before a fresh agent, so each tick finds a listener and its $((n + 1)) holders"
+        echo "- Goals (issue): RSS ≤ 25 MiB, CPU ≤ 0.5 %"
+        echo
+        echo "| run | VmRSS at start / end / max (MiB) | of which BPF map mappings (MiB) | RssAnon / RssFile (MiB) | VmHWM (MiB) | CPU ticks in ${FOOT_SECONDS} s | CPU % (ticks) | CPU % (schedstat) | threads | log lines while sampled | RSS goal | CPU goal |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+        local row
+        while read -r row; do
+            jq -r '"| \(.label) | \(.rss_kib_start/1024*100|round/100) / \(.rss_kib_end/1024*100|round/100) / \(.rss_kib_max/1024*100|round/100) | \(.bpf_map_rss_kib/1024*100|round/100) | \(.rss_anon_kib/1024*100|round/100) / \(.rss_file_kib/1024*100|round/100) | \(.hwm_kib/1024*100|round/100) | \(.cpu_ticks) | \(.cpu_pct*1000|round/1000) | \(.sched_cpu_pct*1000|round/1000) | \(.threads) | \(.log_lines) | \(if .rss_kib_max <= 25*1024 then "met" else "**missed**" end) | \(if .cpu_pct <= 0.5 then "met" else "**missed**" end) |"' <<<"$row"
+        done <"$TMP/foot.jsonl"
+        echo
+        if [[ -s $TMP/foot-log ]]; then
+            echo "- The agent's log lines while sampled:"
+            cut -c1-400 "$TMP/foot-log"
+        fi
+        echo "- RSS goal judged on the largest VmRSS sample while idle. \"BPF map mappings\" is the Rss of the agent's \`anon_inode:bpf-map\` mappings in /proc/PID/smaps at the end (its BPF ring buffer, whose data pages are mapped twice in a row for wrap-around reads, so they count twice in VmRSS; they are part of RssFile). VmHWM is the peak since start, including loading the eBPF programs"
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
 # --- main --------------------------------------------------------------------
 
 say "building pw-loadgen (release)"
@@ -440,16 +880,25 @@ if [[ ! -x $PW ]]; then
     say "building portwatch (release)"
     cargo build --release --quiet -p portwatch >&2
 fi
+# The other engineers rebuild target/release/portwatch while benchmarks may run:
+# measure a private copy, so one run never mixes two builds.
+PW_MTIME=$(date -u -r "$PW_BUILT" '+%Y-%m-%d %H:%M UTC')
+cp "$PW_BUILT" "$TMP/portwatch"
+PW=$TMP/portwatch
 "$PW" doctor >/dev/null 2>&1 || say "warning: \`portwatch doctor\` reports problems; watch/who may fail"
 
 case $WHICH in
 overhead) bench_overhead ;;
 loss) bench_loss ;;
 who) bench_who ;;
+reap) bench_reap ;;
+footprint) bench_footprint ;;
 all)
     bench_overhead
     bench_loss
     bench_who
+    bench_reap
+    bench_footprint
     ;;
 esac
 say "results appended to ${RESULTS#"$ROOT"/}"
