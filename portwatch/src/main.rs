@@ -22,8 +22,16 @@ fn main() -> ExitCode {
                 _ => {
                     // One line: clap's first line, without its "error: " prefix.
                     let text = e.render().to_string();
-                    let line = text.lines().next().unwrap_or("invalid arguments");
-                    eprintln!("portwatch: {}", line.trim_start_matches("error: "));
+                    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+                    let mut line = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+                    // "the following required arguments were not provided:" names them next.
+                    if line.ends_with(':') {
+                        if let Some(next) = lines.next() {
+                            line.push(' ');
+                            line.push_str(next);
+                        }
+                    }
+                    eprintln!("portwatch: {line}");
                     ExitCode::from(exit::USAGE)
                 }
             };
