@@ -132,6 +132,9 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
             return Err(Error::Refused(format!("port {} is still held after freeing it", r.port)));
         }
     }
+    // Before the command exists, so a signal can never find run without its handlers.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(Error::io("prctl(PR_SET_CHILD_SUBREAPER)", std::io::Error::last_os_error()));
@@ -160,8 +163,6 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
         notify(opts.ready_fd, "ready");
     }
     let child_pid = child.id().map_or(0, |p| p as i32);
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
 
     let mut targets: Vec<Target> = opts.ports.iter().map(|p| Target::Tcp { host: "127.0.0.1".into(), port: p }).collect();
     targets.extend(opts.health.iter().cloned());
