@@ -55,6 +55,10 @@ enum Cmd {
         /// Target binds per second over all threads (0 = as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Port to bind (0 = the kernel picks one each time); a fixed port is bound
+        /// with SO_REUSEADDR, one socket at a time per thread.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
     },
     /// Fork N children holding F fds each (half /dev/null, half UDP sockets bound to
     /// 127.0.0.1:0); print their pids once all are ready, then wait. SIGTERM,
@@ -72,7 +76,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Getpid { iters, rounds } => getpid(iters, rounds),
         Cmd::Bindloop { iters, port, rounds } => bindloop(iters, port, rounds),
-        Cmd::Storm { seconds, threads, rate } => storm(seconds, threads, rate),
+        Cmd::Storm { seconds, threads, rate, port } => storm(seconds, threads, rate, port),
         Cmd::Hold { procs, fds } => hold(procs, fds),
     };
     if let Err(e) = r {
@@ -227,7 +231,7 @@ fn bindloop(iters: u64, port: u16, rounds: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn storm(seconds: f64, threads: usize, rate: u64) -> io::Result<()> {
+fn storm(seconds: f64, threads: usize, rate: u64, port: u16) -> io::Result<()> {
     if !(seconds > 0.0 && seconds.is_finite()) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "--seconds must be > 0"));
     }
@@ -240,7 +244,7 @@ fn storm(seconds: f64, threads: usize, rate: u64) -> io::Result<()> {
         .map(|_| {
             let (stop, binds, errors) = (stop.clone(), binds.clone(), errors.clone());
             std::thread::spawn(move || {
-                let sa = sockaddr_v4(0);
+                let sa = sockaddr_v4(port);
                 let (mut ok, mut bad) = (0u64, 0u64);
                 // Paced: each thread owes rate/threads binds per second, checked every
                 // batch of 64 against the time elapsed.
@@ -261,6 +265,10 @@ fn storm(seconds: f64, threads: usize, rate: u64) -> io::Result<()> {
                             if fd < 0 {
                                 bad += 1;
                                 continue;
+                            }
+                            if port != 0 {
+                                let one: libc::c_int = 1;
+                                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
                             }
                             if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), SA_LEN) == 0 {
                                 ok += 1;
