@@ -20,7 +20,7 @@ fn rss_kib(pid: i32) -> u64 {
 fn bind_storm_while_recording_loses_nothing() {
     require_root();
     let loadgen = std::path::Path::new(support::bin()).with_file_name("pw-loadgen");
-    assert!(loadgen.exists(), "{} is built with the workspace (cargo test --release)", loadgen.display());
+    assert!(loadgen.exists(), "{} missing: cargo xtask test builds it (cargo build --release -p portwatch-loadgen)", loadgen.display());
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("storm.db");

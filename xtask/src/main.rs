@@ -144,6 +144,8 @@ fn test(args: &[String]) -> Result<()> {
     prepare()?;
     ensure_python_packages()?;
     ensure_promtool()?;
+    // The storm test drives pw-loadgen; `cargo test` builds only test executables.
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "portwatch-loadgen"]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--release"]);
     if !args.is_empty() {
