@@ -10,22 +10,7 @@ use std::{
 };
 
 use nix::{sys::signal::{kill, Signal}, unistd::Pid};
-use support::{free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard, PidGuard};
-
-/// Alive and not a zombie.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').map_or(false, |(_, rest)| !rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
-}
-
-fn children_of(pid: i32) -> BTreeSet<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
+use support::{alive, children_of, free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard, PidGuard};
 
 fn start_gunicorn(port: u16, dir: &std::path::Path) -> (ChildGuard, BTreeSet<i32>) {
     std::fs::write(dir.join("app.py"), "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n").expect("app");

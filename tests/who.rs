@@ -18,11 +18,6 @@ fn holder_pids(sockets: &[serde_json::Value]) -> BTreeSet<i64> {
     sockets.iter().flat_map(|s| s["holders"].as_array().cloned().unwrap_or_default()).filter_map(|h| h["pid"].as_i64()).collect()
 }
 
-fn children_of(pid: i32) -> BTreeSet<i64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
-}
-
 #[test]
 fn gunicorn_master_and_all_four_workers() {
     require_root();
@@ -46,7 +41,7 @@ fn gunicorn_master_and_all_four_workers() {
     // Wait until the master forked its 4 workers.
     let mut workers = BTreeSet::new();
     for _ in 0..200 {
-        workers = children_of(master.pid());
+        workers = support::children_of(master.pid()).into_iter().map(i64::from).collect();
         if workers.len() == 4 {
             break;
         }

@@ -94,6 +94,11 @@ impl Sampler {
     }
 }
 
+/// Probes run about once a second: every this many sampling ticks.
+fn probe_every(cfg: &Config) -> u64 {
+    (Duration::from_secs(1).as_nanos() / cfg.interval.as_nanos().max(1)).max(1) as u64
+}
+
 fn engine(cfg: &Config) -> Engine {
     Engine::new(cfg.stall, cfg.probes.iter().map(|p| (p.port, p.failures)).collect(), cfg.leftovers)
 }
@@ -409,7 +414,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let (reap_tx, mut reap_rx) = tokio::sync::mpsc::unbounded_channel::<PortReport>();
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let probe_every = (Duration::from_secs(1).as_nanos() / cfg.interval.as_nanos().max(1)).max(1) as u64;
+    let probe_every = probe_every(&cfg);
     let mut ticks: u64 = 0;
     let ports: Vec<u16> = cfg.ports.iter().collect();
     info!(ports = ?ports, existing_sockets = seeded, stall = %humantime::format_duration(cfg.stall), grace = %humantime::format_duration(cfg.grace), reap = cfg.reap, dry_run, "agent started");
@@ -521,7 +526,7 @@ pub async fn cleanup(cfg: Config, force: bool, dry_run: bool) -> Result<(Cleanup
     let start = tokio::time::Instant::now();
     let until = start + cfg.stall + cfg.interval;
     let mut tick = tokio::time::interval(cfg.interval);
-    let probe_every = (Duration::from_secs(1).as_nanos() / cfg.interval.as_nanos().max(1)).max(1) as u64;
+    let probe_every = probe_every(&cfg);
     let mut n = 0u64;
     let (verdicts, who) = loop {
         tick.tick().await;

@@ -4,7 +4,7 @@
 //! event; a committed batch survives `kill -9` of the agent.
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::mpsc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -420,7 +420,6 @@ pub struct Writer {
     /// Rows dropped because the writer fell this far behind (memory stays bounded).
     pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
-    pub path: PathBuf,
 }
 
 impl Writer {
@@ -467,7 +466,7 @@ impl Writer {
                 }
             })
             .map_err(|e| Error::io("starting the history writer", e))?;
-        Ok(Self { tx: Some(tx), dropped: Default::default(), thread: Some(thread), path: path.to_path_buf() })
+        Ok(Self { tx: Some(tx), dropped: Default::default(), thread: Some(thread) })
     }
 
     pub fn record(&self, row: Row) {

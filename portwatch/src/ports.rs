@@ -5,9 +5,6 @@ use std::{collections::BTreeSet, fmt};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortSet(BTreeSet<u16>);
 
-/// The largest range accepted in one argument (guards against `1-65535` typos).
-pub const MAX_RANGE: usize = 65535;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortError(String);
 

@@ -40,16 +40,22 @@ pub struct RunOptions {
     pub ready_fd: Option<i32>,
 }
 
-/// Live processes whose parent is this process (direct children and adopted
-/// orphans), from every thread's `children` list (an orphan is adopted by one of
-/// the subreaper's threads).
-pub fn children() -> Vec<i32> {
+/// Every pid in this process's threads' `children` lists (an orphan is adopted by
+/// one of the subreaper's threads), zombies included.
+fn thread_children() -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
     for t in tasks.flatten() {
         let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
         out.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
     }
+    out
+}
+
+/// Live processes whose parent is this process (direct children and adopted
+/// orphans).
+pub fn children() -> Vec<i32> {
+    let mut out = thread_children();
     out.retain(|&pid| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
@@ -75,12 +81,8 @@ async fn no_descendants(keep: i32) -> bool {
 /// Reaps exited adopted children without blocking. The command itself (`keep`) is
 /// left to its own waiter, which needs its exit status.
 fn reap_zombies(keep: i32) {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
-    for t in tasks.flatten() {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for pid in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&p| p != keep) {
-            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-        }
+    for pid in thread_children().into_iter().filter(|&p| p != keep) {
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
     }
 }
 

@@ -59,6 +59,22 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Alive and not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The children of `pid` (its main thread's list).
+pub fn children_of(pid: i32) -> std::collections::BTreeSet<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Kills (SIGKILL) a process the test caused to exist but did not spawn directly
 /// (a forked worker, an orphan) when dropped.
 pub struct PidGuard(pub i32);

@@ -260,10 +260,6 @@ impl Observer {
     pub fn queued(&self, port: u16) -> u64 {
         self.per_cpu_sum(maps::QUEUED, u32::from(port))
     }
-
-    pub fn attached(&self, hook: &str) -> bool {
-        self.hooks.iter().any(|h| h.hook == hook && h.attached)
-    }
 }
 
 /// Parsing kernel BTF allocates tens of MiB that are free once the programs are

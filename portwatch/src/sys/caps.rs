@@ -3,7 +3,6 @@ use std::fs;
 
 pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_SYS_RESOURCE: u32 = 24;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 

@@ -2,7 +2,7 @@
 //! (what `ss` uses), filtered in the kernel by an inet_diag bytecode program.
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
@@ -270,9 +270,6 @@ pub fn dump_all_connections() -> io::Result<Vec<SockEntry>> {
     out.extend(dump(Proto::Tcp, AF_INET6, 1 << TCP_ESTABLISHED, &[])?);
     Ok(out)
 }
-
-/// `0.0.0.0`, for entries without a peer.
-pub const UNSPECIFIED: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 #[cfg(test)]
 mod tests {
