@@ -480,6 +480,8 @@ pub fn execute(cli: Cli) -> Result<u8> {
             if cfg.ports.is_empty() {
                 return Err(Error::Usage("no ports: give --port or a config with `ports`".into()));
             }
+            // Say what is missing before announcing the observation.
+            crate::ebpf::load::preflight()?;
             if !json {
                 eprintln!("portwatch: observing {} port(s) for {}", cfg.ports.len(), humantime::format_duration(cfg.stall));
             }

@@ -244,6 +244,13 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| db_err(path, e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| db_err(path, e))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| db_err(path, e))?;
+        if version < SCHEMA_VERSION {
+            return Err(Error::Config(format!(
+                "history database {} has an older layout (version {version}); the agent converts it when it next starts",
+                path.display()
+            )));
+        }
         Ok(Self { conn, procs: HashMap::new() })
     }
 
@@ -570,6 +577,8 @@ mod tests {
         // An older schema is set aside, not written into.
         let old = dir.path().join("old.db");
         Connection::open(&old).unwrap().execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, time_ns INTEGER, event TEXT);").unwrap();
+        let e = Store::open_readonly(&old).err().unwrap().to_string();
+        assert!(e.contains("older layout"), "{e}");
         let mut m = Store::open(&old).unwrap();
         m.insert(&[row(1, "bind", 1, 1, 1)]).unwrap();
         assert_eq!(m.count().unwrap(), 1);
