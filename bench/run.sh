@@ -402,7 +402,9 @@ bench_who() {
 
     "$PW" who "$port" >/dev/null # first run pins the iterator
     local c_pw c_lsof c_ss c_fuser
-    c_pw=$("$PW" who "$port" --json 2>"$TMP/who-notes" | jq '[.[].holders[]?.pid] | unique | length')
+    c_pw=$("$PW" who -v "$port" --json 2>"$TMP/who-notes" | jq '[.[].holders[]?.pid] | unique | length')
+    local c_tf
+    c_tf=$("$PW" who --method task-file "$port" --json | jq '[.[].holders[]?.pid] | unique | length')
     c_lsof=$(lsof -nP -i:"$port" 2>/dev/null | awk 'NR>1{print $2}' | sort -u | wc -l || true)
     c_ss=$(ss -ltnp "sport = :$port" | grep -o 'pid=[0-9]*' | sort -u | wc -l || true)
     c_fuser=$(fuser "$port/tcp" 2>/dev/null | tr -s ' \t' '\n' | grep -c '^[0-9][0-9]*$' || true)
@@ -414,6 +416,7 @@ bench_who() {
         method="hyperfine $(hyperfine --version | awk '{print $2}') (\`-N --warmup 2 --runs $WHO_RUNS -i\`)"
         hyperfine -N --warmup 2 --runs "$WHO_RUNS" -i --style basic --export-json "$TMP/who.json" \
             -n portwatch "$PW who $port" \
+            -n portwatch-task-file "$PW who --method task-file $port" \
             -n lsof "lsof -nP -i:$port" \
             -n ss "ss -ltnp 'sport = :$port'" \
             -n fuser "fuser $port/tcp" >&2
@@ -421,6 +424,7 @@ bench_who() {
     else
         method="bash loop, $WHO_RUNS runs after 2 warm-ups, \`date +%s%N\` around each"
         loop_time portwatch "$PW" who "$port"
+        loop_time portwatch-task-file "$PW" who --method task-file "$port"
         loop_time lsof lsof -nP -i:"$port"
         loop_time ss ss -ltnp "sport = :$port"
         loop_time fuser fuser "$port/tcp"
@@ -444,12 +448,13 @@ bench_who() {
         echo "| command | mean ms (± sd) | × portwatch | holders found |"
         echo "|---|---:|---:|---:|"
         echo "| \`portwatch who $port\` | $(ms portwatch) | 1 | $c_pw |"
+        echo "| \`portwatch who --method task-file $port\` (the fallback) | $(ms portwatch-task-file) | $(ratio "$(mean portwatch-task-file)") | $c_tf |"
         echo "| \`lsof -nP -i:$port\` | $(ms lsof) | $r_lsof | $c_lsof |"
         echo "| \`ss -ltnp 'sport = :$port'\` | $(ms ss) | $r_ss | $c_ss |"
         echo "| \`fuser $port/tcp\` | $(ms fuser) | $r_fuser | $c_fuser |"
         echo
         if [[ -s $TMP/who-notes ]]; then
-            echo "- portwatch said (holder count run): $(tr '\n' ' ' <"$TMP/who-notes")"
+            echo "- portwatch said (\`who -v\`, holder count run): $(tr '\n' ' ' <"$TMP/who-notes")"
         fi
         echo "- Goals: ≥ 100× faster than lsof: $(verdict "$r_lsof >= 100"); ≥ 50× faster than ss -p: $(verdict "$r_ss >= 50"); holders ≥ every other tool's count: $(verdict "$c_pw >= max($c_lsof, $c_ss, $c_fuser)") (and $(verdict "$c_pw == $expected") against the $expected expected)"
         echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -6,12 +6,40 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use support::{free_port, portwatch, portwatch_unprivileged, require_root, spawn_python, ChildGuard, PidGuard};
 
-fn who_json(args: &[&str]) -> Vec<serde_json::Value> {
-    let mut full = vec!["who", "--json"];
+/// `who --json` with the given `--method`.
+fn who_method(method: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["who", "--json", "--method", method];
     full.extend_from_slice(args);
     let out = portwatch(&full);
-    assert!(out.status.success(), "who failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "who --method {method} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("who --json is a JSON array")
+}
+
+/// What must not depend on the method: each socket and its (pid, fd) holders.
+fn summary(sockets: &[serde_json::Value]) -> Vec<String> {
+    let mut v: Vec<String> = sockets
+        .iter()
+        .map(|s| {
+            let mut h: Vec<(i64, i64)> = s["holders"]
+                .as_array()
+                .map(|a| a.iter().map(|h| (h["pid"].as_i64().unwrap_or(-1), h["fd"].as_i64().unwrap_or(-1))).collect())
+                .unwrap_or_default();
+            h.sort();
+            format!("{} {} {} {} {} {} {:?}", s["port"], s["proto"], s["family"], s["addr"], s["state"], s["inode"], h)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `who --json` by the fast path (`--method holders`, which fails rather than fall
+/// back), checked against the task_file pass and the /proc walk.
+fn who_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let fast = who_method("holders", args);
+    for m in ["task-file", "proc", "auto"] {
+        assert_eq!(summary(&who_method(m, args)), summary(&fast), "--method {m} disagrees with --method holders for {args:?}");
+    }
+    fast
 }
 
 fn holder_pids(sockets: &[serde_json::Value]) -> BTreeSet<i64> {
@@ -161,7 +189,7 @@ os._exit(0)
     assert_ne!(h["ppid"], i64::from(std::process::id()), "re-parented");
     assert_eq!(s[0]["accept_queue"], 1, "the client's connection waits in the accept queue");
 
-    let with_clients = who_json(&["--clients", &port.to_string()]);
+    let with_clients = who_method("auto", &["--clients", &port.to_string()]);
     assert_eq!(with_clients.len(), 2);
     let c: Vec<_> = with_clients.iter().filter(|s| s.get("peer").is_some()).collect();
     assert_eq!(c.len(), 1);
@@ -185,4 +213,66 @@ fn unprivileged_run_falls_back_to_proc_with_a_note() {
     assert!(holder_pids(&s).is_empty(), "a root-owned holder is not visible to nobody");
     // As root the same socket has its holder.
     assert_eq!(holder_pids(&who_json(&[&port.to_string()])), BTreeSet::from([i64::from(server.pid())]));
+}
+
+#[test]
+fn fast_path_limits_fall_back_and_high_fds_and_many_ports_are_found() {
+    require_root();
+    // 20 SO_REUSEPORT UDP sockets on one port: more than the holders pass tracks (16),
+    // so it declines and `auto` answers from the task_file pass, completely.
+    let crowded = free_port();
+    let (many, _) = spawn_python(&format!(
+        "import os, socket, time\nss = []\nfor _ in range(20):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.bind(('127.0.0.1', {crowded})); ss.append(s)\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    let out = portwatch(&["who", "--json", "--method", "holders", &crowded.to_string()]);
+    assert_eq!(out.status.code(), Some(5), "holders declines: {}", String::from_utf8_lossy(&out.stderr));
+    let out = portwatch(&["who", "-v", "--json", &crowded.to_string()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("found by bpf-iterator"), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(s.len(), 20);
+    assert_eq!(holder_pids(&s), BTreeSet::from([i64::from(many.pid())]));
+
+    // A listener at fd 5000 (the fd table grows past many 64-slot chunks), and
+    // listeners spread over a 40-port range (three 16-port passes).
+    let high = free_port();
+    let (h, _) = spawn_python(&format!(
+        "import os, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {high})); s.listen(); os.dup2(s.fileno(), 5000); s.close()\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    let s = who_json(&[&high.to_string()]);
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0]["holders"][0]["pid"].as_i64(), s[0]["holders"][0]["fd"].as_i64()), (Some(i64::from(h.pid())), Some(5000)));
+
+    let base = loop {
+        let b = free_port();
+        if b < 31_900 && (b..b + 40).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            break b;
+        }
+    };
+    let picks = [base, base + 17, base + 39];
+    let mut guards = Vec::new();
+    for p in picks {
+        guards.push(spawn_python(&format!(
+            "import os, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {p})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
+        )).0);
+    }
+    let range = format!("{base}-{}", base + 39);
+    // (Tests running alongside may take other ports of the range meanwhile.)
+    let s = who_json(&["--tcp", &range]);
+    for (p, g) in picks.iter().zip(&guards) {
+        let on: Vec<serde_json::Value> = s.iter().filter(|x| x["port"].as_u64() == Some(u64::from(*p))).cloned().collect();
+        assert_eq!(holder_pids(&on), BTreeSet::from([i64::from(g.pid())]), "port {p}: {s:#?}");
+    }
+
+    // Concurrent readers of the pinned iterator each get their own answer.
+    let handles: Vec<_> = picks
+        .iter()
+        .map(|&p| std::thread::spawn(move || (p, who_method("holders", &["--tcp", &p.to_string()]))))
+        .collect();
+    for (h, g) in handles.into_iter().zip(&guards) {
+        let (p, s) = h.join().expect("thread");
+        assert_eq!(s.len(), 1, "port {p}: {s:#?}");
+        assert_eq!(holder_pids(&s), BTreeSet::from([i64::from(g.pid())]), "port {p}");
+    }
+    drop((many, h, guards));
 }

@@ -23,6 +23,11 @@ pub mod maps {
     /// `PerCpuArray<u64>` indexed by port: connections the kernel completed into a
     /// listener's accept queue (SYN_RECV -> ESTABLISHED on the listener's port).
     pub const QUEUED: &str = "QUEUED";
+    /// `LruHashMap<u64, HolderQuery>` keyed by the reader's `pid_tgid`: what one read
+    /// of the `pw_task_holders` iterator looks for (see [`crate::holders`]).
+    pub const HOLDER_QUERY: &str = "HOLDER_QUERY";
+    /// `PerCpuArray<[u64; 64]>` [1]: scratch for one chunk of an fd table.
+    pub const FD_CHUNK: &str = "FD_CHUNK";
 }
 
 /// Names of the kernel programs, shared with user space.
@@ -36,6 +41,9 @@ pub mod programs {
     pub const STATE_BTF: &str = "pw_state_btf";
     /// `iter/task_file`: every (process, fd) holding a socket.
     pub const TASK_FILE_ITER: &str = "pw_task_sockets";
+    /// `iter/task`: holders of the sockets on given ports, comparing fd tables
+    /// against the sockets' `struct file` pointers (see [`crate::holders`]).
+    pub const HOLDERS_ITER: &str = "pw_task_holders";
     /// Do-nothing programs `doctor` loads to test hook types.
     pub const PROBE_FENTRY: &str = "pw_probe_fentry";
     pub const PROBE_KPROBE: &str = "pw_probe_kprobe";
@@ -50,6 +58,8 @@ pub mod globals {
     pub const SELF_TGID: &str = "SELF_TGID";
     /// Kernel struct field offsets resolved from BTF at load time; see [`crate::KernelOffsets`].
     pub const OFFSETS: &str = "OFFSETS";
+    /// Offsets for the holders iterator; see [`crate::HolderOffsets`].
+    pub const HOLDER_OFFSETS: &str = "HOLDER_OFFSETS";
 }
 
 /// Indexes into the `CONFIG` map.
@@ -237,6 +247,206 @@ pub struct TaskSocket {
     pub ino: u64,
 }
 
+/// The `pw_task_holders` iterator: who holds the sockets bound to a few ports, at a
+/// cost of one pass over the tasks rather than over every open file.
+///
+/// A reader writes a [`HolderQuery`] under its own `pid_tgid` into the
+/// `HOLDER_QUERY` map and reads the pinned iterator. On the first task the program
+/// finds the sockets on the ports by walking the kernel's own port-keyed hash
+/// buckets (TCP bind hash, UDP hash), and records each socket's `struct file *`.
+/// Then, for every process, it compares the fd table against those pointers. The
+/// output is a packed array of [`HolderRecord`]s.
+pub mod holders {
+    pub const MAX_PORTS: usize = 16;
+    pub const MAX_TARGETS: usize = 16;
+    /// [`super::HolderQuery::protos`] bits.
+    pub const PROTO_TCP: u32 = 1;
+    pub const PROTO_UDP: u32 = 2;
+    /// [`super::HolderRecord::kind`].
+    pub const REC_STATUS: u8 = 1;
+    pub const REC_SOCKET: u8 = 2;
+    pub const REC_HOLDER: u8 = 3;
+    /// Status values (in a `REC_STATUS` record's `aux`). Anything but `OK` means the
+    /// answer is incomplete and the caller must use another method.
+    pub const OK: u32 = 1;
+    /// More sockets than `MAX_TARGETS`, or a hash chain longer than the walk allows.
+    pub const TOO_MANY: u32 = 2;
+    /// A kernel read failed (a structure changed under us, or an offset is wrong).
+    pub const READ_FAILED: u32 = 3;
+    /// An fd table had more entries than the program walks.
+    pub const FD_TABLE_TOO_BIG: u32 = 4;
+    /// A process had more matching fds than one chunk's record buffer.
+    pub const TOO_MANY_FDS: u32 = 5;
+}
+
+/// One query of the holders iterator (value of `HOLDER_QUERY`). User space fills
+/// `ports`, `nports`, `protos` and `tcp_states`; the program fills the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HolderQuery {
+    /// Host byte order.
+    pub ports: [u16; holders::MAX_PORTS],
+    pub nports: u32,
+    /// [`holders::PROTO_TCP`] | [`holders::PROTO_UDP`].
+    pub protos: u32,
+    /// Bit `1 << state` set: TCP sockets in that state count (e.g. LISTEN, CLOSE).
+    pub tcp_states: u32,
+    /// 0 until the program resolved the sockets, then a [`holders`] status.
+    pub status: u32,
+    pub ntargets: u32,
+    pub _pad: u32,
+    /// `struct file *` of each socket found.
+    pub files: [u64; holders::MAX_TARGETS],
+    pub inodes: [u64; holders::MAX_TARGETS],
+    /// Per socket: `proto | family << 8 | state << 16 | port << 32`.
+    pub info: [u64; holders::MAX_TARGETS],
+    /// Smallest and largest of `files`, to skip most fds with two compares.
+    pub min_file: u64,
+    pub max_file: u64,
+}
+
+impl HolderQuery {
+    pub const EMPTY: Self = Self {
+        ports: [0; holders::MAX_PORTS],
+        nports: 0,
+        protos: 0,
+        tcp_states: 0,
+        status: 0,
+        ntargets: 0,
+        _pad: 0,
+        files: [0; holders::MAX_TARGETS],
+        inodes: [0; holders::MAX_TARGETS],
+        info: [0; holders::MAX_TARGETS],
+        min_file: 0,
+        max_file: 0,
+    };
+}
+
+/// One record of the holders iterator's output.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HolderRecord {
+    /// [`holders::REC_STATUS`], [`holders::REC_SOCKET`] or [`holders::REC_HOLDER`].
+    pub kind: u8,
+    /// Sockets: 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    /// Sockets: `AF_INET` or `AF_INET6` (low byte).
+    pub family: u8,
+    /// Sockets: the kernel's TCP state number (UDP: 7 unconnected, 1 connected).
+    pub state: u8,
+    /// Holders: the process (init pid namespace).
+    pub tgid: u32,
+    /// Holders: the fd number.
+    pub fd: u32,
+    /// Status: the [`holders`] status. Sockets: the local port.
+    pub aux: u32,
+    /// Sockets and holders: the socket's inode number.
+    pub ino: u64,
+}
+
+/// Offsets for the holders iterator, resolved from BTF by user space like
+/// [`KernelOffsets`]. `u32::MAX` means "not available"; composite paths (e.g.
+/// `net.ipv4.udp_table`) are summed by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_group_leader: u32,
+    pub task_files: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    /// `net.hash_mix` (u32::MAX without network namespaces: the mix is 0).
+    pub net_hash_mix: u32,
+    /// `net.ipv4.tcp_death_row.hashinfo` (a `struct inet_hashinfo *`).
+    pub net_tcp_hashinfo: u32,
+    /// `net.ipv4.udp_table` (a `struct udp_table *`).
+    pub net_udp_table: u32,
+    pub hashinfo_bhash: u32,
+    pub hashinfo_bhash_size: u32,
+    /// `struct inet_bind_hashbucket`: its `chain` and its size.
+    pub bhb_chain: u32,
+    pub bhb_size: u32,
+    /// `struct inet_bind_bucket`.
+    pub tb_net: u32,
+    pub tb_port: u32,
+    pub tb_node: u32,
+    /// Kernels up to 6.7: sockets hang off `tb->owners`.
+    pub tb_owners: u32,
+    /// Kernels from 6.8: `tb->bhash2` lists `inet_bind2_bucket`s, whose `owners`
+    /// hold the sockets.
+    pub tb_bhash2: u32,
+    pub tb2_bhash_node: u32,
+    pub tb2_owners: u32,
+    /// `struct sock_common`.
+    pub skc_bind_node: u32,
+    pub skc_node: u32,
+    pub skc_state: u32,
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_net: u32,
+    pub sk_socket: u32,
+    pub udp_table_hash: u32,
+    pub udp_table_mask: u32,
+    pub udp_hslot_size: u32,
+    pub socket_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    /// `hlist_head.first`, `hlist_node.next`, `udp_hslot.head`.
+    pub hlist_first: u32,
+    pub hlist_next: u32,
+    pub udp_hslot_head: u32,
+    pub _pad: u32,
+}
+
+impl HolderOffsets {
+    pub const UNSET: Self = Self {
+        task_pid: u32::MAX,
+        task_tgid: u32::MAX,
+        task_group_leader: u32::MAX,
+        task_files: u32::MAX,
+        task_nsproxy: u32::MAX,
+        nsproxy_net_ns: u32::MAX,
+        net_hash_mix: u32::MAX,
+        net_tcp_hashinfo: u32::MAX,
+        net_udp_table: u32::MAX,
+        hashinfo_bhash: u32::MAX,
+        hashinfo_bhash_size: u32::MAX,
+        bhb_chain: u32::MAX,
+        bhb_size: u32::MAX,
+        tb_net: u32::MAX,
+        tb_port: u32::MAX,
+        tb_node: u32::MAX,
+        tb_owners: u32::MAX,
+        tb_bhash2: u32::MAX,
+        tb2_bhash_node: u32::MAX,
+        tb2_owners: u32::MAX,
+        skc_bind_node: u32::MAX,
+        skc_node: u32::MAX,
+        skc_state: u32::MAX,
+        skc_family: u32::MAX,
+        skc_num: u32::MAX,
+        skc_net: u32::MAX,
+        sk_socket: u32::MAX,
+        udp_table_hash: u32::MAX,
+        udp_table_mask: u32::MAX,
+        udp_hslot_size: u32::MAX,
+        socket_file: u32::MAX,
+        file_inode: u32::MAX,
+        inode_ino: u32::MAX,
+        files_fdt: u32::MAX,
+        fdt_max_fds: u32::MAX,
+        fdt_fd: u32::MAX,
+        hlist_first: u32::MAX,
+        hlist_next: u32::MAX,
+        udp_hslot_head: u32::MAX,
+        _pad: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays,
@@ -245,6 +455,9 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::TaskSocket {}
     unsafe impl aya::Pod for super::TrackedSock {}
+    unsafe impl aya::Pod for super::HolderQuery {}
+    unsafe impl aya::Pod for super::HolderRecord {}
+    unsafe impl aya::Pod for super::HolderOffsets {}
 }
 
 const _: () = assert!(core::mem::size_of::<EventInfo>() == 64);
@@ -253,3 +466,6 @@ const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);
+const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 3 * 8 * holders::MAX_TARGETS + 16);
+const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<HolderOffsets>() == 40 * 4);

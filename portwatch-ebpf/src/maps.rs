@@ -3,7 +3,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{config, Event, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES};
+use portwatch_common::{
+    config, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -28,9 +30,20 @@ pub static TRACKED_COUNT: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static QUEUED: PerCpuArray<u64> = PerCpuArray::with_max_entries(65536, 0);
 
+/// Queries of the holders iterator, keyed by the reader's `pid_tgid`.
+#[map]
+pub static HOLDER_QUERY: LruHashMap<u64, HolderQuery> = LruHashMap::with_max_entries(256, 0);
+
+/// One chunk (64 slots) of an fd table, read with a single kernel read.
+#[map]
+pub static FD_CHUNK: PerCpuArray<[u64; 64]> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
+
+#[unsafe(no_mangle)]
+pub static HOLDER_OFFSETS: HolderOffsets = HolderOffsets::UNSET;
+
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::UNSET;

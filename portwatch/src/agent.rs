@@ -52,7 +52,7 @@ impl Sampler {
         let socks = crate::sys::sockdiag::sockets_on_ports(&list, q).map_err(|e| Error::io("sock_diag", e))?;
         let known = socks.iter().all(|s| self.holders.contains_key(&s.cookie));
         let r = if !known || self.ticks % FULL_EVERY == 1 {
-            let r = who::gather(&cfg.ports, WhoOptions { tcp: true, udp: false, clients: false, force_proc: false, prefetch: false })?;
+            let r = who::gather(&cfg.ports, WhoOptions { tcp: true, prefetch: false, ..WhoOptions::default() })?;
             self.holders = r.sockets.iter().map(|s| (s.cookie, s.holders.clone())).collect();
             r
         } else {

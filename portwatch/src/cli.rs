@@ -58,9 +58,13 @@ pub enum Command {
         /// Also list local clients connected to the port (never holders).
         #[arg(long)]
         clients: bool,
-        /// Find holders by walking /proc instead of the BPF iterator.
-        #[arg(long, hide = true)]
-        proc: bool,
+        /// How to find holders: auto (the fastest that can answer exactly), holders
+        /// (BPF iter/task pass), task-file (BPF iter/task_file pass), proc (/proc walk).
+        #[arg(long, value_enum, default_value_t = who::Method::Auto)]
+        method: who::Method,
+        /// Print how holders were found, on stderr.
+        #[arg(long, short = 'v')]
+        verbose: bool,
         /// JSON array of sockets instead of tables.
         #[arg(long)]
         json: bool,
@@ -400,7 +404,8 @@ pub fn execute(cli: Cli) -> Result<u8> {
             runtime()?.block_on(watch::run(opts))?;
             Ok(exit::OK)
         }
-        Command::Who { ports, tcp, udp, clients, proc, json } => {
+        Command::Who { ports, tcp, udp, clients, method, verbose, json } => {
+            let proc = method == who::Method::Proc;
             let ports = ports::merge(&ports);
             // Without privilege, ask the agent (it sees every holder) when one runs.
             if !is_root() && !proc {
@@ -414,9 +419,13 @@ pub fn execute(cli: Cli) -> Result<u8> {
                     return Ok(exit::OK);
                 }
             }
-            let r = who::gather(&ports, who::WhoOptions { tcp, udp, clients, force_proc: proc, prefetch: true })?;
+            let t0 = std::time::Instant::now();
+            let r = who::gather(&ports, who::WhoOptions { tcp, udp, clients, method, prefetch: true })?;
             for n in &r.notes {
                 eprintln!("portwatch: note: {n}");
+            }
+            if verbose {
+                eprintln!("portwatch: holders found by {} in {:.2} ms", r.method, t0.elapsed().as_secs_f64() * 1e3);
             }
             if json {
                 let mut all = r.sockets.clone();
@@ -429,7 +438,7 @@ pub fn execute(cli: Cli) -> Result<u8> {
         }
         Command::Check { ports, tcp, udp, json, quiet } => {
             let ports = ports::merge(&ports);
-            let opts = who::WhoOptions { tcp: tcp || !udp, udp, clients: false, force_proc: false, prefetch: true };
+            let opts = who::WhoOptions { tcp: tcp || !udp, udp, prefetch: true, ..Default::default() };
             let r = who::gather(&ports, opts)?;
             let st = who::port_status(&ports, &r);
             if !quiet {

@@ -38,6 +38,8 @@ pub struct Report {
     pub observer_ready: bool,
     /// `who` can use the BPF iterator (otherwise it walks /proc).
     pub iterator_ready: bool,
+    /// `who` can use the holders pass (`iter/task`), its fast path.
+    pub holders_ready: bool,
 }
 
 impl Report {
@@ -94,10 +96,14 @@ pub fn run() -> Report {
     let mut hooks = Vec::new();
     let mut observer_ready = false;
     let mut iterator_ready = false;
+    let mut holders_ready = false;
     if missing.is_empty() {
         let btf = Btf::from_sys_fs().ok();
         let me = std::process::id();
-        match load::loader(btf.as_ref(), &offsets, &me, true).load(load::OBJECT) {
+        let hoffsets = kbtf::load_vmlinux().map(|v| kbtf::resolve_holders(&v)).unwrap_or(portwatch_common::HolderOffsets::UNSET);
+        let mut loader = load::loader(btf.as_ref(), &offsets, &me, true);
+        loader.override_global(portwatch_common::globals::HOLDER_OFFSETS, &hoffsets, true);
+        match loader.load(load::OBJECT) {
             Err(e) => checks.push(check("bpf", false, format!("{e}"))),
             Ok(mut ebpf) => {
                 checks.push(check("bpf", true, "maps created, object loaded"));
@@ -133,7 +139,17 @@ pub fn run() -> Report {
                     p.attach().map(drop).map_err(|e| text(&e))
                 });
                 iterator_ready = r.is_ok() && kbtf::iter_ready(&offsets);
-                hooks.push(probe("iter/task_file", "`who`: every process holding a socket", r));
+                hooks.push(probe("iter/task_file", "`who` fallback: every process holding a socket", r));
+                let r = match kbtf::holders_ready(&hoffsets) {
+                    (true, true) => kbtf_ref.clone().and_then(|b| {
+                        let p: &mut Iter = prog_mut(&mut ebpf, programs::HOLDERS_ITER)?;
+                        p.load("task", b).map_err(|e| text(&e))?;
+                        p.attach().map(drop).map_err(|e| text(&e))
+                    }),
+                    (tcp, udp) => Err(format!("kernel layout not supported (TCP bind hash: {tcp}, UDP hash: {udp})")),
+                };
+                holders_ready = r.is_ok();
+                hooks.push(probe("iter/task + bpf_loop", "`who` fast path: holders of the asked ports, one visit per task", r));
                 let r = kbtf_ref.clone().and_then(|b| {
                     let p: &mut FEntry = prog_mut(&mut ebpf, programs::PROBE_FENTRY)?;
                     p.load("inet_listen", b).map_err(|e| text(&e))?;
@@ -168,7 +184,7 @@ pub fn run() -> Report {
             }
         }
     }
-    Report { checks, hooks, btf_offsets: kbtf::as_list(&offsets), observer_ready, iterator_ready }
+    Report { checks, hooks, btf_offsets: kbtf::as_list(&offsets), observer_ready, iterator_ready, holders_ready }
 }
 
 fn prog_mut<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, String>
@@ -208,7 +224,12 @@ pub fn render(r: &Report) -> String {
     s.push_str(&format!(
         "VERDICT\n  observer (watch, agent): {}\n  who/check: {}\n",
         if r.observer_ready { "ready" } else { "unavailable" },
-        if r.iterator_ready { "BPF iterator" } else { "/proc walk (slower; may miss other users' processes when not root)" }
+        match (r.holders_ready, r.iterator_ready) {
+            (true, true) => "BPF holders pass (iter/task), iter/task_file when it cannot answer",
+            (false, true) => "BPF iterator (iter/task_file)",
+            (true, false) => "BPF holders pass (iter/task), /proc walk when it cannot answer",
+            (false, false) => "/proc walk (slower; may miss other users' processes when not root)",
+        }
     ));
     s
 }

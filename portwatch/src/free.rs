@@ -45,7 +45,7 @@ pub fn reap_sockets(port: u16, sockets: &[&SocketReport], opts: &FreeOptions, me
 
 pub fn run(ports: &PortSet, opts: &FreeOptions) -> Result<(Vec<PortReport>, Vec<String>)> {
     // TCP unless --udp alone; both flags: both.
-    let r = who::gather(ports, WhoOptions { tcp: opts.tcp || !opts.udp, udp: opts.udp, clients: false, force_proc: false, prefetch: true })?;
+    let r = who::gather(ports, WhoOptions { tcp: opts.tcp || !opts.udp, udp: opts.udp, prefetch: true, ..WhoOptions::default() })?;
     let me = SelfInfo::current();
     let reports: Vec<PortReport> = ports
         .iter()

@@ -18,13 +18,38 @@ use crate::{
     },
 };
 
+/// How `who` finds holders. `Auto` takes the fastest method that can answer exactly
+/// here; the others force one (for comparison, tests and benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    #[default]
+    Auto,
+    /// The `iter/task` holders pass (one visit per task); fails if it cannot answer.
+    Holders,
+    /// The `iter/task_file` pass (one visit per open file on the host).
+    TaskFile,
+    /// A walk of /proc/*/fd (no privilege needed; sees only what /proc shows).
+    Proc,
+}
+
+impl Method {
+    /// The name reported in `WhoResult::method`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Holders => "bpf-holders",
+            Self::TaskFile => "bpf-iterator",
+            Self::Proc => "proc-walk",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WhoOptions {
     pub tcp: bool,
     pub udp: bool,
     pub clients: bool,
-    /// Skip the BPF iterator and walk /proc (for comparison and tests).
-    pub force_proc: bool,
+    pub method: Method,
     /// Read the pinned iterator in a second thread while sock_diag runs (one-shot
     /// commands: less wall time; the agent leaves it off to spend no CPU on idle ports).
     pub prefetch: bool,
@@ -73,7 +98,7 @@ pub struct WhoResult {
     pub sockets: Vec<SocketReport>,
     /// Connections to the ports from local clients (only with `--clients`).
     pub clients: Vec<SocketReport>,
-    /// How holders were found: "bpf-iterator" or "proc-walk".
+    /// How holders were found: "bpf-holders", "bpf-iterator", "proc-walk" or "none".
     pub method: &'static str,
     /// Shown on stderr: e.g. why the fallback was used.
     pub notes: Vec<String>,
@@ -110,7 +135,7 @@ fn find_holders(inodes: &HashSet<u64>, force_proc: bool, prefetch: Option<Prefet
                 let n = h.len();
                 let ok: Vec<FdHolder> = h.into_iter().filter(|x| proc::fd_is_socket(x.pid, x.fd, x.inode)).collect();
                 if n == 0 || !ok.is_empty() {
-                    return (ok, "bpf-iterator");
+                    return (ok, Method::TaskFile.name());
                 }
                 notes.push("BPF iterator pids do not match this /proc (pid namespace); walking /proc instead".into());
             }
@@ -123,7 +148,7 @@ fn find_holders(inodes: &HashSet<u64>, force_proc: bool, prefetch: Option<Prefet
             "{denied} processes could not be inspected (not root): holders owned by other users may be missing"
         ));
     }
-    (h, "proc-walk")
+    (h, Method::Proc.name())
 }
 
 fn holders_for(fds: &[FdHolder], inode: u64, cache: &mut HashMap<i32, Option<ProcInfo>>) -> Vec<Holder> {
@@ -170,9 +195,21 @@ pub fn report(s: &SockEntry, holders: Vec<Holder>, client: bool) -> SocketReport
 /// Everything bound to `ports`.
 pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
     let list: Vec<u16> = ports.iter().collect();
-    let prefetch = (opts.prefetch && !opts.force_proc && iter::pinned()).then(|| std::thread::spawn(iter::all_socket_fds));
     let both = !opts.tcp && !opts.udp;
     let q = Query { tcp: opts.tcp || both, udp: opts.udp || both, connections: false };
+    if matches!(opts.method, Method::Auto | Method::Holders) && !opts.clients {
+        if let Some(r) = gather_fast(&list, q, opts.method == Method::Holders)? {
+            return Ok(r);
+        }
+    }
+    if opts.method == Method::Holders {
+        return Err(Error::unsupported(
+            "the holders iterator cannot answer this query exactly here",
+            "use --method auto (falls back to the task_file pass)",
+        ));
+    }
+    let force_proc = opts.method == Method::Proc;
+    let prefetch = (opts.prefetch && !force_proc && iter::pinned()).then(|| std::thread::spawn(iter::all_socket_fds));
     let sockets = sockdiag::sockets_on_ports(&list, q).map_err(|e| Error::io("sock_diag", e))?;
     let clients: Vec<SockEntry> = if opts.clients && q.tcp {
         let all = sockdiag::dump_all_connections().map_err(|e| Error::io("sock_diag", e))?;
@@ -182,15 +219,68 @@ pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
     };
     let inodes: HashSet<u64> = sockets.iter().chain(&clients).map(|s| s.inode).filter(|&i| i != 0).collect();
     let mut notes = Vec::new();
-    let (fds, method) = find_holders(&inodes, opts.force_proc, prefetch, &mut notes);
+    let (fds, method) = find_holders(&inodes, force_proc, prefetch, &mut notes);
+    Ok(assemble(&sockets, &clients, &fds, method, notes))
+}
+
+fn assemble(sockets: &[SockEntry], clients: &[SockEntry], fds: &[FdHolder], method: &'static str, notes: Vec<String>) -> WhoResult {
     let mut cache = HashMap::new();
     let mut out: Vec<SocketReport> =
-        sockets.iter().map(|s| report(s, holders_for(&fds, s.inode, &mut cache), false)).collect();
+        sockets.iter().map(|s| report(s, holders_for(fds, s.inode, &mut cache), false)).collect();
     out.sort_by(|a, b| (a.port, a.proto, a.family, &a.addr).cmp(&(b.port, b.proto, b.family, &b.addr)));
     let mut cl: Vec<SocketReport> =
-        clients.iter().map(|s| report(s, holders_for(&fds, s.inode, &mut cache), true)).collect();
+        clients.iter().map(|s| report(s, holders_for(fds, s.inode, &mut cache), true)).collect();
     cl.sort_by_key(|c| c.port);
-    Ok(WhoResult { sockets: out, clients: cl, method, notes })
+    WhoResult { sockets: out, clients: cl, method, notes }
+}
+
+/// Ports the fast path takes at most (16 per pass over the tasks).
+const FAST_MAX_PORTS: usize = 8 * portwatch_common::holders::MAX_PORTS;
+
+/// The fast path (root, initial pid namespace): the `iter/task` holders pass finds
+/// the sockets and their holders; sock_diag then describes only the kinds of socket
+/// it found (a TCP listener needs just the listening-hash dump, the cheapest one).
+/// `None` when it cannot answer exactly; the caller then takes the full path.
+/// With `strict`, errors are returned instead of falling back.
+fn gather_fast(list: &[u16], q: Query, strict: bool) -> Result<Option<WhoResult>> {
+    if list.len() > FAST_MAX_PORTS || !nix::unistd::geteuid().is_root() || proc::in_nested_pid_namespace() {
+        return Ok(None);
+    }
+    let tcp_states = (1 << sockdiag::TCP_LISTEN) | (1 << sockdiag::TCP_CLOSE);
+    let scan = match iter::holders_on_ports(list, q.tcp, q.udp, tcp_states) {
+        Ok(Some(scan)) => scan,
+        Ok(None) => return Ok(None),
+        Err(e) if strict => return Err(e),
+        Err(e) => {
+            tracing::debug!("holders iterator: {e}");
+            return Ok(None);
+        }
+    };
+    // One dump per (protocol, family, states) present.
+    let mut dumps: Vec<(Proto, u8, u32)> = Vec::new();
+    for s in &scan.sockets {
+        let d = match (Proto::from_ipproto(u16::from(s.proto)), s.state) {
+            (Some(Proto::Tcp), sockdiag::TCP_LISTEN) => (Proto::Tcp, s.family, 1 << sockdiag::TCP_LISTEN),
+            (Some(Proto::Tcp), _) => (Proto::Tcp, s.family, (1 << sockdiag::TCP_CLOSE) | (1 << sockdiag::TCP_BOUND_INACTIVE)),
+            (Some(Proto::Udp), _) => (Proto::Udp, s.family, u32::MAX),
+            (None, _) => return Ok(None),
+        };
+        if !dumps.contains(&d) {
+            dumps.push(d);
+        }
+    }
+    let mut sockets = Vec::new();
+    for (proto, family, states) in dumps {
+        sockets.extend(sockdiag::dump(proto, family, states, list).map_err(|e| Error::io("sock_diag", e))?);
+    }
+    // A socket bound since the pass: its holders are unknown, so take the full path.
+    let seen: HashSet<u64> = scan.sockets.iter().map(|s| s.inode).collect();
+    if sockets.iter().any(|s| !seen.contains(&s.inode)) {
+        return Ok(None);
+    }
+    // Keep what /proc confirms; an fd closed since the pass just drops out.
+    let fds: Vec<FdHolder> = scan.holders.into_iter().filter(|h| proc::fd_is_socket(h.pid, h.fd, h.inode)).collect();
+    Ok(Some(assemble(&sockets, &[], &fds, Method::Holders.name(), Vec::new())))
 }
 
 fn age(secs: Option<u64>) -> String {

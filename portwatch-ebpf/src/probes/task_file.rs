@@ -24,7 +24,7 @@ pub struct IterTaskFile {
 /// `struct bpf_iter_meta`: the seq_file comes first.
 #[repr(C)]
 pub struct IterMeta {
-    seq: *mut aya_ebpf::bindings::seq_file,
+    pub seq: *mut aya_ebpf::bindings::seq_file,
 }
 
 const S_IFMT: u16 = 0o170000;

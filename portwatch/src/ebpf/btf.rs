@@ -2,7 +2,7 @@
 //! CO-RE relocations, so user space resolves every offset the kernel programs use and
 //! passes them in as a global; nothing is hard-coded.
 use btf_rs::{Btf, Type};
-use portwatch_common::KernelOffsets;
+use portwatch_common::{HolderOffsets, KernelOffsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -27,6 +27,11 @@ pub const FIELDS: &[(&str, &str)] = &[
 /// Byte offset of `field` in `struct name`, looking through anonymous unions and
 /// structs. `None` when missing or a bitfield.
 pub fn member_offset(btf: &Btf, name: &str, field: &str) -> Option<u32> {
+    member(btf, name, field).map(|(off, _)| off)
+}
+
+/// Byte offset and type of `field` in `struct name` (see [`member_offset`]).
+pub fn member(btf: &Btf, name: &str, field: &str) -> Option<(u32, Type)> {
     let types = btf.resolve_types_by_name(name).ok()?;
     types.iter().find_map(|t| match t {
         Type::Struct(s) if !s.members.is_empty() => find_in(btf, s, field, 0, 0),
@@ -34,7 +39,16 @@ pub fn member_offset(btf: &Btf, name: &str, field: &str) -> Option<u32> {
     })
 }
 
-fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32, depth: u32) -> Option<u32> {
+/// Size of `struct name`.
+pub fn struct_size(btf: &Btf, name: &str) -> Option<u32> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    types.iter().find_map(|t| match t {
+        Type::Struct(s) if !s.members.is_empty() => Some(s.size() as u32),
+        _ => None,
+    })
+}
+
+fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32, depth: u32) -> Option<(u32, Type)> {
     if depth > 8 {
         return None;
     }
@@ -45,7 +59,8 @@ fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32, depth: u3
             if m.bitfield_size().unwrap_or(0) != 0 || bits % 8 != 0 {
                 return None;
             }
-            return Some(bits / 8);
+            let ty = btf.resolve_chained_type(m).ok()?;
+            return Some((bits / 8, ty));
         }
         if mname.is_empty() {
             if let Some(inner) = strip_to_aggregate(btf, btf.resolve_chained_type(m).ok()?) {
@@ -102,6 +117,90 @@ pub fn resolve(btf: &Btf) -> KernelOffsets {
     o
 }
 
+/// Offsets for the holders iterator (`iter/task`). Paths through embedded structs
+/// are summed; a path through a pointer on this kernel (e.g. a differently shaped
+/// `netns_ipv4`) leaves the offset unset, and the caller falls back.
+pub fn resolve_holders(btf: &Btf) -> HolderOffsets {
+    let get = |s, f| member_offset(btf, s, f).unwrap_or(u32::MAX);
+    // Offset of an embedded (not pointed-to) struct member.
+    let embedded = |s, f| match member(btf, s, f) {
+        Some((off, t)) if is_aggregate(btf, t.clone()) => Some(off),
+        _ => None,
+    };
+    let sum = |parts: &[Option<u32>]| -> u32 {
+        parts.iter().try_fold(0u32, |acc, p| p.map(|v| acc + v)).unwrap_or(u32::MAX)
+    };
+    let net_of = |s, f| sum(&[member_offset(btf, s, f), member_offset(btf, "possible_net_t", "net").or(Some(0))]);
+    HolderOffsets {
+        task_pid: get("task_struct", "pid"),
+        task_tgid: get("task_struct", "tgid"),
+        task_group_leader: get("task_struct", "group_leader"),
+        task_files: get("task_struct", "files"),
+        task_nsproxy: get("task_struct", "nsproxy"),
+        nsproxy_net_ns: get("nsproxy", "net_ns"),
+        net_hash_mix: get("net", "hash_mix"),
+        net_tcp_hashinfo: sum(&[
+            embedded("net", "ipv4"),
+            embedded("netns_ipv4", "tcp_death_row"),
+            member_offset(btf, "inet_timewait_death_row", "hashinfo"),
+        ]),
+        net_udp_table: sum(&[embedded("net", "ipv4"), member_offset(btf, "netns_ipv4", "udp_table")]),
+        hashinfo_bhash: get("inet_hashinfo", "bhash"),
+        hashinfo_bhash_size: get("inet_hashinfo", "bhash_size"),
+        bhb_chain: get("inet_bind_hashbucket", "chain"),
+        bhb_size: struct_size(btf, "inet_bind_hashbucket").unwrap_or(u32::MAX),
+        tb_net: net_of("inet_bind_bucket", "ib_net"),
+        tb_port: get("inet_bind_bucket", "port"),
+        tb_node: get("inet_bind_bucket", "node"),
+        tb_owners: get("inet_bind_bucket", "owners"),
+        tb_bhash2: get("inet_bind_bucket", "bhash2"),
+        tb2_bhash_node: get("inet_bind2_bucket", "bhash_node"),
+        tb2_owners: get("inet_bind2_bucket", "owners"),
+        skc_bind_node: get("sock_common", "skc_bind_node"),
+        skc_node: get("sock_common", "skc_node"),
+        skc_state: get("sock_common", "skc_state"),
+        skc_family: get("sock_common", "skc_family"),
+        skc_num: get("sock_common", "skc_num"),
+        skc_net: net_of("sock_common", "skc_net"),
+        sk_socket: get("sock", "sk_socket"),
+        udp_table_hash: get("udp_table", "hash"),
+        udp_table_mask: get("udp_table", "mask"),
+        udp_hslot_size: struct_size(btf, "udp_hslot").unwrap_or(u32::MAX),
+        socket_file: get("socket", "file"),
+        file_inode: get("file", "f_inode"),
+        inode_ino: get("inode", "i_ino"),
+        files_fdt: get("files_struct", "fdt"),
+        fdt_max_fds: get("fdtable", "max_fds"),
+        fdt_fd: get("fdtable", "fd"),
+        hlist_first: get("hlist_head", "first"),
+        hlist_next: get("hlist_node", "next"),
+        udp_hslot_head: get("udp_hslot", "head"),
+        _pad: 0,
+    }
+}
+
+fn is_aggregate(btf: &Btf, t: Type) -> bool {
+    strip_to_aggregate(btf, t).is_some()
+}
+
+/// Which protocols the holders iterator can resolve on this kernel.
+pub fn holders_ready(o: &HolderOffsets) -> (bool, bool) {
+    let set = |v: &[u32]| v.iter().all(|&x| x != u32::MAX);
+    let common = set(&[
+        o.task_pid, o.task_tgid, o.task_group_leader, o.task_files, o.task_nsproxy, o.nsproxy_net_ns,
+        o.skc_state, o.skc_family, o.skc_num, o.skc_net, o.sk_socket, o.socket_file, o.file_inode,
+        o.inode_ino, o.files_fdt, o.fdt_max_fds, o.fdt_fd, o.hlist_first, o.hlist_next,
+    ]);
+    let owners = o.tb_owners != u32::MAX || set(&[o.tb_bhash2, o.tb2_bhash_node, o.tb2_owners]);
+    let tcp = common
+        && owners
+        && set(&[o.net_tcp_hashinfo, o.hashinfo_bhash, o.hashinfo_bhash_size, o.bhb_chain, o.bhb_size])
+        && set(&[o.tb_net, o.tb_port, o.tb_node, o.skc_bind_node]);
+    let udp = common
+        && set(&[o.net_udp_table, o.udp_table_hash, o.udp_table_mask, o.udp_hslot_size, o.udp_hslot_head, o.skc_node]);
+    (tcp, udp)
+}
+
 /// Values of `o` in [`FIELDS`] order, for display.
 pub fn as_list(o: &KernelOffsets) -> Vec<(String, Option<u32>)> {
     let v = [
@@ -146,5 +245,21 @@ mod tests {
         assert!(o.skc_family > o.skc_num);
         assert!(iter_ready(&o));
         assert!(as_list(&o).iter().all(|(_, v)| v.is_some()));
+    }
+
+    #[test]
+    fn resolves_holder_offsets_on_this_kernel() {
+        let Ok(btf) = load_vmlinux() else {
+            eprintln!("no {VMLINUX}: nothing to resolve against");
+            return;
+        };
+        let o = resolve_holders(&btf);
+        assert_eq!(holders_ready(&o), (true, true), "{o:?}");
+        // Composite paths land inside `struct net`, after its `ipv4` member.
+        let ipv4 = member_offset(&btf, "net", "ipv4").unwrap();
+        assert!(o.net_tcp_hashinfo > ipv4 && o.net_udp_table > ipv4);
+        assert_eq!(o.skc_net, member_offset(&btf, "sock_common", "skc_net").unwrap());
+        assert_eq!(o.hlist_first, 0);
+        assert!(o.bhb_size > o.bhb_chain && o.udp_hslot_size >= 8);
     }
 }

@@ -1,5 +1,7 @@
-//! The `iter/task_file` program: every (process, fd) holding a socket, from one pass
-//! in the kernel instead of a /proc walk.
+//! BPF iterators for `who`: `pw_task_holders` (`iter/task`: the holders of the
+//! sockets on a few ports, one pass over the tasks) and `pw_task_sockets`
+//! (`iter/task_file`: every (process, fd) holding any socket, one pass over every
+//! open file; the fallback when the first cannot answer exactly).
 //!
 //! Loading a BPF program costs far more than running it (parsing kernel BTF, creating
 //! maps, verifying), so the first run pins the iterator in bpffs under a directory
@@ -15,10 +17,11 @@ use std::{
 };
 
 use aya::{
+    maps::{HashMap as BpfHashMap, Map, MapData},
     programs::{links::FdLink, Iter},
     Btf,
 };
-use portwatch_common::{programs, TaskSocket};
+use portwatch_common::{globals, holders, maps, programs, HolderQuery, HolderRecord, TaskSocket};
 
 use crate::{
     ebpf::{btf as kbtf, load},
@@ -44,6 +47,111 @@ pub fn pinned() -> bool {
     pin_path().exists()
 }
 
+fn pin_dir() -> PathBuf {
+    pin_path().parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(PIN_ROOT))
+}
+
+/// A socket the holders iterator found on an asked port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScannedSocket {
+    /// 6 or 17.
+    pub proto: u8,
+    pub family: u8,
+    /// Kernel TCP state number (TCP_CLOSE for a bound, idle TCP socket).
+    pub state: u8,
+    pub port: u16,
+    pub inode: u64,
+}
+
+/// What the holders iterator found: every socket on the ports and every fd holding one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HolderScan {
+    pub sockets: Vec<ScannedSocket>,
+    pub holders: Vec<FdHolder>,
+}
+
+/// The sockets on `ports` (TCP ones in `tcp_states`) and their holders, from the
+/// `iter/task` program: one pass over the tasks per 16 ports. `Ok(None)` when it
+/// cannot answer exactly here (kernel layout not supported, more sockets than it
+/// tracks, another pid namespace): the caller then uses [`all_socket_fds`].
+pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> Result<Option<HolderScan>> {
+    if !pinned() {
+        // Loads and pins both iterators (the first run on a host, or a new build).
+        all_socket_fds()?;
+    }
+    let dir = pin_dir();
+    let link = dir.join(HOLDERS_PIN);
+    if !link.exists() {
+        return Ok(None);
+    }
+    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
+    let mut map: BpfHashMap<MapData, u64, HolderQuery> =
+        BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
+    let mut scan = HolderScan::default();
+    for chunk in ports.chunks(holders::MAX_PORTS) {
+        match query_once(&mut map, &link, chunk, tcp, udp, tcp_states)? {
+            Some(part) => {
+                scan.sockets.extend(part.sockets);
+                scan.holders.extend(part.holders);
+            }
+            None => return Ok(None),
+        }
+    }
+    scan.holders.sort();
+    scan.holders.dedup();
+    Ok(Some(scan))
+}
+
+fn query_once(
+    map: &mut BpfHashMap<MapData, u64, HolderQuery>,
+    link: &Path,
+    ports: &[u16],
+    tcp: bool,
+    udp: bool,
+    tcp_states: u32,
+) -> Result<Option<HolderScan>> {
+    let mut q = HolderQuery::EMPTY;
+    q.nports = ports.len() as u32;
+    q.ports[..ports.len()].copy_from_slice(ports);
+    q.protos = if tcp { holders::PROTO_TCP } else { 0 } | if udp { holders::PROTO_UDP } else { 0 };
+    q.tcp_states = tcp_states;
+    // The program finds the query by the reading thread's (tgid, tid), as the kernel
+    // numbers them; in another pid namespace these differ and it finds none (below).
+    let key = (u64::from(std::process::id()) << 32) | u64::from(nix::unistd::gettid().as_raw() as u32);
+    map.insert(key, q, 0).map_err(|e| Error::Internal(format!("holder query: {e}")))?;
+    let read = File::open(link).and_then(|mut f| {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        f.read_to_end(&mut buf).map(|_| buf)
+    });
+    let _ = map.remove(&key);
+    let buf = read.map_err(|e| Error::io("reading the holders iterator", e))?;
+    Ok(parse_holder_records(&buf))
+}
+
+/// Parses the holders iterator's output; `None` unless it reports a complete answer.
+pub fn parse_holder_records(buf: &[u8]) -> Option<HolderScan> {
+    let mut scan = HolderScan::default();
+    let mut status = None;
+    for c in buf.chunks_exact(core::mem::size_of::<HolderRecord>()) {
+        // SAFETY: exact-size chunk of a POD type.
+        let r: HolderRecord = unsafe { core::ptr::read_unaligned(c.as_ptr().cast()) };
+        match r.kind {
+            // A later status (a failure while walking fd tables) overrides `OK`.
+            holders::REC_STATUS => status = Some(if status.is_none() || r.aux != holders::OK { r.aux } else { holders::OK }),
+            holders::REC_SOCKET => scan.sockets.push(ScannedSocket {
+                proto: r.proto,
+                family: r.family,
+                state: r.state,
+                port: r.aux as u16,
+                inode: r.ino,
+            }),
+            holders::REC_HOLDER => scan.holders.push(FdHolder { pid: r.tgid as i32, fd: r.fd as i32, inode: r.ino }),
+            _ => return None,
+        }
+    }
+    (status == Some(holders::OK)).then_some(scan)
+}
+
 /// Every (process, fd, inode) for every socket on the host.
 pub fn all_socket_fds() -> Result<Vec<FdHolder>> {
     let path = pin_path();
@@ -59,6 +167,9 @@ fn read_iter(mut f: File) -> Result<Vec<FdHolder>> {
     Ok(parse_records(&buf))
 }
 
+const HOLDERS_PIN: &str = "holders";
+const QUERY_PIN: &str = "holder_query";
+
 fn load_and_pin(path: &Path) -> Result<Vec<FdHolder>> {
     load::preflight()?;
     load::raise_memlock();
@@ -69,7 +180,18 @@ fn load_and_pin(path: &Path) -> Result<Vec<FdHolder>> {
     }
     let btf = Btf::from_sys_fs().map_err(|e| Error::unsupported(format!("kernel BTF: {e}"), "CONFIG_DEBUG_INFO_BTF"))?;
     let me = std::process::id();
-    let mut ebpf = load::loader(Some(&btf), &offsets, &me, true).load(load::OBJECT).map_err(|e| load::load_error(&e))?;
+    let hoffsets = kbtf::resolve_holders(&vmlinux);
+    let mut loader = load::loader(Some(&btf), &offsets, &me, true);
+    loader.override_global(globals::HOLDER_OFFSETS, &hoffsets, true);
+    let mut ebpf = loader.load(load::OBJECT).map_err(|e| load::load_error(&e))?;
+    // The holders iterator is an optimization: if this kernel cannot run it, `who`
+    // uses the task_file pass alone.
+    let holders = if kbtf::holders_ready(&hoffsets) == (true, true) {
+        load_holders(&mut ebpf, &btf).map_err(|e| tracing::debug!("holders iterator unavailable: {e}")).ok()
+    } else {
+        tracing::debug!("holders iterator: kernel layout not supported ({hoffsets:?})");
+        None
+    };
     let prog: &mut Iter = ebpf
         .program_mut(programs::TASK_FILE_ITER)
         .ok_or_else(|| Error::Internal("iterator program missing".into()))?
@@ -82,12 +204,32 @@ fn load_and_pin(path: &Path) -> Result<Vec<FdHolder>> {
     if mounts::ensure_mounted(mounts::BPFFS, "bpf").is_err() {
         return read_iter(link.into_file().map_err(|e| Error::Internal(e.to_string()))?);
     }
-    pin(link, path)?;
+    remove_other_builds(path);
+    let dir = path.parent().unwrap_or(Path::new(PIN_ROOT));
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    // The holders pins go first: a pinned `task_sockets` means pinning is complete.
+    if let Some(h) = holders {
+        let q = ebpf.map(maps::HOLDER_QUERY).ok_or_else(|| Error::Internal("holder query map missing".into()))?;
+        let _ = q.pin(dir.join(QUERY_PIN));
+        pin_link(h, &dir.join(HOLDERS_PIN))?;
+    }
+    pin_link(link, path)?;
     read_iter(File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?)
 }
 
-/// Pins the link at `path`, removing pins of other builds.
-fn pin(link: aya::programs::iter::IterLink, path: &Path) -> Result<()> {
+fn load_holders(ebpf: &mut aya::Ebpf, btf: &Btf) -> Result<aya::programs::iter::IterLink> {
+    let prog: &mut Iter = ebpf
+        .program_mut(programs::HOLDERS_ITER)
+        .ok_or_else(|| Error::Internal("holders program missing".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| Error::Internal(e.to_string()))?;
+    prog.load("task", btf).map_err(|e| Error::unsupported(format!("iter/task: {}", load::err_text(&e)), "Linux >= 5.17"))?;
+    let id = prog.attach().map_err(|e| Error::unsupported(format!("iter/task attach: {e}"), "Linux >= 5.17"))?;
+    prog.take_link(id).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Removes the pins of other builds.
+fn remove_other_builds(path: &Path) {
     let dir = path.parent().unwrap_or(Path::new(PIN_ROOT));
     if let Ok(entries) = fs::read_dir(PIN_ROOT) {
         for e in entries.flatten() {
@@ -96,10 +238,17 @@ fn pin(link: aya::programs::iter::IterLink, path: &Path) -> Result<()> {
             }
         }
     }
-    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+}
+
+/// Pins the link at `path`. Another `who` pinning the same build at the same
+/// moment is fine: its pin is as good as ours.
+fn pin_link(link: aya::programs::iter::IterLink, path: &Path) -> Result<()> {
     let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| Error::Internal(e.to_string()))?;
-    fd_link.pin(path).map_err(|e| Error::Internal(format!("pinning {}: {e}", path.display())))?;
-    Ok(())
+    match fd_link.pin(path) {
+        Ok(_) => Ok(()),
+        Err(_) if path.exists() => Ok(()),
+        Err(e) => Err(Error::Internal(format!("pinning {}: {e}", path.display()))),
+    }
 }
 
 /// Parses the iterator's output: a packed array of `TaskSocket`. Threads share their
@@ -138,6 +287,31 @@ mod tests {
         assert_eq!(parse_records(bytes), want);
         // A torn trailing record is ignored.
         assert_eq!(parse_records(&bytes[..bytes.len() - 1]), want);
+    }
+
+    fn bytes(recs: &[HolderRecord]) -> Vec<u8> {
+        // SAFETY: viewing POD structs as bytes.
+        unsafe { core::slice::from_raw_parts(recs.as_ptr().cast::<u8>(), core::mem::size_of_val(recs)) }.to_vec()
+    }
+
+    #[test]
+    fn holder_records_need_an_ok_status_and_no_later_failure() {
+        let status = |s| HolderRecord { kind: holders::REC_STATUS, aux: s, ..Default::default() };
+        let sock = HolderRecord { kind: holders::REC_SOCKET, proto: 6, family: 2, state: 10, aux: 5050, ino: 77, ..Default::default() };
+        let holder = HolderRecord { kind: holders::REC_HOLDER, tgid: 42, fd: 3, ino: 77, ..Default::default() };
+        let scan = parse_holder_records(&bytes(&[status(holders::OK), sock, holder])).expect("complete");
+        assert_eq!(scan.sockets, vec![ScannedSocket { proto: 6, family: 2, state: 10, port: 5050, inode: 77 }]);
+        assert_eq!(scan.holders, vec![FdHolder { pid: 42, fd: 3, inode: 77 }]);
+        // No status: the program found no query (e.g. another pid namespace).
+        assert_eq!(parse_holder_records(&bytes(&[sock, holder])), None);
+        assert_eq!(parse_holder_records(&bytes(&[status(holders::TOO_MANY)])), None);
+        // A failure reported while walking fd tables overrides the first OK.
+        assert_eq!(parse_holder_records(&bytes(&[status(holders::OK), sock, status(holders::FD_TABLE_TOO_BIG)])), None);
+        // An unknown record kind means a layout mismatch.
+        let junk = HolderRecord { kind: 99, ..Default::default() };
+        assert_eq!(parse_holder_records(&bytes(&[status(holders::OK), junk])), None);
+        // Nothing found is a complete, empty answer.
+        assert_eq!(parse_holder_records(&bytes(&[status(holders::OK)])), Some(HolderScan::default()));
     }
 
     #[test]

@@ -146,7 +146,15 @@ fn request(family: u8, protocol: u8, states: u32, ports: &[u16]) -> Vec<u8> {
             extensions: ExtensionFlags::empty(),
             // SAFETY (bitflags 1.x): the kernel accepts any state bits.
             states: unsafe { StateFlags::from_bits_unchecked(states) },
-            socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
+            // One port: also in the request itself, which the kernel compares before
+            // running the bytecode (cheaper per socket in a large UDP table).
+            socket_id: {
+                let mut id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+                if let [port] = ports {
+                    id.source_port = *port;
+                }
+                id
+            },
         })
         .into(),
     );

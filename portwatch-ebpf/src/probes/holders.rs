@@ -1,0 +1,399 @@
+//! `iter/task`: the holders of the sockets bound to a few ports, for `portwatch who`.
+//!
+//! `iter/task_file` visits every open file on the host (about 330 ns each); this
+//! program visits every task once instead. On the first task it resolves the query:
+//! it walks the kernel's port-keyed hash buckets (the TCP bind hash, the UDP hash)
+//! for each asked port and records the `struct file *` of every socket it finds.
+//! Then, for each process, it reads the fd table 64 slots at a time and compares
+//! the pointers. See `portwatch_common::holders` for the protocol with user space.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::seq_file,
+    helpers::generated::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_loop, bpf_probe_read_kernel, bpf_seq_write},
+};
+use portwatch_common::{holders::*, HolderQuery, HolderRecord, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::task_file::IterMeta;
+use crate::maps::{FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY};
+
+/// `struct bpf_iter__task`.
+#[repr(C)]
+pub struct IterTask {
+    meta: *const IterMeta,
+    task: *const u8,
+}
+
+/// One field of `HOLDER_OFFSETS` (read alone: the whole struct would cost stack).
+macro_rules! off {
+    ($f:ident) => {
+        // SAFETY: a plain read of a load-time constant.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(HOLDER_OFFSETS.$f)) }
+    };
+}
+
+/// Steps of one hash-chain walk (bucket entries plus sockets on the port). A port
+/// with more sockets than this (e.g. thousands of accepted connections) is reported
+/// as `TOO_MANY` and user space uses the slower full pass.
+const MAX_WALK_STEPS: u32 = 1 << 14;
+/// fd-table chunks of 64 (so 4M fds).
+const MAX_FD_CHUNKS: u32 = 1 << 16;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+#[inline(always)]
+fn rd<T>(base: u64, off: u32) -> Result<T, ()> {
+    if off == u32::MAX || base == 0 {
+        return Err(());
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.map_err(|_| ())
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub fn pw_task_holders(ctx: *mut IterTask) -> i32 {
+    let _ = try_task_holders(ctx);
+    0
+}
+
+fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
+    // SAFETY: the iterator context is valid for the duration of the call.
+    let (meta, task) = unsafe { ((*ctx).meta, (*ctx).task) };
+    if task.is_null() {
+        return Ok(());
+    }
+    // SAFETY: helper without arguments.
+    let key = unsafe { bpf_get_current_pid_tgid() };
+    let q = HOLDER_QUERY.get_ptr_mut(key).ok_or(())?;
+    // SAFETY: meta is the iterator's trusted metadata pointer.
+    let seq = unsafe { (*meta).seq };
+    // SAFETY: q points into the map value, valid while the program runs.
+    let q = unsafe { &mut *q };
+    if q.status == 0 {
+        q.status = resolve(q).unwrap_or(READ_FAILED);
+        emit(seq, &HolderRecord { kind: REC_STATUS, aux: q.status, ..HolderRecord::default() });
+        for i in 0..MAX_TARGETS {
+            if i as u32 >= q.ntargets {
+                break;
+            }
+            let info = q.info[i];
+            let rec = HolderRecord {
+                kind: REC_SOCKET,
+                proto: info as u8,
+                family: (info >> 8) as u8,
+                state: (info >> 16) as u8,
+                aux: (info >> 32) as u32,
+                ino: q.inodes[i],
+                ..HolderRecord::default()
+            };
+            emit(seq, &rec);
+        }
+    }
+    if q.status != OK || q.ntargets == 0 {
+        return Ok(());
+    }
+    let task = task as u64;
+    let pid: i32 = rd(task, off!(task_pid))?;
+    let tgid: i32 = rd(task, off!(task_tgid))?;
+    let files: u64 = rd(task, off!(task_files))?;
+    if files == 0 {
+        return Ok(());
+    }
+    if pid != tgid {
+        // A thread: its fd table is its process's unless it unshared it.
+        let leader: u64 = rd(task, off!(task_group_leader))?;
+        let leader_files: u64 = rd(leader, off!(task_files)).unwrap_or(0);
+        if leader_files == files {
+            return Ok(());
+        }
+    }
+    let fdt: u64 = rd(files, off!(files_fdt))?;
+    let max_fds: u32 = rd(fdt, off!(fdt_max_fds))?;
+    let arr: u64 = rd(fdt, off!(fdt_fd))?;
+    let chunks = max_fds.div_ceil(64);
+    let mut walk = FdWalk { q: q as *mut HolderQuery, seq, arr, tgid: tgid as u32, status: OK };
+    if chunks > MAX_FD_CHUNKS {
+        walk.status = FD_TABLE_TOO_BIG;
+    } else {
+        // SAFETY: the callback and its context follow bpf_loop's contract.
+        unsafe { bpf_loop(chunks, fd_chunk as *mut c_void, (&mut walk as *mut FdWalk).cast(), 0) };
+    }
+    if walk.status != OK {
+        q.status = walk.status;
+        emit(seq, &HolderRecord { kind: REC_STATUS, aux: walk.status, ..HolderRecord::default() });
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn emit(seq: *mut seq_file, rec: &HolderRecord) {
+    // SAFETY: writes `rec` (on the stack) into the iterator's seq_file.
+    unsafe {
+        bpf_seq_write(seq, (rec as *const HolderRecord).cast(), core::mem::size_of::<HolderRecord>() as u32);
+    }
+}
+
+/// State of a bucket walk, shared with the `bpf_loop` callbacks.
+#[repr(C)]
+struct Walk {
+    q: *mut HolderQuery,
+    net: u64,
+    /// Cursors: the next bind bucket, the next bind2 bucket, the next socket node.
+    tb: u64,
+    tb2: u64,
+    sk: u64,
+    port: u32,
+    mix: u32,
+    status: u32,
+    _pad: u32,
+}
+
+/// Finds the sockets on the asked ports; returns a status.
+fn resolve(q: &mut HolderQuery) -> Result<u32, ()> {
+    // SAFETY: helper without arguments.
+    let current = unsafe { bpf_get_current_task() };
+    let nsproxy: u64 = rd(current, off!(task_nsproxy))?;
+    let net: u64 = rd(nsproxy, off!(nsproxy_net_ns))?;
+    let mix: u32 = if off!(net_hash_mix) == u32::MAX { 0 } else { rd(net, off!(net_hash_mix))? };
+    q.min_file = u64::MAX;
+    q.max_file = 0;
+    let nports = q.nports.min(MAX_PORTS as u32);
+    let mut w = Walk { q: q as *mut HolderQuery, net, tb: 0, tb2: 0, sk: 0, port: 0, mix, status: OK, _pad: 0 };
+    // SAFETY: the callback and its context follow bpf_loop's contract.
+    unsafe { bpf_loop(nports, resolve_port as *mut c_void, (&mut w as *mut Walk).cast(), 0) };
+    Ok(w.status)
+}
+
+/// Finds the sockets on the `i`th asked port.
+extern "C" fn resolve_port(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the caller's `Walk`.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    if resolve_port_inner(w, i as usize).is_err() {
+        w.status = READ_FAILED;
+    }
+    i64::from(w.status != OK)
+}
+
+#[inline(always)]
+fn resolve_port_inner(w: &mut Walk, i: usize) -> Result<(), ()> {
+    // SAFETY: w.q points into the map value, valid while the program runs.
+    let q = unsafe { &*w.q };
+    if i >= MAX_PORTS {
+        return Err(());
+    }
+    w.port = u32::from(q.ports[i]);
+    let (net, mix, protos) = (w.net, w.mix, q.protos);
+    if protos & PROTO_TCP != 0 {
+        let hashinfo: u64 = rd(net, off!(net_tcp_hashinfo))?;
+        let bhash: u64 = rd(hashinfo, off!(hashinfo_bhash))?;
+        let size: u32 = rd(hashinfo, off!(hashinfo_bhash_size))?;
+        if size == 0 {
+            return Err(());
+        }
+        // inet_bhashfn(): (port + net_hash_mix(net)) & (bhash_size - 1)
+        let slot = (w.port.wrapping_add(mix) & (size - 1)) as u64;
+        let bucket = bhash + slot * u64::from(off!(bhb_size));
+        w.tb = rd(bucket + u64::from(off!(bhb_chain)), off!(hlist_first))?;
+        w.tb2 = 0;
+        w.sk = 0;
+        // SAFETY: the callback and its context follow bpf_loop's contract.
+        unsafe { bpf_loop(MAX_WALK_STEPS, tcp_step as *mut c_void, (w as *mut Walk).cast(), 0) };
+        if w.status == OK && (w.tb | w.tb2 | w.sk) != 0 {
+            w.status = TOO_MANY;
+        }
+    }
+    if w.status == OK && protos & PROTO_UDP != 0 {
+        let table: u64 = rd(net, off!(net_udp_table))?;
+        let hash: u64 = rd(table, off!(udp_table_hash))?;
+        let mask: u32 = rd(table, off!(udp_table_mask))?;
+        // udp_hashfn(): (port + net_hash_mix(net)) & mask
+        let slot = (w.port.wrapping_add(mix) & mask) as u64;
+        let hslot = hash + slot * u64::from(off!(udp_hslot_size));
+        w.sk = rd(hslot + u64::from(off!(udp_hslot_head)), off!(hlist_first))?;
+        // SAFETY: as above.
+        unsafe { bpf_loop(MAX_WALK_STEPS, udp_step as *mut c_void, (w as *mut Walk).cast(), 0) };
+        if w.status == OK && w.sk != 0 {
+            w.status = TOO_MANY;
+        }
+    }
+    Ok(())
+}
+
+/// One step of the TCP walk: bind buckets in the port's `bhash` chain, then (6.8+)
+/// each bucket's per-address `bind2` buckets, then the sockets that own them.
+extern "C" fn tcp_step(_i: u64, ctx: *mut c_void) -> i64 {
+    walk_step(ctx, tcp_step_inner)
+}
+
+/// Runs one walk step for `bpf_loop`: 0 to go on, 1 to stop (done or failed).
+#[inline(always)]
+fn walk_step(ctx: *mut c_void, step: fn(&mut Walk) -> Result<bool, ()>) -> i64 {
+    // SAFETY: ctx is the caller's `Walk`.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    match step(w) {
+        Ok(more) => i64::from(!more),
+        Err(()) => {
+            w.status = READ_FAILED;
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn tcp_step_inner(w: &mut Walk) -> Result<bool, ()> {
+    if w.sk != 0 {
+        let node = w.sk;
+        w.sk = rd(node, off!(hlist_next))?;
+        add_socket(w, node - u64::from(off!(skc_bind_node)), IPPROTO_TCP as u8)?;
+        return Ok(w.status == OK);
+    }
+    if w.tb2 != 0 {
+        let node = w.tb2;
+        w.tb2 = rd(node, off!(hlist_next))?;
+        let tb2 = node - u64::from(off!(tb2_bhash_node));
+        w.sk = rd(tb2 + u64::from(off!(tb2_owners)), off!(hlist_first))?;
+        return Ok(true);
+    }
+    if w.tb != 0 {
+        let node = w.tb;
+        w.tb = rd(node, off!(hlist_next))?;
+        let tb = node - u64::from(off!(tb_node));
+        let port: u16 = rd(tb, off!(tb_port))?;
+        let net: u64 = rd(tb, off!(tb_net))?;
+        if u32::from(port) == w.port && net == w.net {
+            if off!(tb_owners) != u32::MAX {
+                w.sk = rd(tb + u64::from(off!(tb_owners)), off!(hlist_first))?;
+            } else {
+                w.tb2 = rd(tb + u64::from(off!(tb_bhash2)), off!(hlist_first))?;
+            }
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// One step of the UDP walk: the sockets in the port's `udp_table.hash` slot.
+extern "C" fn udp_step(_i: u64, ctx: *mut c_void) -> i64 {
+    walk_step(ctx, udp_step_inner)
+}
+
+#[inline(always)]
+fn udp_step_inner(w: &mut Walk) -> Result<bool, ()> {
+    if w.sk == 0 {
+        return Ok(false);
+    }
+    let node = w.sk;
+    w.sk = rd(node, off!(hlist_next))?;
+    let sk = node - u64::from(off!(skc_node));
+    let num: u16 = rd(sk, off!(skc_num))?;
+    let net: u64 = rd(sk, off!(skc_net))?;
+    if u32::from(num) == w.port && net == w.net {
+        add_socket(w, sk, IPPROTO_UDP as u8)?;
+    }
+    Ok(w.status == OK)
+}
+
+/// Records a socket found on the port (if its state is asked for and it has a file).
+#[inline(always)]
+fn add_socket(w: &mut Walk, sk: u64, proto: u8) -> Result<(), ()> {
+    // SAFETY: w.q points into the map value, valid while the program runs.
+    let q = unsafe { &mut *w.q };
+    let state: u8 = rd(sk, off!(skc_state))?;
+    if proto == IPPROTO_TCP as u8
+        && (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || q.tcp_states & (1u32 << (state & 31)) == 0)
+    {
+        return Ok(());
+    }
+    let family: u16 = rd(sk, off!(skc_family))?;
+    let sock: u64 = rd(sk, off!(sk_socket))?;
+    if sock == 0 {
+        return Ok(());
+    }
+    let file: u64 = rd(sock, off!(socket_file))?;
+    if file == 0 {
+        return Ok(());
+    }
+    let inode: u64 = rd(file, off!(file_inode))?;
+    let ino: u64 = rd(inode, off!(inode_ino))?;
+    let n = q.ntargets as usize;
+    if n >= MAX_TARGETS {
+        w.status = TOO_MANY;
+        return Ok(());
+    }
+    q.files[n] = file;
+    q.inodes[n] = ino;
+    q.info[n] = u64::from(proto) | u64::from(family as u8) << 8 | u64::from(state) << 16 | u64::from(w.port) << 32;
+    q.ntargets = n as u32 + 1;
+    q.min_file = q.min_file.min(file);
+    q.max_file = q.max_file.max(file);
+    Ok(())
+}
+
+/// State of one process's fd-table walk, shared with `fd_chunk`.
+#[repr(C)]
+struct FdWalk {
+    q: *mut HolderQuery,
+    seq: *mut seq_file,
+    arr: u64,
+    tgid: u32,
+    status: u32,
+}
+
+/// Compares one chunk of 64 fd slots against the sockets' file pointers.
+extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the caller's `FdWalk`.
+    let w = unsafe { &mut *ctx.cast::<FdWalk>() };
+    let Some(buf) = FD_CHUNK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: reads 512 bytes of the fd array into the per-CPU scratch value.
+    let r = unsafe { bpf_probe_read_kernel(buf.cast(), 512, (w.arr + i * 512) as *const c_void) };
+    if r != 0 {
+        w.status = READ_FAILED;
+        return 1;
+    }
+    // SAFETY: both point into map values, valid while the program runs.
+    let (buf, q) = unsafe { (&*buf, &*w.q) };
+    let (lo, hi, n) = (q.min_file, q.max_file, q.ntargets);
+    for j in 0..64 {
+        let f = buf[j];
+        if f < lo || f > hi {
+            continue;
+        }
+        // In range: compare with each socket (a loop of its own keeps the verifier's
+        // work per slot small).
+        let mut m = Match { q: w.q, seq: w.seq, file: f, tgid: w.tgid, fd: (i * 64 + j as u64) as u32 };
+        // SAFETY: the callback and its context follow bpf_loop's contract.
+        unsafe { bpf_loop(n, match_target as *mut c_void, (&mut m as *mut Match).cast(), 0) };
+    }
+    0
+}
+
+#[repr(C)]
+struct Match {
+    q: *mut HolderQuery,
+    seq: *mut seq_file,
+    file: u64,
+    tgid: u32,
+    fd: u32,
+}
+
+/// Emits a holder record if fd slot `m.file` is the `k`th socket.
+extern "C" fn match_target(k: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the caller's `Match`; q points into the map value.
+    let (m, q) = unsafe {
+        let m = &*ctx.cast::<Match>();
+        (m, &*m.q)
+    };
+    let k = k as usize;
+    if k >= MAX_TARGETS {
+        return 1;
+    }
+    if q.files[k] == m.file {
+        let rec = HolderRecord { kind: REC_HOLDER, tgid: m.tgid, fd: m.fd, ino: q.inodes[k], ..HolderRecord::default() };
+        emit(m.seq, &rec);
+        return 1;
+    }
+    0
+}
