@@ -16,5 +16,13 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         Toolchain::default(),
-    )
+    )?;
+    // A hash of the object names this build's bpffs pins; computed here so `who`
+    // does not hash 300 KiB on every run.
+    let out = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    let object = std::fs::read(std::path::Path::new(&out).join("portwatch")).context("reading the eBPF object")?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&object, &mut h);
+    println!("cargo:rustc-env=PORTWATCH_OBJECT_HASH={:016x}", std::hash::Hasher::finish(&h));
+    Ok(())
 }

@@ -399,7 +399,8 @@ pub struct HolderOffsets {
     pub hlist_first: u32,
     pub hlist_next: u32,
     pub udp_hslot_head: u32,
-    pub _pad: u32,
+    /// `fdtable.open_fds`: the bitmap of open fds, to read only the used slots.
+    pub fdt_open_fds: u32,
 }
 
 impl HolderOffsets {
@@ -443,7 +444,7 @@ impl HolderOffsets {
         hlist_first: u32::MAX,
         hlist_next: u32::MAX,
         udp_hslot_head: u32::MAX,
-        _pad: 0,
+        fdt_open_fds: u32::MAX,
     };
 }
 

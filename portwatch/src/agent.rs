@@ -70,7 +70,7 @@ impl Sampler {
                     who::report(s, hs, false)
                 })
                 .collect();
-            WhoResult { sockets, clients: Vec::new(), method: "cached", notes: Vec::new() }
+            WhoResult { sockets, clients: Vec::new(), method: "cached", notes: Vec::new(), phases: Vec::new() }
         };
         let sockets = r
             .sockets

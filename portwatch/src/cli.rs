@@ -425,7 +425,9 @@ pub fn execute(cli: Cli) -> Result<u8> {
                 eprintln!("portwatch: note: {n}");
             }
             if verbose {
-                eprintln!("portwatch: holders found by {} in {:.2} ms", r.method, t0.elapsed().as_secs_f64() * 1e3);
+                let phases: Vec<String> = r.phases.iter().map(|(n, ms)| format!("{n} {ms:.2} ms")).collect();
+                let detail = if phases.is_empty() { String::new() } else { format!(" ({})", phases.join(", ")) };
+                eprintln!("portwatch: holders found by {} in {:.2} ms{detail}", r.method, t0.elapsed().as_secs_f64() * 1e3);
             }
             if json {
                 let mut all = r.sockets.clone();

@@ -102,6 +102,8 @@ pub struct WhoResult {
     pub method: &'static str,
     /// Shown on stderr: e.g. why the fallback was used.
     pub notes: Vec<String>,
+    /// Where the time went (for `who -v`): phase name and milliseconds.
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 fn family_name(f: u8) -> &'static str {
@@ -231,7 +233,7 @@ fn assemble(sockets: &[SockEntry], clients: &[SockEntry], fds: &[FdHolder], meth
     let mut cl: Vec<SocketReport> =
         clients.iter().map(|s| report(s, holders_for(fds, s.inode, &mut cache), true)).collect();
     cl.sort_by_key(|c| c.port);
-    WhoResult { sockets: out, clients: cl, method, notes }
+    WhoResult { sockets: out, clients: cl, method, notes, phases: Vec::new() }
 }
 
 /// Ports the fast path takes at most (16 per pass over the tasks).
@@ -246,6 +248,7 @@ fn gather_fast(list: &[u16], q: Query, strict: bool) -> Result<Option<WhoResult>
     if list.len() > FAST_MAX_PORTS || !nix::unistd::geteuid().is_root() || proc::in_nested_pid_namespace() {
         return Ok(None);
     }
+    let mut clock = Phases::default();
     let tcp_states = (1 << sockdiag::TCP_LISTEN) | (1 << sockdiag::TCP_CLOSE);
     let scan = match iter::holders_on_ports(list, q.tcp, q.udp, tcp_states) {
         Ok(Some(scan)) => scan,
@@ -256,6 +259,7 @@ fn gather_fast(list: &[u16], q: Query, strict: bool) -> Result<Option<WhoResult>
             return Ok(None);
         }
     };
+    clock.lap("holders pass");
     // One dump per (protocol, family, states) present.
     let mut dumps: Vec<(Proto, u8, u32)> = Vec::new();
     for s in &scan.sockets {
@@ -278,9 +282,30 @@ fn gather_fast(list: &[u16], q: Query, strict: bool) -> Result<Option<WhoResult>
     if sockets.iter().any(|s| !seen.contains(&s.inode)) {
         return Ok(None);
     }
+    clock.lap("sock_diag");
     // Keep what /proc confirms; an fd closed since the pass just drops out.
     let fds: Vec<FdHolder> = scan.holders.into_iter().filter(|h| proc::fd_is_socket(h.pid, h.fd, h.inode)).collect();
-    Ok(Some(assemble(&sockets, &[], &fds, Method::Holders.name(), Vec::new())))
+    let mut r = assemble(&sockets, &[], &fds, Method::Holders.name(), Vec::new());
+    clock.lap("/proc details");
+    r.phases = clock.0;
+    Ok(Some(r))
+}
+
+/// Lap times.
+struct Phases(Vec<(&'static str, f64)>, std::time::Instant);
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self(Vec::new(), std::time::Instant::now())
+    }
+}
+
+impl Phases {
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.0.push((name, (now - self.1).as_secs_f64() * 1e3));
+        self.1 = now;
+    }
 }
 
 fn age(secs: Option<u64>) -> String {

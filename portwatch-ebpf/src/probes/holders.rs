@@ -111,8 +111,9 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
     let fdt: u64 = rd(files, off!(files_fdt))?;
     let max_fds: u32 = rd(fdt, off!(fdt_max_fds))?;
     let arr: u64 = rd(fdt, off!(fdt_fd))?;
+    let open_fds: u64 = rd(fdt, off!(fdt_open_fds))?;
     let chunks = max_fds.div_ceil(64);
-    let mut walk = FdWalk { q: q as *mut HolderQuery, seq, arr, tgid: tgid as u32, status: OK };
+    let mut walk = FdWalk { q: q as *mut HolderQuery, seq, arr, open_fds, tgid: tgid as u32, status: OK };
     if chunks > MAX_FD_CHUNKS {
         walk.status = FD_TABLE_TOO_BIG;
     } else {
@@ -336,19 +337,35 @@ struct FdWalk {
     q: *mut HolderQuery,
     seq: *mut seq_file,
     arr: u64,
+    open_fds: u64,
     tgid: u32,
     status: u32,
 }
 
-/// Compares one chunk of 64 fd slots against the sockets' file pointers.
+/// Compares one chunk of 64 fd slots against the sockets' file pointers, reading
+/// only up to the chunk's highest open fd (the `open_fds` bitmap word says which).
 extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the caller's `FdWalk`.
     let w = unsafe { &mut *ctx.cast::<FdWalk>() };
+    let Ok(word) = rd::<u64>(w.open_fds + i * 8, 0) else {
+        w.status = READ_FAILED;
+        return 1;
+    };
+    if word == 0 {
+        return 0;
+    }
+    let used = 64 - word.leading_zeros() as u64;
     let Some(buf) = FD_CHUNK.get_ptr_mut(0) else {
         return 1;
     };
-    // SAFETY: reads 512 bytes of the fd array into the per-CPU scratch value.
-    let r = unsafe { bpf_probe_read_kernel(buf.cast(), 512, (w.arr + i * 512) as *const c_void) };
+    // 8..=512 bytes. The volatile read hides what LLVM knows about `used`, so the
+    // mask stays in the code and the verifier can see the bounds.
+    let last = used.wrapping_sub(1);
+    // SAFETY: a read of a local.
+    let last = unsafe { core::ptr::read_volatile(&last) };
+    let size = (((last & 63) as u32) + 1) * 8;
+    // SAFETY: reads `used` slots of the fd array into the per-CPU scratch value.
+    let r = unsafe { bpf_probe_read_kernel(buf.cast(), size, (w.arr + i * 512) as *const c_void) };
     if r != 0 {
         w.status = READ_FAILED;
         return 1;
@@ -357,6 +374,9 @@ extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
     let (buf, q) = unsafe { (&*buf, &*w.q) };
     let (lo, hi, n) = (q.min_file, q.max_file, q.ntargets);
     for j in 0..64 {
+        if j as u64 >= used {
+            break;
+        }
         let f = buf[j];
         if f < lo || f > hi {
             continue;

@@ -175,7 +175,7 @@ pub fn resolve_holders(btf: &Btf) -> HolderOffsets {
         hlist_first: get("hlist_head", "first"),
         hlist_next: get("hlist_node", "next"),
         udp_hslot_head: get("udp_hslot", "head"),
-        _pad: 0,
+        fdt_open_fds: get("fdtable", "open_fds"),
     }
 }
 
@@ -189,7 +189,7 @@ pub fn holders_ready(o: &HolderOffsets) -> (bool, bool) {
     let common = set(&[
         o.task_pid, o.task_tgid, o.task_group_leader, o.task_files, o.task_nsproxy, o.nsproxy_net_ns,
         o.skc_state, o.skc_family, o.skc_num, o.skc_net, o.sk_socket, o.socket_file, o.file_inode,
-        o.inode_ino, o.files_fdt, o.fdt_max_fds, o.fdt_fd, o.hlist_first, o.hlist_next,
+        o.inode_ino, o.files_fdt, o.fdt_max_fds, o.fdt_fd, o.fdt_open_fds, o.hlist_first, o.hlist_next,
     ]);
     let owners = o.tb_owners != u32::MAX || set(&[o.tb_bhash2, o.tb2_bhash_node, o.tb2_owners]);
     let tcp = common

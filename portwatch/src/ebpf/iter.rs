@@ -9,9 +9,7 @@
 //! read it, which runs the iterator. Pins of other builds are removed when a new one
 //! is made. bpffs pins are root-only, like the iterator itself.
 use std::{
-    collections::hash_map::DefaultHasher,
     fs::{self, File},
-    hash::{Hash, Hasher},
     io::Read,
     path::{Path, PathBuf},
 };
@@ -34,11 +32,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/portwatch";
 /// Where this build's iterator is pinned.
 pub fn pin_path() -> PathBuf {
     static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let mut h = DefaultHasher::new();
-        load::OBJECT.hash(&mut h);
-        Path::new(PIN_ROOT).join(format!("{:016x}", h.finish())).join("task_sockets")
-    })
+    PATH.get_or_init(|| Path::new(PIN_ROOT).join(env!("PORTWATCH_OBJECT_HASH")).join("task_sockets"))
     .clone()
 }
 
