@@ -93,19 +93,31 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
     if q.status != OK || q.ntargets == 0 {
         return Ok(());
     }
-    let task = task as u64;
+    // A failed read could hide a holder: say so, and user space takes another path.
+    let status = scan_task(q, seq, task as u64).unwrap_or(READ_FAILED);
+    if status != OK {
+        q.status = status;
+        emit(seq, &HolderRecord { kind: REC_STATUS, aux: status, ..HolderRecord::default() });
+    }
+    Ok(())
+}
+
+/// Compares one task's fd table with the sockets' files; returns a status.
+#[inline(always)]
+fn scan_task(q: &mut HolderQuery, seq: *mut seq_file, task: u64) -> Result<u32, ()> {
     let pid: i32 = rd(task, off!(task_pid))?;
     let tgid: i32 = rd(task, off!(task_tgid))?;
     let files: u64 = rd(task, off!(task_files))?;
     if files == 0 {
-        return Ok(());
+        // A kernel thread or an exiting task: no fd table.
+        return Ok(OK);
     }
     if pid != tgid {
         // A thread: its fd table is its process's unless it unshared it.
         let leader: u64 = rd(task, off!(task_group_leader))?;
         let leader_files: u64 = rd(leader, off!(task_files)).unwrap_or(0);
         if leader_files == files {
-            return Ok(());
+            return Ok(OK);
         }
     }
     let fdt: u64 = rd(files, off!(files_fdt))?;
@@ -120,11 +132,7 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
         // SAFETY: the callback and its context follow bpf_loop's contract.
         unsafe { bpf_loop(chunks, fd_chunk as *mut c_void, (&mut walk as *mut FdWalk).cast(), 0) };
     }
-    if walk.status != OK {
-        q.status = walk.status;
-        emit(seq, &HolderRecord { kind: REC_STATUS, aux: walk.status, ..HolderRecord::default() });
-    }
-    Ok(())
+    Ok(walk.status)
 }
 
 #[inline(always)]

@@ -152,7 +152,11 @@ pub fn all_socket_fds() -> Result<Vec<FdHolder>> {
     if let Ok(f) = File::open(&path) {
         return read_iter(f);
     }
-    load_and_pin(&path)
+    let r = load_and_pin(&path);
+    // Loading parsed the kernel's BTF twice (tens of MiB, now free): give it back,
+    // or a long-running agent keeps it as RSS.
+    load::release_heap();
+    r
 }
 
 fn read_iter(mut f: File) -> Result<Vec<FdHolder>> {
