@@ -30,11 +30,12 @@ pub fn member_offset(btf: &Btf, name: &str, field: &str) -> Option<u32> {
     member(btf, name, field).map(|(off, _)| off)
 }
 
-/// Byte offset and type of `field` in `struct name` (see [`member_offset`]).
+/// Byte offset and type of `field` in `struct name`, or in the struct a typedef
+/// `name` names (e.g. `possible_net_t`); see [`member_offset`].
 pub fn member(btf: &Btf, name: &str, field: &str) -> Option<(u32, Type)> {
     let types = btf.resolve_types_by_name(name).ok()?;
-    types.iter().find_map(|t| match t {
-        Type::Struct(s) if !s.members.is_empty() => find_in(btf, s, field, 0, 0),
+    types.into_iter().find_map(|t| match strip_to_aggregate(btf, t) {
+        Some(s) if !s.members.is_empty() => find_in(btf, &s, field, 0, 0),
         _ => None,
     })
 }
@@ -130,7 +131,9 @@ pub fn resolve_holders(btf: &Btf) -> HolderOffsets {
     let sum = |parts: &[Option<u32>]| -> u32 {
         parts.iter().try_fold(0u32, |acc, p| p.map(|v| acc + v)).unwrap_or(u32::MAX)
     };
-    let net_of = |s, f| sum(&[member_offset(btf, s, f), member_offset(btf, "possible_net_t", "net").or(Some(0))]);
+    // Without network namespaces `possible_net_t` is empty and there is no net to
+    // compare: leave the offset unset (the pass is then not used).
+    let net_of = |s, f| sum(&[member_offset(btf, s, f), member_offset(btf, "possible_net_t", "net")]);
     HolderOffsets {
         task_pid: get("task_struct", "pid"),
         task_tgid: get("task_struct", "tgid"),
@@ -258,6 +261,8 @@ mod tests {
         // Composite paths land inside `struct net`, after its `ipv4` member.
         let ipv4 = member_offset(&btf, "net", "ipv4").unwrap();
         assert!(o.net_tcp_hashinfo > ipv4 && o.net_udp_table > ipv4);
+        // `possible_net_t` is a typedef of an anonymous struct holding the pointer.
+        assert_eq!(member_offset(&btf, "possible_net_t", "net"), Some(0));
         assert_eq!(o.skc_net, member_offset(&btf, "sock_common", "skc_net").unwrap());
         assert_eq!(o.hlist_first, 0);
         assert!(o.bhb_size > o.bhb_chain && o.udp_hslot_size >= 8);

@@ -210,9 +210,50 @@ fn load_and_pin(path: &Path) -> Result<Vec<FdHolder>> {
         let q = ebpf.map(maps::HOLDER_QUERY).ok_or_else(|| Error::Internal("holder query map missing".into()))?;
         let _ = q.pin(dir.join(QUERY_PIN));
         pin_link(h, &dir.join(HOLDERS_PIN))?;
+        // Offsets from BTF name fields, not meanings: before `who` relies on the
+        // pass, it must find two sockets of our own. If not, it stays unused here.
+        if !crate::sys::proc::in_nested_pid_namespace() {
+            if let Err(why) = self_check(dir) {
+                tracing::warn!("holders pass failed its self-check ({why}); who uses the task_file pass");
+                let _ = fs::remove_file(dir.join(HOLDERS_PIN));
+                let _ = fs::remove_file(dir.join(QUERY_PIN));
+            }
+        }
     }
     pin_link(link, path)?;
     read_iter(File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?)
+}
+
+/// Runs the pinned holders pass on a TCP listener and a UDP socket of our own and
+/// checks that it finds both, with this process holding each through its fd.
+fn self_check(dir: &Path) -> std::result::Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let port = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.port()).map_err(|e| e.to_string());
+    let (pt, pu) = (port(tcp.local_addr())?, port(udp.local_addr())?);
+    let ino = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| m.ino()).map_err(|e| e.to_string());
+    let (it, iu) = (ino(tcp.as_raw_fd())?, ino(udp.as_raw_fd())?);
+    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| e.to_string())?;
+    let mut map: BpfHashMap<MapData, u64, HolderQuery> = BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| e.to_string())?;
+    let states = 1 << crate::sys::sockdiag::TCP_LISTEN;
+    let scan = query_once(&mut map, &dir.join(HOLDERS_PIN), &[pt, pu], true, true, states)
+        .map_err(|e| e.to_string())?
+        .ok_or("no complete answer")?;
+    let me = std::process::id() as i32;
+    let want_sockets = [(6u8, pt, it), (17u8, pu, iu)];
+    for (proto, port, inode) in want_sockets {
+        if !scan.sockets.iter().any(|s| s.proto == proto && s.port == port && s.inode == inode) {
+            return Err(format!("socket {proto}/{port} not found: {:?}", scan.sockets));
+        }
+    }
+    for (fd, inode) in [(tcp.as_raw_fd(), it), (udp.as_raw_fd(), iu)] {
+        if !scan.holders.contains(&FdHolder { pid: me, fd, inode }) {
+            return Err(format!("holder {me}/{fd} not found: {:?}", scan.holders));
+        }
+    }
+    Ok(())
 }
 
 fn load_holders(ebpf: &mut aya::Ebpf, btf: &Btf) -> Result<aya::programs::iter::IterLink> {
