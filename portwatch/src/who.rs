@@ -135,7 +135,7 @@ fn find_holders(inodes: &HashSet<u64>, force_proc: bool, prefetch: Option<Prefet
             Ok(h) => {
                 // Keep what /proc confirms; an fd closed since the pass just drops out.
                 let n = h.len();
-                let ok: Vec<FdHolder> = h.into_iter().filter(|x| proc::fd_is_socket(x.pid, x.fd, x.inode)).collect();
+                let ok: Vec<FdHolder> = h.into_iter().filter(|x| proc::fd_check(x.pid, x.fd, x.inode) != proc::FdCheck::Gone).collect();
                 if n == 0 || !ok.is_empty() {
                     return (ok, Method::TaskFile.name());
                 }
@@ -283,8 +283,8 @@ fn gather_fast(list: &[u16], q: Query, strict: bool) -> Result<Option<WhoResult>
         return Ok(None);
     }
     clock.lap("sock_diag");
-    // Keep what /proc confirms; an fd closed since the pass just drops out.
-    let fds: Vec<FdHolder> = scan.holders.into_iter().filter(|h| proc::fd_is_socket(h.pid, h.fd, h.inode)).collect();
+    // Drop what /proc shows closed since the pass; keep what it will not show.
+    let fds: Vec<FdHolder> = scan.holders.into_iter().filter(|h| proc::fd_check(h.pid, h.fd, h.inode) != proc::FdCheck::Gone).collect();
     let mut r = assemble(&sockets, &[], &fds, Method::Holders.name(), Vec::new());
     clock.lap("/proc details");
     r.phases = clock.0;

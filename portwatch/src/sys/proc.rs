@@ -128,9 +128,27 @@ pub fn in_nested_pid_namespace() -> bool {
 
 /// Whether `/proc/<pid>/fd/<fd>` is the socket with `inode`.
 pub fn fd_is_socket(pid: i32, fd: i32, inode: u64) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-        .map(|l| l.as_os_str().as_encoded_bytes() == format!("socket:[{inode}]").as_bytes())
-        .unwrap_or(false)
+    fd_check(pid, fd, inode) == FdCheck::Holds
+}
+
+/// What /proc says about a (process, fd, socket inode) a BPF pass reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdCheck {
+    Holds,
+    /// Closed or replaced since the pass (or the process is gone).
+    Gone,
+    /// /proc does not let us look (e.g. a process that is not dumpable, or a
+    /// hardened PID 1): the kernel's answer stands.
+    Unknown,
+}
+
+pub fn fd_check(pid: i32, fd: i32, inode: u64) -> FdCheck {
+    match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(l) if l.as_os_str().as_encoded_bytes() == format!("socket:[{inode}]").as_bytes() => FdCheck::Holds,
+        Ok(_) => FdCheck::Gone,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => FdCheck::Unknown,
+        Err(_) => FdCheck::Gone,
+    }
 }
 
 /// One (process, fd) holding a socket.
