@@ -189,7 +189,7 @@ os._exit(0)
     assert_ne!(h["ppid"], i64::from(std::process::id()), "re-parented");
     assert_eq!(s[0]["accept_queue"], 1, "the client's connection waits in the accept queue");
 
-    let with_clients = who_method("auto", &["--clients", &port.to_string()]);
+    let with_clients = who_json(&["--clients", &port.to_string()]);
     assert_eq!(with_clients.len(), 2);
     let c: Vec<_> = with_clients.iter().filter(|s| s.get("peer").is_some()).collect();
     assert_eq!(c.len(), 1);

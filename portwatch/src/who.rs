@@ -199,8 +199,8 @@ pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
     let list: Vec<u16> = ports.iter().collect();
     let both = !opts.tcp && !opts.udp;
     let q = Query { tcp: opts.tcp || both, udp: opts.udp || both, connections: false };
-    if matches!(opts.method, Method::Auto | Method::Holders) && !opts.clients {
-        if let Some(r) = gather_fast(&list, q, opts.method == Method::Holders)? {
+    if matches!(opts.method, Method::Auto | Method::Holders) {
+        if let Some(r) = gather_fast(&list, q, opts.clients, opts.method == Method::Holders)? {
             return Ok(r);
         }
     }
@@ -243,8 +243,10 @@ const FAST_MAX_PORTS: usize = 8 * portwatch_common::holders::MAX_PORTS;
 /// the sockets and their holders; sock_diag then describes only the kinds of socket
 /// it found (a TCP listener needs just the listening-hash dump, the cheapest one).
 /// `None` when it cannot answer exactly; the caller then takes the full path.
+/// With `clients`, connections to the ports are looked up too: the clients'
+/// sockets are on their own (ephemeral) ports, so a second pass asks for those.
 /// With `strict`, errors are returned instead of falling back.
-fn gather_fast(list: &[u16], q: Query, strict: bool) -> Result<Option<WhoResult>> {
+fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Option<WhoResult>> {
     if list.len() > FAST_MAX_PORTS || !nix::unistd::geteuid().is_root() || proc::in_nested_pid_namespace() {
         return Ok(None);
     }
@@ -283,12 +285,53 @@ fn gather_fast(list: &[u16], q: Query, strict: bool) -> Result<Option<WhoResult>
         return Ok(None);
     }
     clock.lap("sock_diag");
+    let mut holders = scan.holders;
+    let mut client_socks = Vec::new();
+    if clients && q.tcp {
+        let Some((socks, fds)) = clients_fast(list)? else {
+            return Ok(None);
+        };
+        client_socks = socks;
+        holders.extend(fds);
+        clock.lap("clients");
+    }
     // Drop what /proc shows closed since the pass; keep what it will not show.
-    let fds: Vec<FdHolder> = scan.holders.into_iter().filter(|h| proc::fd_check(h.pid, h.fd, h.inode) != proc::FdCheck::Gone).collect();
-    let mut r = assemble(&sockets, &[], &fds, Method::Holders.name(), Vec::new());
+    let fds: Vec<FdHolder> = holders.into_iter().filter(|h| proc::fd_check(h.pid, h.fd, h.inode) != proc::FdCheck::Gone).collect();
+    let mut r = assemble(&sockets, &client_socks, &fds, Method::Holders.name(), Vec::new());
     clock.lap("/proc details");
     r.phases = clock.0;
     Ok(Some(r))
+}
+
+/// Local clients connected to `list` and their holders, from a holders pass over
+/// the clients' own ports; `None` when that pass cannot answer exactly.
+fn clients_fast(list: &[u16]) -> Result<Option<(Vec<SockEntry>, Vec<FdHolder>)>> {
+    let wanted: HashSet<u16> = list.iter().copied().collect();
+    let all = sockdiag::dump_all_connections().map_err(|e| Error::io("sock_diag", e))?;
+    let clients: Vec<SockEntry> =
+        all.into_iter().filter(|s| wanted.contains(&s.peer_port) && s.state == sockdiag::TCP_ESTABLISHED).collect();
+    if clients.is_empty() {
+        return Ok(Some((clients, Vec::new())));
+    }
+    let mut locals: Vec<u16> = clients.iter().map(|c| c.port).collect();
+    locals.sort_unstable();
+    locals.dedup();
+    if locals.len() > FAST_MAX_PORTS {
+        return Ok(None);
+    }
+    let scan = match iter::holders_on_ports(&locals, true, false, 1 << sockdiag::TCP_ESTABLISHED) {
+        Ok(Some(scan)) => scan,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::debug!("holders iterator (clients): {e}");
+            return Ok(None);
+        }
+    };
+    let seen: HashSet<u64> = scan.sockets.iter().map(|s| s.inode).collect();
+    if clients.iter().any(|c| !seen.contains(&c.inode)) {
+        return Ok(None);
+    }
+    Ok(Some((clients, scan.holders)))
 }
 
 /// Lap times.
