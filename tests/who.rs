@@ -211,6 +211,10 @@ fn unprivileged_run_falls_back_to_proc_with_a_note() {
     let s: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(s.len(), 1, "the socket itself is visible without privilege");
     assert!(holder_pids(&s).is_empty(), "a root-owned holder is not visible to nobody");
+    // Forcing the BPF holders pass without privilege: exit 4, one line.
+    let out = portwatch_unprivileged(&["who", "--method", "holders", &port.to_string()]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
     // As root the same socket has its holder.
     assert_eq!(holder_pids(&who_json(&[&port.to_string()])), BTreeSet::from([i64::from(server.pid())]));
 }

@@ -204,6 +204,9 @@ pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
             return Ok(r);
         }
     }
+    if opts.method == Method::Holders && !nix::unistd::geteuid().is_root() {
+        return Err(Error::privilege("the holders pass reads BPF pins, which only root may", "run as root, or use --method auto"));
+    }
     if opts.method == Method::Holders {
         return Err(Error::unsupported(
             "the holders iterator cannot answer this query exactly here",
