@@ -180,24 +180,26 @@ fn pid_1_of_a_pid_namespace_is_refused() {
 #[test]
 fn a_pid_that_no_longer_holds_the_socket_is_never_signalled() {
     require_root();
-    use portwatch::{config::Protect, reap, sys::sockdiag::Proto, who::{Holder, SocketReport}};
+    use portwatch::{config::Protect, reap, sys::{proc::ProcInfo, sockdiag::Proto}, who::{Holder, SocketReport}};
     // A real process that does not hold the socket the plan names, as after pid reuse.
     let bystander = ChildGuard(Command::new("sleep").arg("60").spawn().expect("sleep"));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let holder = Holder {
-        pid: bystander.pid(),
-        ppid: std::process::id() as i32,
-        uid: 0,
-        user: "root".into(),
-        comm: "sleep".into(),
-        cmdline: "sleep 60".into(),
-        state: "S".into(),
-        start_time: None,
-        age_secs: None,
+        proc: ProcInfo {
+            pid: bystander.pid(),
+            ppid: std::process::id() as i32,
+            uid: 0,
+            user: "root".into(),
+            comm: "sleep".into(),
+            cmdline: "sleep 60".into(),
+            state: 'S',
+            start_time: None,
+            age_secs: None,
+            cgroup: "/".into(),
+            container: None,
+        },
         fd: 3,
-        cgroup: "/".into(),
-        container: None,
     };
     let sock = SocketReport {
         port,

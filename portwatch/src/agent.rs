@@ -60,9 +60,9 @@ impl Sampler {
                 .iter()
                 .map(|s| {
                     let mut hs = self.holders.get(&s.cookie).cloned().unwrap_or_default();
-                    hs.retain_mut(|h| match procfs::process::Process::new(h.pid).and_then(|p| p.stat()) {
+                    hs.retain_mut(|h| match procfs::process::Process::new(h.proc.pid).and_then(|p| p.stat()) {
                         Ok(st) => {
-                            h.state = st.state.to_string();
+                            h.proc.state = st.state;
                             true
                         }
                         Err(_) => false,
@@ -82,7 +82,7 @@ impl Sampler {
                 state: s.state,
                 backlog: s.accept_queue.unwrap_or(0),
                 max_backlog: s.backlog.unwrap_or(0),
-                holders: s.holders.iter().map(|h| HolderSample { pid: h.pid, ppid: h.ppid, state: h.state.chars().next().unwrap_or('?') }).collect(),
+                holders: s.holders.iter().map(|h| HolderSample { pid: h.proc.pid, ppid: h.proc.ppid, state: h.proc.state }).collect(),
             })
             .collect();
         // Only ports with a listener need the kernel counter (one map read each).
@@ -279,7 +279,7 @@ impl Recorder {
             let who = who::gather(&ports, WhoOptions { tcp: q.tcp, udp: q.udp, ..WhoOptions::default() }).unwrap_or_default();
             let holder = who.sockets.iter().find(|s| s.inode == h.inode);
             let mut d = match holder.and_then(|s| s.holders.first()) {
-                Some(p) => format!("held by pid {} ({})", p.pid, p.comm),
+                Some(p) => format!("held by pid {} ({})", p.proc.pid, p.proc.comm),
                 None => format!("held by a {} socket (inode {})", h.state, h.inode),
             };
             let seen = self.shared.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -450,7 +450,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 if let Some(m) = &recorder.metrics {
                     for port in cfg.ports.iter() {
                         let socks: Vec<&who::SocketReport> = who.sockets.iter().filter(|s| s.port == port).collect();
-                        let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.pid)).collect();
+                        let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.proc.pid)).collect();
                         let queue = socks.iter().filter_map(|s| s.accept_queue).map(u64::from).sum();
                         let max = socks.iter().filter_map(|s| s.backlog).map(u64::from).sum();
                         m.observe_port(port, socks.len(), pids.len(), queue, max, verdicts.iter().find(|v| v.port == port));

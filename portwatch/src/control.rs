@@ -132,7 +132,7 @@ fn handle(req: Request, uid: u32, shared: &Shared) -> Value {
                 Ok(r) => r,
                 Err(e) => return err(e.to_string()),
             };
-            let uids: Vec<u32> = r.sockets.iter().flat_map(|s| s.holders.iter().map(|h| h.uid)).collect();
+            let uids: Vec<u32> = r.sockets.iter().flat_map(|s| s.holders.iter().map(|h| h.proc.uid)).collect();
             if let Err(why) = may_free(uid, &uids) {
                 warn!(caller_uid = uid, ports = ?set.iter().collect::<Vec<_>>(), reason = %why, "control socket: free denied");
                 return err(why);

@@ -100,15 +100,15 @@ pub fn plan(port: u16, sockets: &[&SocketReport], me: &SelfInfo, protect: &Prote
     for s in sockets {
         for h in &s.holders {
             by_pid
-                .entry(h.pid)
+                .entry(h.proc.pid)
                 .or_insert_with(|| Target {
-                    pid: h.pid,
-                    ppid: h.ppid,
-                    comm: h.comm.clone(),
-                    uid: h.uid,
-                    state: h.state.clone(),
-                    cmdline: h.cmdline.clone(),
-                    cgroup: h.cgroup.clone(),
+                    pid: h.proc.pid,
+                    ppid: h.proc.ppid,
+                    comm: h.proc.comm.clone(),
+                    uid: h.proc.uid,
+                    state: h.proc.state.to_string(),
+                    cmdline: h.proc.cmdline.clone(),
+                    cgroup: h.proc.cgroup.clone(),
                     fds: Vec::new(),
                 })
                 .fds
@@ -234,23 +234,26 @@ pub fn execute(plan: &PortPlan, force: bool, grace: Duration, free_check: &dyn F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::who::{Holder, SocketReport};
+    use crate::{
+        sys::proc::ProcInfo,
+        who::{Holder, SocketReport},
+    };
 
-    fn holder(pid: i32, ppid: i32, comm: &str, state: &str) -> Holder {
-        Holder {
+    fn holder(pid: i32, ppid: i32, comm: &str, state: char) -> Holder {
+        let proc = ProcInfo {
             pid,
             ppid,
             uid: 1000,
             user: "ci".into(),
             comm: comm.into(),
             cmdline: format!("{comm} --serve"),
-            state: state.into(),
+            state,
             start_time: None,
             age_secs: None,
-            fd: 3,
             cgroup: "/user.slice".into(),
             container: None,
-        }
+        };
+        Holder { proc, fd: 3 }
     }
 
     fn sock(holders: Vec<Holder>) -> SocketReport {
@@ -276,7 +279,7 @@ mod tests {
 
     #[test]
     fn plans_master_and_workers_with_sigcont_for_stopped() {
-        let s = sock(vec![holder(10, 1, "gunicorn", "T"), holder(11, 10, "gunicorn", "T"), holder(12, 10, "gunicorn", "S")]);
+        let s = sock(vec![holder(10, 1, "gunicorn", 'T'), holder(11, 10, "gunicorn", 'T'), holder(12, 10, "gunicorn", 'S')]);
         let p = plan(5050, &[&s], &me(), &Protect::default(), true, Duration::from_secs(5));
         assert_eq!(p.refused, None);
         assert_eq!(p.targets.iter().map(|t| t.pid).collect::<Vec<_>>(), vec![10, 11, 12]);
@@ -292,17 +295,17 @@ mod tests {
     fn refuses_pid1_self_ancestors_kernel_threads_and_protected() {
         let p = |h: Holder, protect: &Protect| plan(5050, &[&sock(vec![h])], &me(), protect, true, Duration::ZERO).refused;
         let none = Protect::default();
-        assert!(p(holder(1, 0, "init", "S"), &none).unwrap().contains("pid 1"));
-        assert!(p(holder(500, 400, "portwatch", "R"), &none).unwrap().contains("portwatch itself"));
-        assert!(p(holder(400, 1, "bash", "S"), &none).unwrap().contains("ancestor"));
-        assert!(p(holder(33, 2, "kworker", "S"), &none).unwrap().contains("kernel thread"));
+        assert!(p(holder(1, 0, "init", 'S'), &none).unwrap().contains("pid 1"));
+        assert!(p(holder(500, 400, "portwatch", 'R'), &none).unwrap().contains("portwatch itself"));
+        assert!(p(holder(400, 1, "bash", 'S'), &none).unwrap().contains("ancestor"));
+        assert!(p(holder(33, 2, "kworker", 'S'), &none).unwrap().contains("kernel thread"));
         let by_comm = Protect { comm: vec!["sshd".into()], ..Protect::default() };
-        assert!(p(holder(40, 1, "sshd", "S"), &by_comm).unwrap().contains("protected by name"));
+        assert!(p(holder(40, 1, "sshd", 'S'), &by_comm).unwrap().contains("protected by name"));
         let by_uid = Protect { uid: vec![1000], ..Protect::default() };
-        assert!(p(holder(40, 1, "x", "S"), &by_uid).unwrap().contains("uid 1000"));
+        assert!(p(holder(40, 1, "x", 'S'), &by_uid).unwrap().contains("uid 1000"));
         let by_cg = Protect { cgroup: vec!["/user.slice".into()], ..Protect::default() };
-        assert!(p(holder(40, 1, "x", "S"), &by_cg).unwrap().contains("cgroup"));
-        assert_eq!(p(holder(40, 1, "x", "S"), &none), None);
+        assert!(p(holder(40, 1, "x", 'S'), &by_cg).unwrap().contains("cgroup"));
+        assert_eq!(p(holder(40, 1, "x", 'S'), &none), None);
         // A socket nobody visible holds cannot be freed.
         let orphan = plan(5050, &[&sock(vec![])], &me(), &none, true, Duration::ZERO);
         assert!(orphan.refused.unwrap().contains("no process"));

@@ -93,7 +93,7 @@ fn holder_text(port: u16) -> String {
             let mut hs: Vec<String> = r
                 .sockets
                 .iter()
-                .flat_map(|s| s.holders.iter().map(|h| format!("pid {} comm {} ({})", h.pid, h.comm, h.state)))
+                .flat_map(|s| s.holders.iter().map(|h| format!("pid {} comm {} ({})", h.proc.pid, h.proc.comm, h.proc.state)))
                 .collect();
             hs.dedup();
             if hs.is_empty() {

@@ -55,21 +55,13 @@ pub struct WhoOptions {
     pub prefetch: bool,
 }
 
-/// A process holding a socket through one fd.
+/// A process holding a socket through one fd (in JSON: the process's fields and
+/// `fd`, side by side).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Holder {
-    pub pid: i32,
-    pub ppid: i32,
-    pub uid: u32,
-    pub user: String,
-    pub comm: String,
-    pub cmdline: String,
-    pub state: String,
-    pub start_time: Option<u64>,
-    pub age_secs: Option<u64>,
+    #[serde(flatten)]
+    pub proc: ProcInfo,
     pub fd: i32,
-    pub cgroup: String,
-    pub container: Option<String>,
 }
 
 /// One socket and who holds it (the `--json` schema).
@@ -157,21 +149,8 @@ fn holders_for(fds: &[FdHolder], inode: u64, cache: &mut HashMap<i32, Option<Pro
     fds.iter()
         .filter(|h| h.inode == inode)
         .filter_map(|h| {
-            let info = cache.entry(h.pid).or_insert_with(|| proc::info(h.pid)).clone()?;
-            Some(Holder {
-                pid: info.pid,
-                ppid: info.ppid,
-                uid: info.uid,
-                user: info.user,
-                comm: info.comm,
-                cmdline: info.cmdline,
-                state: info.state.to_string(),
-                start_time: info.start_time,
-                age_secs: info.age_secs,
-                fd: h.fd,
-                cgroup: info.cgroup,
-                container: info.container,
-            })
+            let proc = cache.entry(h.pid).or_insert_with(|| proc::info(h.pid)).clone()?;
+            Some(Holder { proc, fd: h.fd })
         })
         .collect()
 }
@@ -388,7 +367,7 @@ pub fn render(ports: &PortSet, r: &WhoResult) -> String {
             }
             continue;
         };
-        let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.pid)).collect();
+        let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.proc.pid)).collect();
         out.push_str(&format!(
             "port {port}: {} socket{}, {} process{}\n",
             socks.len(),
@@ -414,14 +393,14 @@ pub fn render(ports: &PortSet, r: &WhoResult) -> String {
             for h in &s.holders {
                 let mut row: Vec<Cell> = sock_cells.iter().map(Cell::new).collect();
                 row.extend([
-                    h.pid.to_string(),
-                    h.ppid.to_string(),
-                    h.user.clone(),
-                    h.state.clone(),
-                    age(h.age_secs),
+                    h.proc.pid.to_string(),
+                    h.proc.ppid.to_string(),
+                    h.proc.user.clone(),
+                    h.proc.state.to_string(),
+                    age(h.proc.age_secs),
                     h.fd.to_string(),
-                    h.comm.clone(),
-                    truncate(&h.cmdline, 60),
+                    h.proc.comm.clone(),
+                    truncate(&h.proc.cmdline, 60),
                 ].map(Cell::new));
                 t.add_row(row);
             }
@@ -435,7 +414,7 @@ pub fn render(ports: &PortSet, r: &WhoResult) -> String {
     if !r.clients.is_empty() {
         out.push_str("clients connected to these ports (not holders):\n");
         for c in &r.clients {
-            let who: Vec<String> = c.holders.iter().map(|h| format!("{} ({})", h.pid, h.comm)).collect();
+            let who: Vec<String> = c.holders.iter().map(|h| format!("{} ({})", h.proc.pid, h.proc.comm)).collect();
             out.push_str(&format!("  {} -> port {}  {}\n", c.peer.as_deref().unwrap_or("?"), c.port, who.join(", ")));
         }
     }
@@ -465,7 +444,7 @@ pub fn port_status(ports: &PortSet, r: &WhoResult) -> Vec<PortStatus> {
             let socks: Vec<&SocketReport> = r.sockets.iter().filter(|s| s.port == port).collect();
             let mut holders: Vec<BriefHolder> = socks
                 .iter()
-                .flat_map(|s| s.holders.iter().map(move |h| BriefHolder { pid: h.pid, comm: h.comm.clone(), proto: s.proto, state: s.state }))
+                .flat_map(|s| s.holders.iter().map(move |h| BriefHolder { pid: h.proc.pid, comm: h.proc.comm.clone(), proto: s.proto, state: s.state }))
                 .collect();
             holders.sort();
             holders.dedup();
@@ -509,18 +488,20 @@ mod tests {
             holders: pids
                 .iter()
                 .map(|&pid| Holder {
-                    pid,
-                    ppid: 1,
-                    uid: 0,
-                    user: "root".into(),
-                    comm: "gunicorn".into(),
-                    cmdline: "gunicorn --bind 127.0.0.1:5050 app:app".into(),
-                    state: "S".into(),
-                    start_time: None,
-                    age_secs: Some(90),
+                    proc: ProcInfo {
+                        pid,
+                        ppid: 1,
+                        uid: 0,
+                        user: "root".into(),
+                        comm: "gunicorn".into(),
+                        cmdline: "gunicorn --bind 127.0.0.1:5050 app:app".into(),
+                        state: 'S',
+                        start_time: None,
+                        age_secs: Some(90),
+                        cgroup: "/".into(),
+                        container: None,
+                    },
                     fd: 5,
-                    cgroup: "/".into(),
-                    container: None,
                 })
                 .collect(),
         }
