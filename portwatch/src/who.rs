@@ -98,14 +98,6 @@ pub struct WhoResult {
     pub phases: Vec<(&'static str, f64)>,
 }
 
-fn family_name(f: u8) -> &'static str {
-    if f == 10 {
-        "ipv6"
-    } else {
-        "ipv4"
-    }
-}
-
 /// Finds holders for the inodes: the BPF iterator first, then the /proc walk.
 type Prefetch = std::thread::JoinHandle<Result<Vec<FdHolder>>>;
 
@@ -160,7 +152,7 @@ pub fn report(s: &SockEntry, holders: Vec<Holder>, client: bool) -> SocketReport
     SocketReport {
         port: if client { s.peer_port } else { s.port },
         proto: s.proto,
-        family: family_name(s.family),
+        family: crate::ebpf::events::family_name(u16::from(s.family)),
         addr: fmt_addr(&s.addr),
         state: s.state_name(),
         inode: s.inode,
