@@ -275,8 +275,6 @@ pub mod holders {
     pub const READ_FAILED: u32 = 3;
     /// An fd table had more entries than the program walks.
     pub const FD_TABLE_TOO_BIG: u32 = 4;
-    /// A process had more matching fds than one chunk's record buffer.
-    pub const TOO_MANY_FDS: u32 = 5;
 }
 
 /// One query of the holders iterator (value of `HOLDER_QUERY`). User space fills

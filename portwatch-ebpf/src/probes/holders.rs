@@ -364,6 +364,7 @@ extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
     }
     let used = 64 - word.leading_zeros() as u64;
     let Some(buf) = FD_CHUNK.get_ptr_mut(0) else {
+        w.status = READ_FAILED;
         return 1;
     };
     // 8..=512 bytes. The volatile read hides what LLVM knows about `used`, so the
