@@ -71,7 +71,7 @@ pub struct HolderScan {
 pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> Result<Option<HolderScan>> {
     if !pinned() {
         // Loads and pins both iterators (the first run on a host, or a new build).
-        all_socket_fds()?;
+        load_and_pin(&pin_path())?;
     }
     let dir = pin_dir();
     let link = dir.join(HOLDERS_PIN);
@@ -152,11 +152,10 @@ pub fn all_socket_fds() -> Result<Vec<FdHolder>> {
     if let Ok(f) = File::open(&path) {
         return read_iter(f);
     }
-    let r = load_and_pin(&path);
-    // Loading parsed the kernel's BTF twice (tens of MiB, now free): give it back,
-    // or a long-running agent keeps it as RSS.
-    load::release_heap();
-    r
+    match load_and_pin(&path)? {
+        Some(unpinned) => read_iter(unpinned),
+        None => read_iter(File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?),
+    }
 }
 
 fn read_iter(mut f: File) -> Result<Vec<FdHolder>> {
@@ -168,7 +167,17 @@ fn read_iter(mut f: File) -> Result<Vec<FdHolder>> {
 const HOLDERS_PIN: &str = "holders";
 const QUERY_PIN: &str = "holder_query";
 
-fn load_and_pin(path: &Path) -> Result<Vec<FdHolder>> {
+/// Loads both iterators and pins them. Returns the task_file iterator's file when
+/// there is no bpffs to pin it in (it then runs once, unpinned).
+fn load_and_pin(path: &Path) -> Result<Option<File>> {
+    let r = load_and_pin_inner(path);
+    // Loading parsed the kernel's BTF twice (tens of MiB, now free): give it back,
+    // or a long-running agent keeps it as RSS.
+    load::release_heap();
+    r
+}
+
+fn load_and_pin_inner(path: &Path) -> Result<Option<File>> {
     load::preflight()?;
     load::raise_memlock();
     let vmlinux = kbtf::load_vmlinux().map_err(|e| Error::unsupported(e, "a kernel with CONFIG_DEBUG_INFO_BTF"))?;
@@ -200,7 +209,7 @@ fn load_and_pin(path: &Path) -> Result<Vec<FdHolder>> {
     let link = prog.take_link(link_id).map_err(|e| Error::Internal(e.to_string()))?;
     // Without bpffs the iterator still runs, once, unpinned.
     if mounts::ensure_mounted(mounts::BPFFS, "bpf").is_err() {
-        return read_iter(link.into_file().map_err(|e| Error::Internal(e.to_string()))?);
+        return link.into_file().map(Some).map_err(|e| Error::Internal(e.to_string()));
     }
     remove_other_builds(path);
     let dir = path.parent().unwrap_or(Path::new(PIN_ROOT));
@@ -221,7 +230,7 @@ fn load_and_pin(path: &Path) -> Result<Vec<FdHolder>> {
         }
     }
     pin_link(link, path)?;
-    read_iter(File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?)
+    Ok(None)
 }
 
 /// Runs the pinned holders pass on a TCP listener and a UDP socket of our own and
