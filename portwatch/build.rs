@@ -4,19 +4,10 @@ use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or_else(|| anyhow!("no workspace root"))?
-        .join("portwatch-ebpf");
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or_else(|| anyhow!("no workspace root"))?.join("portwatch-ebpf");
     let root = root.to_str().context("non-UTF-8 path")?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "portwatch-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
-        Toolchain::default(),
-    )?;
+    aya_build::build_ebpf([aya_build::Package { name: "portwatch-ebpf", root_dir: root, ..Default::default() }], Toolchain::default())?;
     // A hash of the object names this build's bpffs pins; computed here so `who`
     // does not hash 300 KiB on every run.
     let out = std::env::var("OUT_DIR").context("OUT_DIR")?;

@@ -1,7 +1,8 @@
 //! Bad input and missing privileges: one line on stderr, a distinct exit code, no panic.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use support::{free_port, portwatch, portwatch_unprivileged, require_root, spawn_python};
+use portwatch_tests::{free_port, portwatch, portwatch_unprivileged, require_root, spawn_python};
 
 fn one_line_error(args: &[&str], code: i32, needle: &str) {
     let out = portwatch(args);

@@ -1,16 +1,23 @@
 //! The agent's control socket with peer-credential checks: an unprivileged user
 //! (nobody) can query but not free a port held by root, and can free its own.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     os::unix::process::CommandExt,
     process::{Command, Output, Stdio},
 };
 
-use support::{free_port, require_root, spawn_python, start_logged, ChildGuard};
+use portwatch_tests::{free_port, require_root, spawn_python, start_logged, ChildGuard};
 
 fn as_nobody(socket: &str, args: &[&str]) -> Output {
-    Command::new(support::bin()).args(args).env("PORTWATCH_SOCKET", socket).uid(65534).gid(65534).output().expect("portwatch as nobody")
+    Command::new(portwatch_tests::bin())
+        .args(args)
+        .env("PORTWATCH_SOCKET", socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("portwatch as nobody")
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Running on a fleet: Prometheus metrics scraped over real HTTP and checked by
 //! promtool; the systemd unit verified by systemd-analyze; the example config valid.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{Read, Write},
@@ -9,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use support::{free_port, portwatch, require_root, spawn_python, start_logged};
+use portwatch_tests::{free_port, portwatch, require_root, spawn_python, start_logged};
 
 fn scrape(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
@@ -82,7 +83,7 @@ fn systemd_unit_verifies_and_example_config_parses() {
     // systemd-analyze checks that ExecStart's binary exists: point it at this build.
     let dir = tempfile::tempdir().expect("tempdir");
     let copy = dir.path().join("portwatch.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/portwatch", support::bin())).expect("write unit");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/portwatch", portwatch_tests::bin())).expect("write unit");
     let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().expect("systemd-analyze");
     assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     // The example config is accepted (a dry run signals nothing).

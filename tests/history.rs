@@ -1,14 +1,18 @@
 //! The agent's history: real binds from child processes, recorded in SQLite,
 //! surviving `kill -9` of the agent and a restart.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     process::{Command, Stdio},
     time::Duration,
 };
 
-use nix::{sys::signal::{kill, Signal}, unistd::Pid};
-use support::{free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use portwatch_tests::{free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard};
 
 fn start_agent(port: u16, db: &std::path::Path) -> ChildGuard {
     let port = port.to_string();
@@ -66,7 +70,12 @@ fn history_survives_kill_9_names_holders_and_answers_at() {
     assert_eq!(failed[0]["pid"], failer.pid());
     assert_eq!(failed[0]["error"], "EADDRINUSE");
     let detail = failed[0]["detail"].as_str().unwrap_or("");
-    assert!(detail.contains(&format!("held by pid {} (python3)", holder.pid())) && detail.contains("since") && detail.contains("job GITHUB_RUN_ID=4711"), "{detail}");
+    assert!(
+        detail.contains(&format!("held by pid {} (python3)", holder.pid()))
+            && detail.contains("since")
+            && detail.contains("job GITHUB_RUN_ID=4711"),
+        "{detail}"
+    );
 
     // A restarted agent appends to the same database.
     let agent = start_agent(port, &db);

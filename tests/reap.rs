@@ -1,7 +1,8 @@
 //! Stuck listeners and safe reaping against real processes: the seed story's
 //! stopped gunicorn, a listener that never accepts, a TERM-ignoring server, PID 1
 //! in a pid namespace, and a pid that no longer holds the socket.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     collections::BTreeSet,
@@ -9,11 +10,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::{sys::signal::{kill, Signal}, unistd::Pid};
-use support::{alive, children_of, free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard, PidGuard};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use portwatch_tests::{alive, children_of, free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard, PidGuard};
 
 fn start_gunicorn(port: u16, dir: &std::path::Path) -> (ChildGuard, BTreeSet<i32>) {
-    std::fs::write(dir.join("app.py"), "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n").expect("app");
+    std::fs::write(dir.join("app.py"), "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n")
+        .expect("app");
     let child = Command::new("python3")
         .args(["-m", "gunicorn", "--bind", &format!("127.0.0.1:{port}"), "--workers", "4", "app:app"])
         .current_dir(dir)
@@ -66,7 +71,8 @@ fn stopped_gunicorn_is_stuck_and_free_force_kills_only_it() {
     let kinds: Vec<&str> = verdicts[0]["reasons"].as_array().expect("reasons").iter().filter_map(|r| r["kind"].as_str()).collect();
     assert!(kinds.contains(&"accept_stall") && kinds.contains(&"holders_stopped"), "{kinds:?}");
     assert!(verdicts[0]["reasons"][0]["evidence"].as_str().unwrap_or("").contains("3/"), "{report:#}");
-    let mut verdict_pids: Vec<i32> = verdicts[0]["pids"].as_array().expect("pids").iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect();
+    let mut verdict_pids: Vec<i32> =
+        verdicts[0]["pids"].as_array().expect("pids").iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect();
     verdict_pids.sort_unstable();
     pids.sort_unstable();
     assert_eq!(verdict_pids, pids);
@@ -130,7 +136,21 @@ srv.serve_forever()
     ));
     let ports = format!("{stuck_port},{busy_port}");
     let (agent, rx) = start_logged(
-        &["agent", "--reap", "--log-json", "--no-history", "--no-socket", "--stall", "2s", "--grace", "1s", "--interval", "200ms", "-p", &ports],
+        &[
+            "agent",
+            "--reap",
+            "--log-json",
+            "--no-history",
+            "--no-socket",
+            "--stall",
+            "2s",
+            "--grace",
+            "1s",
+            "--interval",
+            "200ms",
+            "-p",
+            &ports,
+        ],
         "agent started",
     );
 
@@ -168,7 +188,7 @@ fn pid_1_of_a_pid_namespace_is_refused() {
     // is asked to free it.
     let script = format!(
         "import os, socket, subprocess\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nassert os.getpid() == 1\nr = subprocess.run(['{bin}', 'free', '--force', '--grace', '1s', '{port}'], capture_output=True, text=True)\nprint('CODE', r.returncode)\nprint('OUT', r.stdout.strip())\n",
-        bin = support::bin()
+        bin = portwatch_tests::bin()
     );
     let out = Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "python3", "-c", &script]).output().expect("unshare");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -180,7 +200,12 @@ fn pid_1_of_a_pid_namespace_is_refused() {
 #[test]
 fn a_pid_that_no_longer_holds_the_socket_is_never_signalled() {
     require_root();
-    use portwatch::{config::Protect, reap, sys::{proc::ProcInfo, sockdiag::Proto}, who::{Holder, SocketReport}};
+    use portwatch::{
+        config::Protect,
+        reap,
+        sys::{proc::ProcInfo, sockdiag::Proto},
+        who::{Holder, SocketReport},
+    };
     // A real process that does not hold the socket the plan names, as after pid reuse.
     let bystander = ChildGuard(Command::new("sleep").arg("60").spawn().expect("sleep"));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

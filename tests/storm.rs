@@ -2,12 +2,16 @@
 //! the agent records history. No kernel event may be lost, no history row dropped,
 //! and the agent's memory must stay bounded. (Its own test binary, so nothing else
 //! runs beside it.)
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{process::Command, time::Duration};
 
-use nix::{sys::signal::{kill, Signal}, unistd::Pid};
-use support::{free_port, require_root, start_logged};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use portwatch_tests::{free_port, require_root, start_logged};
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -19,13 +23,14 @@ fn rss_kib(pid: i32) -> u64 {
 #[test]
 fn bind_storm_while_recording_loses_nothing() {
     require_root();
-    let loadgen = std::path::Path::new(support::bin()).with_file_name("pw-loadgen");
+    let loadgen = std::path::Path::new(portwatch_tests::bin()).with_file_name("pw-loadgen");
     assert!(loadgen.exists(), "{} missing: cargo xtask test builds it (cargo build --release -p portwatch-loadgen)", loadgen.display());
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("storm.db");
     let port_s = port.to_string();
-    let (agent, log) = start_logged(&["agent", "--no-socket", "--log-json", "-p", &port_s, "--db", db.to_str().expect("utf8")], "agent started");
+    let (agent, log) =
+        start_logged(&["agent", "--no-socket", "--log-json", "-p", &port_s, "--db", db.to_str().expect("utf8")], "agent started");
     let apid = agent.pid();
     let sampler = std::thread::spawn(move || {
         let mut max = 0;
@@ -65,7 +70,8 @@ fn bind_storm_while_recording_loses_nothing() {
     assert!(dropped.is_empty(), "history dropped rows: {dropped:?}");
     let conn = rusqlite::Connection::open(&db).expect("open db");
     let count = |event: &str| -> u64 {
-        conn.query_row("SELECT COUNT(*) FROM events WHERE event = ?1 AND port = ?2", rusqlite::params![event, port], |r| r.get::<_, i64>(0)).expect("count") as u64
+        conn.query_row("SELECT COUNT(*) FROM events WHERE event = ?1 AND port = ?2", rusqlite::params![event, port], |r| r.get::<_, i64>(0))
+            .expect("count") as u64
     };
     assert_eq!(count("bind"), binds, "every bind recorded");
     assert_eq!(count("close"), binds, "every close recorded");

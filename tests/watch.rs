@@ -1,7 +1,8 @@
 //! `portwatch watch` against the real kernel: real sockets from child processes.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use support::{events_of, free_port, require_root, run_python, Watch};
+use portwatch_tests::{events_of, free_port, require_root, run_python, Watch};
 
 #[test]
 fn sees_tcp4_udp_tcp6_binds_listens_failures_and_closes_on_watched_ports_only() {

@@ -1,10 +1,11 @@
 //! `portwatch who` / `check` against real processes: gunicorn masters and workers,
 //! SO_REUSEPORT pairs, UDP, IPv6, bound-only sockets, orphans, clients.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use support::{free_port, portwatch, portwatch_unprivileged, require_root, spawn_python, ChildGuard, PidGuard};
+use portwatch_tests::{free_port, portwatch, portwatch_unprivileged, require_root, spawn_python, ChildGuard, PidGuard};
 
 /// `who --json` with the given `--method`.
 fn who_method(method: &str, args: &[&str]) -> Vec<serde_json::Value> {
@@ -65,11 +66,8 @@ fn gunicorn_master_and_all_four_workers() {
     assert!(have.success(), "gunicorn is needed (cargo xtask test installs it)");
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("app.py"),
-        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
-    )
-    .expect("write app");
+    std::fs::write(dir.path().join("app.py"), "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n")
+        .expect("write app");
     let child = Command::new("python3")
         .args(["-m", "gunicorn", "--bind", &format!("127.0.0.1:{port}"), "--workers", "4", "app:app"])
         .current_dir(dir.path())
@@ -81,7 +79,7 @@ fn gunicorn_master_and_all_four_workers() {
     // Wait until the master forked its 4 workers.
     let mut workers = BTreeSet::new();
     for _ in 0..200 {
-        workers = support::children_of(master.pid()).into_iter().map(i64::from).collect();
+        workers = portwatch_tests::children_of(master.pid()).into_iter().map(i64::from).collect();
         if workers.len() == 4 {
             break;
         }
@@ -127,9 +125,8 @@ fn reuseport_pair_udp_ipv6_and_bound_only_sockets() {
     require_root();
     let (p_rp, p_udp, p_v6, p_dual, p_bound) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let script = |body: &str| format!("import os, socket, time\n{body}\nprint('READY', os.getpid(), flush=True)\ntime.sleep(60)\n");
-    let rp = format!(
-        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.bind(('127.0.0.1', {p_rp})); s.listen()"
-    );
+    let rp =
+        format!("s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.bind(('127.0.0.1', {p_rp})); s.listen()");
     let (a, _) = spawn_python(&script(&rp));
     let (b, _) = spawn_python(&script(&rp));
     let (u, _) = spawn_python(&script(&format!("s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', {p_udp}))")));
@@ -281,10 +278,8 @@ fn fast_path_limits_fall_back_and_high_fds_and_many_ports_are_found() {
     }
 
     // Concurrent readers of the pinned iterator each get their own answer.
-    let handles: Vec<_> = picks
-        .iter()
-        .map(|&p| std::thread::spawn(move || (p, who_method("holders", &["--tcp", &p.to_string()]))))
-        .collect();
+    let handles: Vec<_> =
+        picks.iter().map(|&p| std::thread::spawn(move || (p, who_method("holders", &["--tcp", &p.to_string()])))).collect();
     for (h, g) in handles.into_iter().zip(&guards) {
         let (p, s) = h.join().expect("thread");
         assert_eq!(s.len(), 1, "port {p}: {s:#?}");

@@ -1,13 +1,17 @@
 //! `portwatch wait` and `portwatch run` with real servers.
-mod support;
+// A test fails by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use nix::{sys::signal::{kill, Signal}, unistd::Pid};
-use support::{free_port, portwatch, require_root, spawn_python, ChildGuard, PidGuard};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use portwatch_tests::{free_port, portwatch, require_root, spawn_python, ChildGuard, PidGuard};
 
 fn http_server(port: u16) -> String {
     format!(
@@ -56,7 +60,7 @@ fn wait_names_the_holder_of_a_wedged_listener() {
 #[test]
 fn wait_refused_then_ready_when_the_server_starts() {
     let port = free_port();
-    let mut waiter = Command::new(support::bin())
+    let mut waiter = Command::new(portwatch_tests::bin())
         .args(["wait", "--timeout", "15s", &port.to_string()])
         .stderr(Stdio::piped())
         .spawn()
@@ -93,7 +97,7 @@ os._exit(0)
 "#,
         pidfile = pidfile.display()
     );
-    let mut run = Command::new(support::bin())
+    let mut run = Command::new(portwatch_tests::bin())
         .args(["run", "--port", &port.to_string(), "--timeout", "10s", "--grace", "1s", "--", "python3", "-c", &script])
         .stderr(Stdio::piped())
         .spawn()
@@ -142,8 +146,21 @@ fn run_detach_ready_then_stop() {
     let pidfile = dir.path().join("svc.pid");
     let pf = pidfile.to_str().expect("utf8");
     let out = portwatch(&[
-        "run", "--detach-ready", "--pid-file", pf, "--port", &port.to_string(), "--timeout", "10s", "--",
-        "python3", "-m", "http.server", "--bind", "127.0.0.1", &port.to_string(),
+        "run",
+        "--detach-ready",
+        "--pid-file",
+        pf,
+        "--port",
+        &port.to_string(),
+        "--timeout",
+        "10s",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        &port.to_string(),
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -155,7 +172,7 @@ fn run_detach_ready_then_stop() {
     assert_eq!(portwatch(&["wait", "--timeout", "2s", &port.to_string()]).status.code(), Some(0));
     let out = portwatch(&["run", "--stop", pf]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!support::alive(supervisor), "the supervisor is gone");
+    assert!(!portwatch_tests::alive(supervisor), "the supervisor is gone");
     assert_eq!(portwatch(&["check", "-q", &port.to_string()]).status.code(), Some(0), "the service is gone");
     assert!(!pidfile.exists());
 }
@@ -172,7 +189,7 @@ fn wait_uses_its_whole_timeout() {
 
 #[test]
 fn run_kills_a_command_that_ignores_sigterm() {
-    let mut run = Command::new(support::bin())
+    let mut run = Command::new(portwatch_tests::bin())
         .args(["run", "--grace", "1s", "--", "sh", "-c", "trap '' TERM; echo up; sleep 60"])
         .stdout(Stdio::piped())
         .spawn()
@@ -203,5 +220,5 @@ fn run_reports_a_command_that_ends_before_ready() {
     assert!(start.elapsed() < Duration::from_secs(30));
     let bg: i32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("pid");
     let _g = PidGuard(bg);
-    assert!(!support::alive(bg), "the setsid sleep did not survive run");
+    assert!(!portwatch_tests::alive(bg), "the setsid sleep did not survive run");
 }

@@ -1,6 +1,6 @@
 //! Filling in the parts of an event that do not depend on the hook.
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_probe_read_kernel, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
     generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
 };
 use portwatch_common::{info_flags, Event, EventKind};

@@ -3,9 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{
-    config, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES,
-};
+use portwatch_common::{config, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -43,7 +41,6 @@ static SELF_TGID: u32 = 0;
 
 #[unsafe(no_mangle)]
 pub static HOLDER_OFFSETS: HolderOffsets = HolderOffsets::UNSET;
-
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::UNSET;

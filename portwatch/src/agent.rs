@@ -14,10 +14,11 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
+    control,
     ebpf::{events::decode, Observer, ObserverOptions},
     error::{Error, Result},
     free::{self, FreeOptions, PortReport},
-    control, history, metrics,
+    history, metrics,
     model::{self, BindTracker, Step},
     probe,
     reap::SelfInfo,
@@ -148,7 +149,7 @@ pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
 
 fn handle_step(step: Step, recorder: &mut Recorder) {
     let r = match step {
-        Step::Emit(r) => r,
+        Step::Emit(r) => *r,
         Step::Failed(attempt) => recorder.failed_bind(&attempt),
     };
     if let Some(m) = &recorder.metrics {
@@ -158,10 +159,14 @@ fn handle_step(step: Step, recorder: &mut Recorder) {
         return;
     }
     match &r.error {
-        Some(e) => warn!(event = "bind_failed", error = %e, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event"),
+        Some(e) => {
+            warn!(event = "bind_failed", error = %e, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event")
+        }
         // Every event is in the history and the metrics; logging each one would flood
         // the log pipeline in a bind storm (RUST_LOG=portwatch=debug shows them).
-        None => tracing::debug!(event = r.event, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event"),
+        None => {
+            tracing::debug!(event = r.event, pid = ?r.pid, comm = ?r.comm, proto = r.proto, addr = %r.addr, port = r.port, "socket event")
+        }
     }
     if r.error.is_none() {
         recorder.socket_event(&r);
@@ -188,7 +193,9 @@ fn reap_verdict(v: &Verdict, r: &WhoResult, cfg: &Config, force: bool, dry_run: 
 fn log_reap(rep: &PortReport) {
     match (&rep.plan.refused, &rep.outcome) {
         (Some(why), _) => warn!(port = rep.port, reason = %why, "refused to reap"),
-        (None, None) => info!(port = rep.port, targets = ?rep.plan.targets.iter().map(|t| t.pid).collect::<Vec<_>>(), steps = ?rep.plan.steps, "dry run: would reap"),
+        (None, None) => {
+            info!(port = rep.port, targets = ?rep.plan.targets.iter().map(|t| t.pid).collect::<Vec<_>>(), steps = ?rep.plan.steps, "dry run: would reap")
+        }
         (None, Some(o)) => {
             let signals: Vec<String> = o.signals.iter().map(|s| format!("{}:{}", s.signal, s.pid)).collect();
             if o.freed {
@@ -264,7 +271,11 @@ impl Recorder {
 
     /// A failed bind: who held the port at that moment, and since when.
     fn failed_bind(&mut self, attempt: &crate::ebpf::events::SockEvent) -> model::Record {
-        let q = crate::sys::sockdiag::Query { tcp: attempt.proto == Some(crate::sys::sockdiag::Proto::Tcp), udp: attempt.proto == Some(crate::sys::sockdiag::Proto::Udp), connections: false };
+        let q = crate::sys::sockdiag::Query {
+            tcp: attempt.proto == Some(crate::sys::sockdiag::Proto::Tcp),
+            udp: attempt.proto == Some(crate::sys::sockdiag::Proto::Udp),
+            connections: false,
+        };
         let on_port: Vec<crate::sys::sockdiag::SockEntry> = crate::sys::sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
         let rec = model::infer_failure(attempt, &on_port, self.unpriv_start);
         if rec.error.is_none() {
@@ -302,7 +313,13 @@ impl Recorder {
             }
         }
         let (reasons, evidence) = verdict_fields(v);
-        let mut r = history::Row { time_ns: history::now_ns(), event: "stuck".into(), port: Some(v.port), cookie: Some(v.cookie), ..history::Row::default() };
+        let mut r = history::Row {
+            time_ns: history::now_ns(),
+            event: "stuck".into(),
+            port: Some(v.port),
+            cookie: Some(v.cookie),
+            ..history::Row::default()
+        };
         r.time = history::fmt_time(r.time_ns);
         r.error = Some(reasons);
         r.detail = Some(format!("{evidence}; pids {:?}", v.pids));
@@ -324,19 +341,38 @@ impl Recorder {
         }
         let now = history::now_ns();
         if let Some(why) = &rep.plan.refused {
-            let mut r = history::Row { time_ns: now, time: history::fmt_time(now), event: "refused".into(), port: Some(rep.port), ..history::Row::default() };
+            let mut r = history::Row {
+                time_ns: now,
+                time: history::fmt_time(now),
+                event: "refused".into(),
+                port: Some(rep.port),
+                ..history::Row::default()
+            };
             r.detail = Some(why.clone());
             self.record(r);
         }
         if let Some(o) = &rep.outcome {
             for sig in &o.signals {
                 let t = rep.plan.targets.iter().find(|t| t.pid == sig.pid);
-                let mut r = history::Row { time_ns: now, time: history::fmt_time(now), event: "signal".into(), port: Some(rep.port), pid: Some(sig.pid), ..history::Row::default() };
+                let mut r = history::Row {
+                    time_ns: now,
+                    time: history::fmt_time(now),
+                    event: "signal".into(),
+                    port: Some(rep.port),
+                    pid: Some(sig.pid),
+                    ..history::Row::default()
+                };
                 r.comm = t.map(|t| t.comm.clone());
                 r.detail = Some(format!("{} {}", sig.signal, if sig.ok { "delivered" } else { "failed" }));
                 self.record(r);
             }
-            let mut r = history::Row { time_ns: now, time: history::fmt_time(now), event: "reaped".into(), port: Some(rep.port), ..history::Row::default() };
+            let mut r = history::Row {
+                time_ns: now,
+                time: history::fmt_time(now),
+                event: "reaped".into(),
+                port: Some(rep.port),
+                ..history::Row::default()
+            };
             r.detail = Some(format!("{} after {} ms", if o.freed { "port free" } else { "port still held" }, o.elapsed_ms));
             self.record(r);
         }
@@ -439,7 +475,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     handle_step(Step::Failed(attempt), &mut recorder);
                 }
                 ticks += 1;
-                if !cfg.probes.is_empty() && ticks % probe_every == 0 {
+                if !cfg.probes.is_empty() && ticks.is_multiple_of(probe_every) {
                     run_probes(&cfg, &mut streaks).await;
                 }
                 let (sample, who) = match sampler.sample(&cfg, &obs, &streaks) {
@@ -530,7 +566,7 @@ pub async fn cleanup(cfg: Config, force: bool, dry_run: bool) -> Result<(Cleanup
     let mut n = 0u64;
     let (verdicts, who) = loop {
         tick.tick().await;
-        if !cfg.probes.is_empty() && n % probe_every == 0 {
+        if !cfg.probes.is_empty() && n.is_multiple_of(probe_every) {
             run_probes(&cfg, &mut streaks).await;
         }
         n += 1;

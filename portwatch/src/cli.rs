@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use crate::{
     agent,
     config::Config,
-    doctor, free, history,
+    doctor,
     error::{exit, Error, Result},
+    free, history,
     ports::{self, PortSet},
     run, wait, watch, who,
 };
@@ -312,7 +313,13 @@ fn render_agent_free(reports: &serde_json::Value) -> String {
     for r in reports.as_array().cloned().unwrap_or_default() {
         let port = &r["port"];
         let plan = &r["plan"];
-        let targets: Vec<String> = plan["targets"].as_array().cloned().unwrap_or_default().iter().map(|t| format!("{} ({})", t["pid"], t["comm"].as_str().unwrap_or("?"))).collect();
+        let targets: Vec<String> = plan["targets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| format!("{} ({})", t["pid"], t["comm"].as_str().unwrap_or("?")))
+            .collect();
         let line = if let Some(why) = plan["refused"].as_str() {
             format!("port {port}: refused: {why}")
         } else if plan["sockets"] == 0 {
@@ -320,7 +327,11 @@ fn render_agent_free(reports: &serde_json::Value) -> String {
         } else if r["outcome"].is_null() {
             format!("port {port}: would signal {}", targets.join(", "))
         } else if r["outcome"]["freed"] == true {
-            format!("port {port}: freed in {} (via the agent): {}", free::fmt_ms(r["outcome"]["elapsed_ms"].as_u64().unwrap_or(0)), targets.join(", "))
+            format!(
+                "port {port}: freed in {} (via the agent): {}",
+                free::fmt_ms(r["outcome"]["elapsed_ms"].as_u64().unwrap_or(0)),
+                targets.join(", ")
+            )
         } else {
             format!("port {port}: still held by {}", r["outcome"]["survivors"])
         };
@@ -344,11 +355,23 @@ fn render_agent_sockets(ports: &PortSet, sockets: &serde_json::Value) -> String 
         for s in here {
             let since = s["since"].as_str().map(|t| format!(" since {t}")).unwrap_or_default();
             let job = s["job"].as_str().map(|j| format!(" job {j}")).unwrap_or_default();
-            out.push_str(&format!("  {} {} {} inode {}{since}{job}\n", s["proto"].as_str().unwrap_or("?"), s["addr"].as_str().unwrap_or("?"), s["state"].as_str().unwrap_or("?"), s["inode"]));
+            out.push_str(&format!(
+                "  {} {} {} inode {}{since}{job}\n",
+                s["proto"].as_str().unwrap_or("?"),
+                s["addr"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                s["inode"]
+            ));
             for h in s["holders"].as_array().cloned().unwrap_or_default() {
                 out.push_str(&format!(
                     "    pid {} ppid {} {} ({}) {} fd {}: {}\n",
-                    h["pid"], h["ppid"], h["comm"].as_str().unwrap_or("?"), h["user"].as_str().unwrap_or("?"), h["state"].as_str().unwrap_or("?"), h["fd"], h["cmdline"].as_str().unwrap_or("")
+                    h["pid"],
+                    h["ppid"],
+                    h["comm"].as_str().unwrap_or("?"),
+                    h["user"].as_str().unwrap_or("?"),
+                    h["state"].as_str().unwrap_or("?"),
+                    h["fd"],
+                    h["cmdline"].as_str().unwrap_or("")
                 ));
             }
         }
@@ -390,10 +413,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the async runtime", e))
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::io("starting the async runtime", e))
 }
 
 /// Runs a command; returns the exit code for success and "no" answers.
@@ -504,7 +524,22 @@ pub fn execute(cli: Cli) -> Result<u8> {
             }
             Ok(code)
         }
-        Command::Agent { config, ports, stall, grace, interval, reap, dry_run, log_json, db, no_history, metrics, socket, no_socket, socket_mode } => {
+        Command::Agent {
+            config,
+            ports,
+            stall,
+            grace,
+            interval,
+            reap,
+            dry_run,
+            log_json,
+            db,
+            no_history,
+            metrics,
+            socket,
+            no_socket,
+            socket_mode,
+        } => {
             let mut cfg = load_config(config.as_deref())?;
             merge_flags(&mut cfg, &ports, stall, grace, interval);
             cfg.reap |= reap;

@@ -162,8 +162,7 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -171,10 +170,7 @@ impl Config {
         for p in &self.probes {
             let kinds = u8::from(p.http.is_some()) + u8::from(p.send.is_some() || p.expect.is_some());
             if kinds != 1 {
-                return Err(Error::Config(format!(
-                    "{origin}: probe for port {}: give exactly one of `http` or `send`/`expect`",
-                    p.port
-                )));
+                return Err(Error::Config(format!("{origin}: probe for port {}: give exactly one of `http` or `send`/`expect`", p.port)));
             }
             if let Some(url) = &p.http {
                 crate::probe::HttpTarget::parse(url).map_err(|e| Error::Config(format!("{origin}: probe for port {}: {e}", p.port)))?;

@@ -41,9 +41,23 @@ pub const DEFAULT_SOCKET: &str = "/run/portwatch.sock";
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Who { ports: Vec<u16> },
-    History { port: Option<u16>, since: Option<String>, until: Option<String>, pid: Option<i32> },
-    Free { ports: Vec<u16>, #[serde(default)] force: bool, grace_ms: Option<u64>, #[serde(default)] dry_run: bool },
+    Who {
+        ports: Vec<u16>,
+    },
+    History {
+        port: Option<u16>,
+        since: Option<String>,
+        until: Option<String>,
+        pid: Option<i32>,
+    },
+    Free {
+        ports: Vec<u16>,
+        #[serde(default)]
+        force: bool,
+        grace_ms: Option<u64>,
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 /// What the agent shares with the control socket.
@@ -118,7 +132,8 @@ fn handle(req: Request, uid: u32, shared: &Shared) -> Value {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(e), _) | (_, Err(e)) => return err(e),
             };
-            match history::Store::open_readonly(db).and_then(|s| s.query(port, since, until, pid).map_err(|e| Error::Config(e.to_string()))) {
+            match history::Store::open_readonly(db).and_then(|s| s.query(port, since, until, pid).map_err(|e| Error::Config(e.to_string())))
+            {
                 Ok(rows) => json!({"ok": true, "rows": rows}),
                 Err(e) => err(e.to_string()),
             }

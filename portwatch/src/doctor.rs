@@ -67,12 +67,21 @@ pub fn run() -> Report {
     checks.push(check(
         "privileges",
         missing.is_empty(),
-        if missing.is_empty() { format!("euid {} with the needed capabilities", nix::unistd::geteuid()) } else { format!("missing {} (run as root)", missing.join(", ")) },
+        if missing.is_empty() {
+            format!("euid {} with the needed capabilities", nix::unistd::geteuid())
+        } else {
+            format!("missing {} (run as root)", missing.join(", "))
+        },
     ));
     checks.push(check(
         "memlock",
         true,
-        if load::raise_memlock() { "RLIMIT_MEMLOCK raised".to_string() } else { "RLIMIT_MEMLOCK not raisable (no CAP_SYS_RESOURCE); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup".to_string() },
+        if load::raise_memlock() {
+            "RLIMIT_MEMLOCK raised".to_string()
+        } else {
+            "RLIMIT_MEMLOCK not raisable (no CAP_SYS_RESOURCE); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup"
+                .to_string()
+        },
     ));
     let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown")
         .map(|s| s.trim().to_string())
@@ -80,7 +89,14 @@ pub fn run() -> Report {
     checks.push(check("lockdown", true, lockdown));
     let vmlinux = kbtf::load_vmlinux();
     let offsets = vmlinux.as_ref().map(kbtf::resolve).unwrap_or(KernelOffsets::UNSET);
-    checks.push(check("btf", vmlinux.is_ok(), match &vmlinux { Ok(_) => kbtf::VMLINUX.to_string(), Err(e) => e.clone() }));
+    checks.push(check(
+        "btf",
+        vmlinux.is_ok(),
+        match &vmlinux {
+            Ok(_) => kbtf::VMLINUX.to_string(),
+            Err(e) => e.clone(),
+        },
+    ));
     let cg = mounts::cgroup2_root();
     checks.push(check("cgroup v2", cg.is_some(), cg.as_ref().map_or("not mounted".into(), |p| p.display().to_string())));
     // Classic tracepoints need tracefs: mount it (as `setup` does) so they can be tried.
@@ -91,7 +107,15 @@ pub fn run() -> Report {
     };
     checks.push(tracefs);
     let bpffs = mounts::is_mounted(mounts::BPFFS, "bpf");
-    checks.push(check("bpffs", bpffs, if bpffs { mounts::BPFFS.to_string() } else { format!("not mounted (needed only for pinning: mount -t bpf bpf {})", mounts::BPFFS) }));
+    checks.push(check(
+        "bpffs",
+        bpffs,
+        if bpffs {
+            mounts::BPFFS.to_string()
+        } else {
+            format!("not mounted (needed only for pinning: mount -t bpf bpf {})", mounts::BPFFS)
+        },
+    ));
 
     let mut hooks = Vec::new();
     let mut observer_ready = false;

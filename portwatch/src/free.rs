@@ -38,7 +38,11 @@ pub fn port_is_free(port: u16, q: Query) -> bool {
 /// Plans and (unless dry-run) carries out the reaping of every socket on each port.
 pub fn reap_sockets(port: u16, sockets: &[&SocketReport], opts: &FreeOptions, me: &SelfInfo) -> PortReport {
     let plan = reap::plan(port, sockets, me, &opts.protect, opts.force, opts.grace);
-    let q = Query { tcp: sockets.iter().any(|s| s.proto == Proto::Tcp), udp: sockets.iter().any(|s| s.proto == Proto::Udp), connections: false };
+    let q = Query {
+        tcp: sockets.iter().any(|s| s.proto == Proto::Tcp),
+        udp: sockets.iter().any(|s| s.proto == Proto::Udp),
+        connections: false,
+    };
     let outcome = (!opts.dry_run).then(|| reap::execute(&plan, opts.force, opts.grace, &|p| port_is_free(p, q)));
     PortReport { port, plan, outcome }
 }
@@ -100,7 +104,13 @@ pub fn render(reports: &[PortReport], force: bool, grace: Duration) -> String {
         let who: Vec<String> = p.targets.iter().map(|t| format!("{} ({}, {})", t.pid, t.comm, t.state)).collect();
         match &r.outcome {
             None => {
-                s.push_str(&format!("port {}: would signal {} process{}: {}\n", r.port, p.targets.len(), if p.targets.len() == 1 { "" } else { "es" }, who.join(", ")));
+                s.push_str(&format!(
+                    "port {}: would signal {} process{}: {}\n",
+                    r.port,
+                    p.targets.len(),
+                    if p.targets.len() == 1 { "" } else { "es" },
+                    who.join(", ")
+                ));
                 for (i, step) in p.steps.iter().enumerate() {
                     s.push_str(&format!("  {}. {step}\n", i + 1));
                 }
@@ -121,7 +131,12 @@ pub fn render(reports: &[PortReport], force: bool, grace: Duration) -> String {
                 if alive.is_empty() {
                     s.push_str(&format!("port {}: still held after {} (taken again?){hint}\n", r.port, humantime::format_duration(grace)));
                 } else {
-                    s.push_str(&format!("port {}: still held by {} after {}{hint}\n", r.port, alive.join(", "), humantime::format_duration(grace)));
+                    s.push_str(&format!(
+                        "port {}: still held by {} after {}{hint}\n",
+                        r.port,
+                        alive.join(", "),
+                        humantime::format_duration(grace)
+                    ));
                 }
             }
         }

@@ -17,16 +17,8 @@ use crate::error::{Error, Result};
 pub const DEFAULT_DB: &str = "/var/lib/portwatch/history.db";
 
 /// Environment variables that name the CI job a process belongs to.
-pub const JOB_VARS: &[&str] = &[
-    "GITHUB_RUN_ID",
-    "GITHUB_JOB",
-    "CI_JOB_ID",
-    "CI_PIPELINE_ID",
-    "BUILD_ID",
-    "BUILD_NUMBER",
-    "BUILDKITE_JOB_ID",
-    "JOB_NAME",
-];
+pub const JOB_VARS: &[&str] =
+    &["GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "CI_PIPELINE_ID", "BUILD_ID", "BUILD_NUMBER", "BUILDKITE_JOB_ID", "JOB_NAME"];
 
 /// Shared text: a storm of events from one process shares one copy of its details.
 pub type Text = std::sync::Arc<str>;
@@ -267,7 +259,8 @@ impl Store {
             let mut by_ptr: HashMap<(Option<i32>, usize, usize), Option<i64>> = HashMap::new();
             let mut ids: Vec<Option<i64>> = Vec::with_capacity(rows.len());
             for r in rows {
-                let ptr_key = (r.pid, r.ancestry.as_ref().map_or(0, |a| a.as_ptr() as usize), r.cmdline.as_ref().map_or(0, |c| c.as_ptr() as usize));
+                let ptr_key =
+                    (r.pid, r.ancestry.as_ref().map_or(0, |a| a.as_ptr() as usize), r.cmdline.as_ref().map_or(0, |c| c.as_ptr() as usize));
                 let cached = (ptr_key.1 != 0).then(|| by_ptr.get(&ptr_key).copied()).flatten();
                 let proc_id = if let Some(id) = cached {
                     id
@@ -278,7 +271,15 @@ impl Store {
                     match self.procs.get(&key) {
                         Some(&id) => Some(id),
                         None => {
-                            proc_st.execute(params![r.pid, r.ppid, r.uid, r.cmdline.as_deref(), r.cgroup.as_deref(), r.ancestry.as_deref(), r.job.as_deref()])?;
+                            proc_st.execute(params![
+                                r.pid,
+                                r.ppid,
+                                r.uid,
+                                r.cmdline.as_deref(),
+                                r.cgroup.as_deref(),
+                                r.ancestry.as_deref(),
+                                r.job.as_deref()
+                            ])?;
                             let id = tx.last_insert_rowid();
                             if self.procs.len() > 65536 {
                                 self.procs.clear();
@@ -309,7 +310,19 @@ impl Store {
                 let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity((end - start) * 11);
                 for i in start..end {
                     let r = &rows[i];
-                    args.extend_from_slice(&[&r.time_ns, &r.event, &r.port, &r.proto, &r.addr, &r.pid, &r.comm, &ids[i], &cookies[i], &r.error, &r.detail]);
+                    args.extend_from_slice(&[
+                        &r.time_ns,
+                        &r.event,
+                        &r.port,
+                        &r.proto,
+                        &r.addr,
+                        &r.pid,
+                        &r.comm,
+                        &ids[i],
+                        &cookies[i],
+                        &r.error,
+                        &r.detail,
+                    ]);
                 }
                 st.execute(args.as_slice())?;
                 start = end;
@@ -375,10 +388,7 @@ impl Store {
     /// The first bind/listen row of a socket, if recorded.
     pub fn first_seen(&self, cookie: u64) -> rusqlite::Result<Option<Row>> {
         Ok(self
-            .rows(
-                &format!("{SELECT} WHERE e.cookie = ?1 AND e.event IN ('bind', 'listen') ORDER BY e.id LIMIT 1"),
-                &[&(cookie as i64)],
-            )?
+            .rows(&format!("{SELECT} WHERE e.cookie = ?1 AND e.event IN ('bind', 'listen') ORDER BY e.id LIMIT 1"), &[&(cookie as i64)])?
             .into_iter()
             .next())
     }
@@ -388,10 +398,9 @@ impl Store {
         let mut n = self.conn.execute("DELETE FROM events WHERE time_ns < ?1", [before_ns])?;
         let count: i64 = self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
         if count as u64 > max_rows {
-            n += self.conn.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
-                [count - max_rows as i64],
-            )?;
+            n += self
+                .conn
+                .execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)", [count - max_rows as i64])?;
         }
         // Processes no event refers to any more.
         self.conn.execute("DELETE FROM processes WHERE id NOT IN (SELECT proc_id FROM events WHERE proc_id IS NOT NULL)", [])?;
@@ -588,7 +597,10 @@ mod tests {
         assert!(Store::open_readonly(&dir.path().join("missing.db")).is_err());
         // An older schema is set aside, not written into.
         let old = dir.path().join("old.db");
-        Connection::open(&old).unwrap().execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, time_ns INTEGER, event TEXT);").unwrap();
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, time_ns INTEGER, event TEXT);")
+            .unwrap();
         let e = Store::open_readonly(&old).err().unwrap().to_string();
         assert!(e.contains("older layout"), "{e}");
         let mut m = Store::open(&old).unwrap();

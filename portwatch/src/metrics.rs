@@ -139,10 +139,8 @@ impl Metrics {
 pub fn render(registry: &Registry) -> String {
     let mut om = String::new();
     let _ = encode(&mut om, registry);
-    let counters: std::collections::HashSet<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter")))
-        .collect();
+    let counters: std::collections::HashSet<&str> =
+        om.lines().filter_map(|l| l.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter"))).collect();
     let mut out = String::with_capacity(om.len() + 64);
     for line in om.lines() {
         if line == "# EOF" {
@@ -185,7 +183,10 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> Result<tokio::t
                 } else {
                     ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string())
                 };
-                let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = conn.write_all(resp.as_bytes()).await;
             });
         }
@@ -200,7 +201,12 @@ mod tests {
     #[test]
     fn renders_names_and_labels() {
         let (m, r) = Metrics::new();
-        let v = Verdict { port: 5050, cookie: 1, reasons: vec![Reason { kind: ReasonKind::AcceptStall, evidence: String::new() }], pids: vec![1] };
+        let v = Verdict {
+            port: 5050,
+            cookie: 1,
+            reasons: vec![Reason { kind: ReasonKind::AcceptStall, evidence: String::new() }],
+            pids: vec![1],
+        };
         m.observe_port(5050, 1, 5, 3, 128, Some(&v));
         m.event("bind");
         m.lost.inc_by(2);

@@ -120,7 +120,7 @@ impl Record {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     /// Ready to print.
-    Emit(Record),
+    Emit(Box<Record>),
     /// A bind attempt that did not succeed; infer why, then print.
     Failed(SockEvent),
 }
@@ -167,9 +167,9 @@ impl BindTracker {
                 let req = self.pending.remove(&ev.cookie).map_or(0, |a| a.req_port);
                 let mut r = Record::from_event(&ev);
                 r.requested_port = Some(req);
-                out.push(Step::Emit(r));
+                out.push(Step::Emit(Box::new(r)));
             }
-            _ => out.push(Step::Emit(Record::from_event(&ev))),
+            _ => out.push(Step::Emit(Box::new(Record::from_event(&ev)))),
         }
         out
     }
@@ -177,12 +177,7 @@ impl BindTracker {
     /// Attempts older than the window at `now_ns` (CLOCK_MONOTONIC), oldest first.
     pub fn expire(&mut self, now_ns: u64) -> Vec<SockEvent> {
         let window = self.window_ns;
-        let old: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, a)| a.ts_ns.saturating_add(window) <= now_ns)
-            .map(|(c, _)| *c)
-            .collect();
+        let old: Vec<u64> = self.pending.iter().filter(|(_, a)| a.ts_ns.saturating_add(window) <= now_ns).map(|(c, _)| *c).collect();
         let mut v: Vec<SockEvent> = old.iter().filter_map(|c| self.pending.remove(c)).collect();
         v.sort_by_key(|a| a.ts_ns);
         v
@@ -201,19 +196,11 @@ pub fn infer_failure(attempt: &SockEvent, on_port: &[SockEntry], unpriv_start: u
         return r;
     }
     r.error_source = Some("inferred");
-    let holder = on_port.iter().find(|s| {
-        s.cookie != attempt.cookie && s.port == attempt.port && Some(s.proto) == attempt.proto
-    });
+    let holder = on_port.iter().find(|s| s.cookie != attempt.cookie && s.port == attempt.port && Some(s.proto) == attempt.proto);
     let uid = attempt.task.as_ref().map_or(0, |t| t.uid);
     r.error = Some(
         if let Some(h) = holder {
-            r.held_by = Some(HeldBy {
-                inode: h.inode,
-                state: h.state_name(),
-                addr: fmt_addr(&h.addr),
-                uid: h.uid,
-                pids: Vec::new(),
-            });
+            r.held_by = Some(HeldBy { inode: h.inode, state: h.state_name(), addr: fmt_addr(&h.addr), uid: h.uid, pids: Vec::new() });
             "EADDRINUSE"
         } else if attempt.port < unpriv_start && uid != 0 {
             "EACCES"

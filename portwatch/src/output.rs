@@ -31,10 +31,7 @@ pub fn human_line(r: &Record, clock: &WallClock) -> String {
             s
         }
         (None, "bind") if r.requested_port == Some(0) => "ok (port chosen by kernel)".to_string(),
-        (None, "accept") => format!(
-            "queued from {}",
-            endpoint(r.peer_addr.as_deref().unwrap_or("?"), r.peer_port.unwrap_or(0))
-        ),
+        (None, "accept") => format!("queued from {}", endpoint(r.peer_addr.as_deref().unwrap_or("?"), r.peer_port.unwrap_or(0))),
         (None, _) => "ok".to_string(),
     };
     format!(

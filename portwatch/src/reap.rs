@@ -177,7 +177,15 @@ pub fn bindable(proto: Proto, addr: IpAddr, port: u16) -> bool {
 /// Carries out a plan. `free_check` says whether the port is free now (sock_diag).
 pub fn execute(plan: &PortPlan, force: bool, grace: Duration, free_check: &dyn Fn(u16) -> bool) -> Outcome {
     let start = Instant::now();
-    let mut out = Outcome { port: plan.port, freed: false, refused: plan.refused.clone(), signals: Vec::new(), skipped: Vec::new(), survivors: Vec::new(), elapsed_ms: 0 };
+    let mut out = Outcome {
+        port: plan.port,
+        freed: false,
+        refused: plan.refused.clone(),
+        signals: Vec::new(),
+        skipped: Vec::new(),
+        survivors: Vec::new(),
+        elapsed_ms: 0,
+    };
     if plan.refused.is_some() {
         return out;
     }

@@ -3,12 +3,7 @@
 //! daemons that double-fork and setsid() are re-parented to it instead of to init;
 //! when the command and its descendants are to end, every remaining descendant gets
 //! SIGTERM, then SIGKILL after `grace`.
-use std::{
-    collections::HashSet,
-    os::unix::process::ExitStatusExt,
-    process::ExitStatus,
-    time::Duration,
-};
+use std::{collections::HashSet, os::unix::process::ExitStatusExt, process::ExitStatus, time::Duration};
 
 use nix::{
     sys::{
@@ -266,7 +261,10 @@ fn notify(fd: Option<i32>, line: &str) {
 /// detaching ones) as a background supervisor in its own session, waits for its
 /// readiness report on a pipe, and exits 0 when ready (1 when not).
 pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>) -> Result<u8> {
-    use std::{io::BufRead, os::{fd::AsRawFd, unix::process::CommandExt as _}};
+    use std::{
+        io::BufRead,
+        os::{fd::AsRawFd, unix::process::CommandExt as _},
+    };
     let exe = std::env::current_exe().map_err(|e| Error::io("finding the portwatch binary", e))?;
     let log_path = log.map_or_else(|| pidfile.with_extension("log"), std::path::Path::to_path_buf);
     let log_file = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;

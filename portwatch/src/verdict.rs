@@ -210,7 +210,10 @@ impl Engine {
                 if let Some((n, err)) = s.probe_failures.get(&sock.port) {
                     let need = self.probe_failures.get(&sock.port).copied().unwrap_or(3);
                     if *n >= need {
-                        reasons.push(Reason { kind: ReasonKind::ProbeFailing, evidence: format!("health probe failed {n} times in a row: {err}") });
+                        reasons.push(Reason {
+                            kind: ReasonKind::ProbeFailing,
+                            evidence: format!("health probe failed {n} times in a row: {err}"),
+                        });
                     }
                 }
             }
@@ -219,7 +222,10 @@ impl Engine {
                 let pids: HashSet<i32> = sock.holders.iter().map(|h| h.pid).collect();
                 let orphaned = sock.holders.iter().all(|h| h.ppid == 1 || pids.contains(&h.ppid));
                 if orphaned {
-                    reasons.push(Reason { kind: ReasonKind::Leftover, evidence: "holders were re-parented to PID 1 (their launcher exited)".into() });
+                    reasons.push(Reason {
+                        kind: ReasonKind::Leftover,
+                        evidence: "holders were re-parented to PID 1 (their launcher exited)".into(),
+                    });
                 }
             }
 

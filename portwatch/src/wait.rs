@@ -68,9 +68,7 @@ fn local_addrs() -> Vec<IpAddr> {
     nix::ifaddrs::getifaddrs()
         .map(|it| {
             it.filter_map(|i| i.address)
-                .filter_map(|a| {
-                    a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-                })
+                .filter_map(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip()))))
                 .collect()
         })
         .unwrap_or_default()
@@ -187,7 +185,13 @@ async fn wait_one(t: Target, opts: WaitOptions, report: impl Fn(&str, &str)) -> 
         }
         let now = Instant::now();
         if now >= deadline {
-            return TargetResult { target: t.label(), ready: false, elapsed_ms: start.elapsed().as_millis() as u64, attempts, detail: last };
+            return TargetResult {
+                target: t.label(),
+                ready: false,
+                elapsed_ms: start.elapsed().as_millis() as u64,
+                attempts,
+                detail: last,
+            };
         }
         // Back off, but make the last attempt at the deadline rather than giving up
         // a back-off step early.
@@ -200,7 +204,8 @@ async fn wait_one(t: Target, opts: WaitOptions, report: impl Fn(&str, &str)) -> 
 pub async fn wait_all(targets: &[Target], opts: &WaitOptions) -> Vec<TargetResult> {
     let tty = std::io::stderr().is_terminal() && !opts.quiet;
     let multi = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix} [{elapsed}] {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix} [{elapsed}] {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
     let mut futs = Vec::new();
     for t in targets {
         let bar = tty.then(|| {

@@ -59,10 +59,14 @@ impl<W: Write> Printer<W> {
                 if r.event == "listen" && r.port == 0 {
                     resolve_autobound(&mut r);
                 }
-                r
+                *r
             }
             Step::Failed(attempt) => {
-                let q = Query { tcp: attempt.proto == Some(sockdiag::Proto::Tcp), udp: attempt.proto == Some(sockdiag::Proto::Udp), connections: false };
+                let q = Query {
+                    tcp: attempt.proto == Some(sockdiag::Proto::Tcp),
+                    udp: attempt.proto == Some(sockdiag::Proto::Udp),
+                    connections: false,
+                };
                 let on_port = sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
                 infer_failure(&attempt, &on_port, self.unpriv_start)
             }
@@ -102,10 +106,7 @@ fn resolve_autobound(r: &mut crate::model::Record) {
 }
 
 fn unprivileged_port_start() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1024)
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1024)
 }
 
 fn describe(ports: &PortSet) -> String {
@@ -128,7 +129,13 @@ pub async fn run(opts: WatchOptions) -> Result<Summary> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     // Block-buffered: stdout's own line buffering would cost a write per event.
     let stdout = io::stdout();
-    let mut p = Printer { out: io::BufWriter::with_capacity(1 << 16, stdout.lock()), json: opts.json, clock: WallClock::new(), printed: 0, unpriv_start: unprivileged_port_start() };
+    let mut p = Printer {
+        out: io::BufWriter::with_capacity(1 << 16, stdout.lock()),
+        json: opts.json,
+        clock: WallClock::new(),
+        printed: 0,
+        unpriv_start: unprivileged_port_start(),
+    };
     let missing: Vec<&str> = obs.hooks.iter().filter(|h| !h.attached).map(|h| h.hook).collect();
     if !missing.is_empty() {
         eprintln!("portwatch: not attached (see `portwatch doctor`): {}", missing.join(", "));
@@ -175,10 +182,14 @@ pub async fn run(opts: WatchOptions) -> Result<Summary> {
         let rb = ring.get_mut();
         while let Some(item) = rb.next() {
             if let Ok(ev) = decode(&item) {
-                for step in tracker.push(ev) { p.emit(step)?; }
+                for step in tracker.push(ev) {
+                    p.emit(step)?;
+                }
             }
         }
-        for attempt in tracker.expire(u64::MAX) { p.emit(Step::Failed(attempt))?; }
+        for attempt in tracker.expire(u64::MAX) {
+            p.emit(Step::Failed(attempt))?;
+        }
         p.out.flush()
     }
     .await;

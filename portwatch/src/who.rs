@@ -101,7 +101,12 @@ pub struct WhoResult {
 /// Finds holders for the inodes: the BPF iterator first, then the /proc walk.
 type Prefetch = std::thread::JoinHandle<Result<Vec<FdHolder>>>;
 
-fn find_holders(inodes: &HashSet<u64>, force_proc: bool, prefetch: Option<Prefetch>, notes: &mut Vec<String>) -> (Vec<FdHolder>, &'static str) {
+fn find_holders(
+    inodes: &HashSet<u64>,
+    force_proc: bool,
+    prefetch: Option<Prefetch>,
+    notes: &mut Vec<String>,
+) -> (Vec<FdHolder>, &'static str) {
     if inodes.is_empty() {
         return (Vec::new(), "none");
     }
@@ -130,9 +135,7 @@ fn find_holders(inodes: &HashSet<u64>, force_proc: bool, prefetch: Option<Prefet
     }
     let (h, denied) = proc::walk_socket_holders(inodes);
     if denied > 0 {
-        notes.push(format!(
-            "{denied} processes could not be inspected (not root): holders owned by other users may be missing"
-        ));
+        notes.push(format!("{denied} processes could not be inspected (not root): holders owned by other users may be missing"));
     }
     (h, Method::Proc.name())
 }
@@ -201,11 +204,9 @@ pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
 
 fn assemble(sockets: &[SockEntry], clients: &[SockEntry], fds: &[FdHolder], method: &'static str, notes: Vec<String>) -> WhoResult {
     let mut cache = HashMap::new();
-    let mut out: Vec<SocketReport> =
-        sockets.iter().map(|s| report(s, holders_for(fds, s.inode, &mut cache), false)).collect();
+    let mut out: Vec<SocketReport> = sockets.iter().map(|s| report(s, holders_for(fds, s.inode, &mut cache), false)).collect();
     out.sort_by(|a, b| (a.port, a.proto, a.family, &a.addr).cmp(&(b.port, b.proto, b.family, &b.addr)));
-    let mut cl: Vec<SocketReport> =
-        clients.iter().map(|s| report(s, holders_for(fds, s.inode, &mut cache), true)).collect();
+    let mut cl: Vec<SocketReport> = clients.iter().map(|s| report(s, holders_for(fds, s.inode, &mut cache), true)).collect();
     cl.sort_by_key(|c| c.port);
     WhoResult { sockets: out, clients: cl, method, notes, phases: Vec::new() }
 }
@@ -384,16 +385,19 @@ pub fn render(ports: &PortSet, r: &WhoResult) -> String {
             }
             for h in &s.holders {
                 let mut row: Vec<Cell> = sock_cells.iter().map(Cell::new).collect();
-                row.extend([
-                    h.proc.pid.to_string(),
-                    h.proc.ppid.to_string(),
-                    h.proc.user.clone(),
-                    h.proc.state.to_string(),
-                    age(h.proc.age_secs),
-                    h.fd.to_string(),
-                    h.proc.comm.clone(),
-                    truncate(&h.proc.cmdline, 60),
-                ].map(Cell::new));
+                row.extend(
+                    [
+                        h.proc.pid.to_string(),
+                        h.proc.ppid.to_string(),
+                        h.proc.user.clone(),
+                        h.proc.state.to_string(),
+                        age(h.proc.age_secs),
+                        h.fd.to_string(),
+                        h.proc.comm.clone(),
+                        truncate(&h.proc.cmdline, 60),
+                    ]
+                    .map(Cell::new),
+                );
                 t.add_row(row);
             }
         }
@@ -436,7 +440,14 @@ pub fn port_status(ports: &PortSet, r: &WhoResult) -> Vec<PortStatus> {
             let socks: Vec<&SocketReport> = r.sockets.iter().filter(|s| s.port == port).collect();
             let mut holders: Vec<BriefHolder> = socks
                 .iter()
-                .flat_map(|s| s.holders.iter().map(move |h| BriefHolder { pid: h.proc.pid, comm: h.proc.comm.clone(), proto: s.proto, state: s.state }))
+                .flat_map(|s| {
+                    s.holders.iter().map(move |h| BriefHolder {
+                        pid: h.proc.pid,
+                        comm: h.proc.comm.clone(),
+                        proto: s.proto,
+                        state: s.state,
+                    })
+                })
                 .collect();
             holders.sort();
             holders.dedup();

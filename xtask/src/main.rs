@@ -27,7 +27,7 @@ enum Cmd {
     Setup,
     /// Setup, then show portwatch catching a throwaway server on a real port.
     Demo,
-    /// Setup, then run every test: unit tests and the privileged kernel tests.
+    /// Setup, lint, then run every test: unit tests and the privileged kernel tests.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -39,6 +39,8 @@ enum Cmd {
         #[arg(default_value = "all")]
         which: String,
     },
+    /// cargo fmt --check and clippy with warnings denied.
+    Lint,
 }
 
 fn root() -> PathBuf {
@@ -63,8 +65,7 @@ fn is_root() -> bool {
 }
 
 fn is_mounted(point: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(4) == Some(point)))
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(4) == Some(point)))
 }
 
 fn setup() -> Result<()> {
@@ -98,8 +99,7 @@ fn prepare() -> Result<()> {
 fn demo() -> Result<()> {
     setup()?;
     let bin = root().join("target/release/portwatch");
-    run(Command::new(&bin).arg("doctor").stdout(Stdio::null()))
-        .context("this host cannot run the observer; see `portwatch doctor`")?;
+    run(Command::new(&bin).arg("doctor").stdout(Stdio::null())).context("this host cannot run the observer; see `portwatch doctor`")?;
     let port = free_port()?;
     eprintln!("\nxtask: watching port {port} while a throwaway python server binds, listens, takes a connection and a second server fails to bind:\n");
     let mut watch = Command::new(&bin).args(["watch", "--port", &port.to_string(), "--duration", "4s"]).spawn()?;
@@ -135,27 +135,74 @@ fn ensure_promtool() -> Result<()> {
         return Ok(());
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends", "prometheus"]).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "prometheus"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn test(args: &[String]) -> Result<()> {
-    // `cargo test --release` builds the release binary the tests run; a separate
-    // `cargo build` would build the kernel object a second time for other features.
     prepare()?;
+    lint()?;
     ensure_python_packages()?;
     ensure_promtool()?;
-    // The storm test drives pw-loadgen; `cargo test` builds only test executables.
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "portwatch-loadgen"]))?;
+    // The integration tests (the `portwatch-tests` crate) run the release binaries;
+    // `cargo test` builds only test executables, so build those first.
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "portwatch", "-p", "portwatch-loadgen"]))?;
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root()).args(["test", "--release"]);
+    // Every member but the kernel crate, whose programs only build for the BPF target
+    // (`portwatch/build.rs` builds and embeds them).
+    cmd.current_dir(root()).args(["test", "--release", "--workspace", "--exclude", "portwatch-ebpf"]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
     run(&mut cmd)?;
     if args.is_empty() {
+        unit_tests_unprivileged()?;
         pytest_example()?;
     }
     Ok(())
+}
+
+/// Plain `cargo test` (the default members: unit tests only) must pass without
+/// root: run those test binaries again as `nobody`.
+fn unit_tests_unprivileged() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let out = Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--release", "--no-run", "--message-format=json"])
+        .stderr(Stdio::null())
+        .output()
+        .context("listing the unit-test binaries")?;
+    let bins: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"test\":true"))
+        .filter_map(|l| l.split("\"executable\":\"").nth(1).and_then(|r| r.split('"').next()).map(String::from))
+        .collect();
+    if bins.is_empty() {
+        bail!("no unit-test binaries found");
+    }
+    for bin in bins {
+        run(Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin, "--quiet"]).current_dir("/"))?;
+    }
+    Ok(())
+}
+
+/// The hygiene gates: formatting and clippy with the workspace lints, warnings denied.
+fn lint() -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "portwatch-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// The copyable pytest example (examples/pytest) must pass against the built binary.
@@ -184,7 +231,16 @@ fn free_port_below_ephemeral() -> Result<u16> {
 fn ensure_python_packages() -> Result<()> {
     let have = Command::new("python3").args(["-c", "import gunicorn, flask, pytest"]).stderr(Stdio::null()).status()?;
     if !have.success() {
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "gunicorn", "flask", "pytest"]))?;
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "gunicorn",
+            "flask",
+            "pytest",
+        ]))?;
     }
     Ok(())
 }
@@ -201,5 +257,6 @@ fn main() -> Result<()> {
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => bench(&which),
+        Cmd::Lint => lint(),
     }
 }

@@ -401,9 +401,7 @@ fn hold(procs: usize, fds: usize) -> io::Result<()> {
         libc::close(ready_r);
         if ready < procs {
             kill_all(&pids);
-            return Err(io::Error::other(format!(
-                "only {ready} of {procs} children opened their {fds} fds (fd limit? `ulimit -n`)"
-            )));
+            return Err(io::Error::other(format!("only {ready} of {procs} children opened their {fds} fds (fd limit? `ulimit -n`)")));
         }
         let list: Vec<String> = pids.iter().map(ToString::to_string).collect();
         println!(

@@ -50,12 +50,7 @@ fn try_bind(ctx: &SockAddrContext, family: u16) -> Result<(), ()> {
     ev.data.addr = if family == AF_INET {
         ip4_bytes(ctx_field!(sa, user_ip4))
     } else {
-        ip6_bytes([
-            ctx_field!(sa, user_ip6[0]),
-            ctx_field!(sa, user_ip6[1]),
-            ctx_field!(sa, user_ip6[2]),
-            ctx_field!(sa, user_ip6[3]),
-        ])
+        ip6_bytes([ctx_field!(sa, user_ip6[0]), ctx_field!(sa, user_ip6[1]), ctx_field!(sa, user_ip6[2]), ctx_field!(sa, user_ip6[3])])
     };
     submit(&ev);
     Ok(())
@@ -92,12 +87,7 @@ fn try_post_bind<const V6: bool>(ctx: &SockContext) -> Result<(), ()> {
     ev.data.protocol = ctx_field!(sk, protocol) as u16;
     ev.data.port = port;
     ev.data.addr = if V6 {
-        ip6_bytes([
-            ctx_field!(sk, src_ip6[0]),
-            ctx_field!(sk, src_ip6[1]),
-            ctx_field!(sk, src_ip6[2]),
-            ctx_field!(sk, src_ip6[3]),
-        ])
+        ip6_bytes([ctx_field!(sk, src_ip6[0]), ctx_field!(sk, src_ip6[1]), ctx_field!(sk, src_ip6[2]), ctx_field!(sk, src_ip6[3])])
     } else {
         ip4_bytes(ctx_field!(sk, src_ip4))
     };

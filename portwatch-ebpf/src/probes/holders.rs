@@ -309,9 +309,7 @@ fn add_socket(w: &mut Walk, sk: u64, proto: u8) -> Result<(), ()> {
     // SAFETY: w.q points into the map value, valid while the program runs.
     let q = unsafe { &mut *w.q };
     let state: u8 = rd(sk, off!(skc_state))?;
-    if proto == IPPROTO_TCP as u8
-        && (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || q.tcp_states & (1u32 << (state & 31)) == 0)
-    {
+    if proto == IPPROTO_TCP as u8 && (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || q.tcp_states & (1u32 << (state & 31)) == 0) {
         return Ok(());
     }
     let family: u16 = rd(sk, off!(skc_family))?;

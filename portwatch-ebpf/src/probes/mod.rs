@@ -1,6 +1,6 @@
 mod bind;
+mod doctor;
+mod holders;
 mod release;
 mod state;
 mod task_file;
-mod holders;
-mod doctor;

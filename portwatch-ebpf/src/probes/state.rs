@@ -5,11 +5,7 @@
 //!   accept queue (softirq context; counted per port in `QUEUED`).
 //!
 //! `struct sock` fields are read at offsets resolved from BTF by user space.
-use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie,
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint, programs::BtfTracePointContext};
 use portwatch_common::{tcp_state, EventKind, KernelOffsets, AF_INET, AF_INET6};
 
 use crate::{
@@ -22,7 +18,6 @@ pub fn pw_state_btf(ctx: BtfTracePointContext) -> i32 {
     let _ = try_state(&ctx);
     0
 }
-
 
 fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let old: i32 = ctx.arg(1);
@@ -56,11 +51,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
             }
         }
     }
-    let mut ev = if kind == EventKind::Listen {
-        task_event(kind)
-    } else {
-        softirq_event(kind)
-    };
+    let mut ev = if kind == EventKind::Listen { task_event(kind) } else { softirq_event(kind) };
     fill_sock(&mut ev.data, sk, &off)?;
     ev.data.port = port;
     ev.data.old_state = old as u8;

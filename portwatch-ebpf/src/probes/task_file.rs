@@ -5,10 +5,7 @@
 use aya_ebpf::helpers::generated::bpf_seq_write;
 use portwatch_common::TaskSocket;
 
-use crate::{
-    emit::rd,
-    maps::offsets,
-};
+use crate::{emit::rd, maps::offsets};
 
 /// `struct bpf_iter__task_file` (kernel/bpf/task_iter.c): pointers are 8 bytes wide
 /// in BPF programs (`__bpf_md_ptr`).
@@ -37,7 +34,6 @@ pub fn pw_task_sockets(ctx: *mut IterTaskFile) -> i32 {
     0
 }
 
-
 fn try_task_sockets(ctx: *mut IterTaskFile) -> Result<(), ()> {
     // SAFETY: the iterator context is valid for the duration of the call.
     let (meta, task, fd, file) = unsafe { ((*ctx).meta, (*ctx).task, (*ctx).fd, (*ctx).file) };
@@ -57,12 +53,6 @@ fn try_task_sockets(ctx: *mut IterTaskFile) -> Result<(), ()> {
     // SAFETY: meta is the iterator's trusted metadata pointer.
     let seq = unsafe { (*meta).seq };
     // SAFETY: writes `rec` (on our stack) into the iterator's seq_file.
-    unsafe {
-        bpf_seq_write(
-            seq,
-            (&rec as *const TaskSocket).cast(),
-            core::mem::size_of::<TaskSocket>() as u32,
-        )
-    };
+    unsafe { bpf_seq_write(seq, (&rec as *const TaskSocket).cast(), core::mem::size_of::<TaskSocket>() as u32) };
     Ok(())
 }

@@ -57,7 +57,7 @@ fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32, depth: u3
         let bits = base_bits + m.bit_offset();
         let mname = btf.resolve_name(m).unwrap_or_default();
         if mname == field {
-            if m.bitfield_size().unwrap_or(0) != 0 || bits % 8 != 0 {
+            if m.bitfield_size().unwrap_or(0) != 0 || !bits.is_multiple_of(8) {
                 return None;
             }
             let ty = btf.resolve_chained_type(m).ok()?;
@@ -128,9 +128,7 @@ pub fn resolve_holders(btf: &Btf) -> HolderOffsets {
         Some((off, t)) if is_aggregate(btf, t.clone()) => Some(off),
         _ => None,
     };
-    let sum = |parts: &[Option<u32>]| -> u32 {
-        parts.iter().try_fold(0u32, |acc, p| p.map(|v| acc + v)).unwrap_or(u32::MAX)
-    };
+    let sum = |parts: &[Option<u32>]| -> u32 { parts.iter().try_fold(0u32, |acc, p| p.map(|v| acc + v)).unwrap_or(u32::MAX) };
     // Without network namespaces `possible_net_t` is empty and there is no net to
     // compare: leave the offset unset (the pass is then not used).
     let net_of = |s, f| sum(&[member_offset(btf, s, f), member_offset(btf, "possible_net_t", "net")]);
@@ -190,32 +188,55 @@ fn is_aggregate(btf: &Btf, t: Type) -> bool {
 pub fn holders_ready(o: &HolderOffsets) -> (bool, bool) {
     let set = |v: &[u32]| v.iter().all(|&x| x != u32::MAX);
     let common = set(&[
-        o.task_pid, o.task_tgid, o.task_group_leader, o.task_files, o.task_nsproxy, o.nsproxy_net_ns,
-        o.skc_state, o.skc_family, o.skc_num, o.skc_net, o.sk_socket, o.socket_file, o.file_inode,
-        o.inode_ino, o.files_fdt, o.fdt_max_fds, o.fdt_fd, o.fdt_open_fds, o.hlist_first, o.hlist_next,
+        o.task_pid,
+        o.task_tgid,
+        o.task_group_leader,
+        o.task_files,
+        o.task_nsproxy,
+        o.nsproxy_net_ns,
+        o.skc_state,
+        o.skc_family,
+        o.skc_num,
+        o.skc_net,
+        o.sk_socket,
+        o.socket_file,
+        o.file_inode,
+        o.inode_ino,
+        o.files_fdt,
+        o.fdt_max_fds,
+        o.fdt_fd,
+        o.fdt_open_fds,
+        o.hlist_first,
+        o.hlist_next,
     ]);
     let owners = o.tb_owners != u32::MAX || set(&[o.tb_bhash2, o.tb2_bhash_node, o.tb2_owners]);
     let tcp = common
         && owners
         && set(&[o.net_tcp_hashinfo, o.hashinfo_bhash, o.hashinfo_bhash_size, o.bhb_chain, o.bhb_size])
         && set(&[o.tb_net, o.tb_port, o.tb_node, o.skc_bind_node]);
-    let udp = common
-        && set(&[o.net_udp_table, o.udp_table_hash, o.udp_table_mask, o.udp_hslot_size, o.udp_hslot_head, o.skc_node]);
+    let udp = common && set(&[o.net_udp_table, o.udp_table_hash, o.udp_table_mask, o.udp_hslot_size, o.udp_hslot_head, o.skc_node]);
     (tcp, udp)
 }
 
 /// Values of `o` in [`FIELDS`] order, for display.
 pub fn as_list(o: &KernelOffsets) -> Vec<(String, Option<u32>)> {
     let v = [
-        o.skc_family, o.skc_num, o.skc_dport, o.skc_rcv_saddr, o.skc_daddr, o.skc_v6_rcv_saddr,
-        o.skc_v6_daddr, o.skc_net, o.sk_protocol, o.net_cookie, o.file_inode, o.inode_ino,
-        o.inode_mode, o.task_tgid,
+        o.skc_family,
+        o.skc_num,
+        o.skc_dport,
+        o.skc_rcv_saddr,
+        o.skc_daddr,
+        o.skc_v6_rcv_saddr,
+        o.skc_v6_daddr,
+        o.skc_net,
+        o.sk_protocol,
+        o.net_cookie,
+        o.file_inode,
+        o.inode_ino,
+        o.inode_mode,
+        o.task_tgid,
     ];
-    FIELDS
-        .iter()
-        .zip(v)
-        .map(|((s, f), off)| (format!("{s}.{f}"), (off != u32::MAX).then_some(off)))
-        .collect()
+    FIELDS.iter().zip(v).map(|((s, f), off)| (format!("{s}.{f}"), (off != u32::MAX).then_some(off))).collect()
 }
 
 /// Whether the iterator's offsets are all known.

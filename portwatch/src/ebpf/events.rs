@@ -73,7 +73,7 @@ pub fn decode(bytes: &[u8]) -> Result<SockEvent, DecodeError> {
     }
     // SAFETY: the length was checked; `Event` is plain old data, any bytes are valid.
     let ev: Event = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    Ok(from_raw(&ev)?)
+    from_raw(&ev)
 }
 
 pub fn from_raw(ev: &Event) -> Result<SockEvent, DecodeError> {
@@ -129,9 +129,7 @@ pub(crate) mod tests {
     fn decodes_a_record() {
         let ev = raw(EventKind::Bind, 42, 5050);
         // SAFETY: viewing a POD struct as bytes.
-        let bytes = unsafe {
-            core::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), core::mem::size_of::<Event>())
-        };
+        let bytes = unsafe { core::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), core::mem::size_of::<Event>()) };
         let d = decode(bytes).unwrap();
         assert_eq!(d.kind, EventKind::Bind);
         assert_eq!(d.task.as_ref().unwrap().comm, "python3");

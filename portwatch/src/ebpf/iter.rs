@@ -32,8 +32,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/portwatch";
 /// Where this build's iterator is pinned.
 pub fn pin_path() -> PathBuf {
     static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| Path::new(PIN_ROOT).join(env!("PORTWATCH_OBJECT_HASH")).join("task_sockets"))
-    .clone()
+    PATH.get_or_init(|| Path::new(PIN_ROOT).join(env!("PORTWATCH_OBJECT_HASH")).join("task_sockets")).clone()
 }
 
 /// Whether this build's iterator is pinned (the fast path is available).
@@ -132,13 +131,9 @@ pub fn parse_holder_records(buf: &[u8]) -> Option<HolderScan> {
         match r.kind {
             // A later status (a failure while walking fd tables) overrides `OK`.
             holders::REC_STATUS => status = Some(if status.is_none() || r.aux != holders::OK { r.aux } else { holders::OK }),
-            holders::REC_SOCKET => scan.sockets.push(ScannedSocket {
-                proto: r.proto,
-                family: r.family,
-                state: r.state,
-                port: r.aux as u16,
-                inode: r.ino,
-            }),
+            holders::REC_SOCKET => {
+                scan.sockets.push(ScannedSocket { proto: r.proto, family: r.family, state: r.state, port: r.aux as u16, inode: r.ino })
+            }
             holders::REC_HOLDER => scan.holders.push(FdHolder { pid: r.tgid as i32, fd: r.fd as i32, inode: r.ino }),
             _ => return None,
         }
@@ -322,15 +317,9 @@ mod tests {
 
     #[test]
     fn parses_and_dedups_records() {
-        let recs = [
-            TaskSocket { tgid: 7, fd: 3, ino: 99 },
-            TaskSocket { tgid: 5, fd: 4, ino: 99 },
-            TaskSocket { tgid: 7, fd: 3, ino: 99 },
-        ];
+        let recs = [TaskSocket { tgid: 7, fd: 3, ino: 99 }, TaskSocket { tgid: 5, fd: 4, ino: 99 }, TaskSocket { tgid: 7, fd: 3, ino: 99 }];
         // SAFETY: viewing POD structs as bytes.
-        let bytes = unsafe {
-            core::slice::from_raw_parts(recs.as_ptr().cast::<u8>(), core::mem::size_of_val(&recs))
-        };
+        let bytes = unsafe { core::slice::from_raw_parts(recs.as_ptr().cast::<u8>(), core::mem::size_of_val(&recs)) };
         let want = vec![FdHolder { pid: 5, fd: 4, inode: 99 }, FdHolder { pid: 7, fd: 3, inode: 99 }];
         assert_eq!(parse_records(bytes), want);
         // A torn trailing record is ignored.

@@ -56,10 +56,7 @@ pub fn preflight() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(Error::privilege(
-        format!("the eBPF observer needs {}", missing.join(" and ")),
-        "run as root, e.g. `sudo portwatch ...`",
-    ))
+    Err(Error::privilege(format!("the eBPF observer needs {}", missing.join(" and ")), "run as root, e.g. `sudo portwatch ...`"))
 }
 
 /// Tries to lift RLIMIT_MEMLOCK. Kernels >= 5.11 charge BPF memory to the memory
@@ -126,9 +123,8 @@ impl Observer {
         let memlock_raised = raise_memlock();
         let cgroup = match &opts.cgroup {
             Some(p) => p.clone(),
-            None => mounts::cgroup2_root().ok_or_else(|| {
-                Error::unsupported("no cgroup v2 mount found", "mount -t cgroup2 none /sys/fs/cgroup/unified")
-            })?,
+            None => mounts::cgroup2_root()
+                .ok_or_else(|| Error::unsupported("no cgroup v2 mount found", "mount -t cgroup2 none /sys/fs/cgroup/unified"))?,
         };
         let cgroup_file = File::open(&cgroup).map_err(|e| Error::io(format!("opening {}", cgroup.display()), e))?;
         let offsets = kbtf::load_vmlinux().map(|b| kbtf::resolve(&b)).unwrap_or(KernelOffsets::UNSET);

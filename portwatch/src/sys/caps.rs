@@ -40,19 +40,12 @@ impl Caps {
 
 /// Parses the `CapEff:` line of a `/proc/<pid>/status` text.
 pub fn parse_cap_eff(status: &str) -> Option<Caps> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .map(Caps)
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).map(Caps)
 }
 
 /// This process's effective capabilities (empty if unreadable).
 pub fn current() -> Caps {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| parse_cap_eff(&s))
-        .unwrap_or(Caps(0))
+    fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s)).unwrap_or(Caps(0))
 }
 
 #[cfg(test)]

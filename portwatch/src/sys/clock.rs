@@ -12,10 +12,7 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn new() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i128;
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
         Self { offset_ns: wall - i128::from(mono_ns()) }
     }
 
@@ -38,9 +35,7 @@ impl Default for WallClock {
 
 /// Now on CLOCK_MONOTONIC, in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn mono_ns() -> u64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
 }
 
 /// RFC 3339 with milliseconds, UTC (what `watch` prints).

@@ -1,5 +1,8 @@
 //! Finding cgroup v2 and mounting tracefs / bpffs when they are missing.
-use std::{fs, path::{Path, PathBuf}};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use nix::mount::{mount, MsFlags};
 

@@ -57,14 +57,10 @@ pub fn info(pid: i32) -> Option<ProcInfo> {
     let stat = procfs::process::Stat::from_read(&read_small(&format!("{dir}/stat")).ok()?[..]).ok()?;
     let uid = std::fs::metadata(&dir).map_or(u32::MAX, |m| m.uid());
     let cmdline = read_small(&format!("{dir}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" ")
-        })
+        .map(|b| b.split(|&c| c == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
     let start = start_time(stat.starttime);
-    let cgroup = read_small(&format!("{dir}/cgroup"))
-        .map(|t| cgroup_v2_path(&String::from_utf8_lossy(&t)))
-        .unwrap_or_default();
+    let cgroup = read_small(&format!("{dir}/cgroup")).map(|t| cgroup_v2_path(&String::from_utf8_lossy(&t))).unwrap_or_default();
     Some(ProcInfo {
         pid,
         ppid: stat.ppid,
@@ -90,9 +86,7 @@ fn start_time(ticks: u64) -> Option<SystemTime> {
 /// uid per process: an NSS lookup reads /etc/passwd each time.
 pub fn user_name(uid: u32) -> String {
     static NAMES: std::sync::Mutex<Option<std::collections::HashMap<u32, String>>> = std::sync::Mutex::new(None);
-    let lookup = || {
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name)
-    };
+    let lookup = || nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name);
     let Ok(mut guard) = NAMES.lock() else {
         return lookup();
     };
@@ -112,7 +106,7 @@ pub fn cgroup_v2_path(text: &str) -> String {
 /// cri-o and podman write them; shortened to 12 like `docker ps`.
 pub fn container_id(cgroup: &str) -> Option<String> {
     cgroup
-        .split(|c| c == '/' || c == '-' || c == ':' || c == '.')
+        .split(['/', '-', ':', '.'])
         .find(|seg| seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(|s| s[..12].to_string())
 }

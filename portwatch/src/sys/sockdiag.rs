@@ -1,9 +1,6 @@
 //! Sockets bound to given ports, from the kernel's sock_diag netlink interface
 //! (what `ss` uses), filtered in the kernel by an inet_diag bytecode program.
-use std::{
-    io,
-    net::IpAddr,
-};
+use std::{io, net::IpAddr};
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 pub use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
@@ -256,11 +253,7 @@ impl Default for Query {
 /// sockets; both families.
 pub fn sockets_on_ports(ports: &[u16], q: Query) -> io::Result<Vec<SockEntry>> {
     let mut out = Vec::new();
-    let tcp_states = if q.connections {
-        u32::MAX & !(1 << 0)
-    } else {
-        (1 << TCP_LISTEN) | (1 << TCP_CLOSE) | (1 << TCP_BOUND_INACTIVE)
-    };
+    let tcp_states = if q.connections { !(1 << 0) } else { (1 << TCP_LISTEN) | (1 << TCP_CLOSE) | (1 << TCP_BOUND_INACTIVE) };
     for family in [AF_INET, AF_INET6] {
         if q.tcp {
             out.extend(dump(Proto::Tcp, family, tcp_states, ports)?);

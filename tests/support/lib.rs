@@ -1,7 +1,8 @@
 //! Helpers for the integration tests: real processes, real sockets, the real binary.
 //! Every spawned process is owned by a guard that kills it when the test ends, even
 //! on failure; ports are picked by the tests; nothing else is touched.
-#![allow(dead_code)]
+// Test helpers fail the test by panicking, as the tests themselves do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -13,16 +14,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The `portwatch` binary of this build profile (`cargo xtask test` builds it first),
+/// or `PORTWATCH_BIN`.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_portwatch")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = std::env::var("PORTWATCH_BIN").unwrap_or_else(|_| format!("{}/portwatch", env!("PORTWATCH_PROFILE_DIR")));
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{path} is missing: build it first (cargo build --release -p portwatch; cargo xtask test does)"
+        );
+        path
+    })
 }
 
 /// The kernel tests need root; failing loudly beats passing without testing.
 pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests load eBPF programs and must run as root (cargo xtask test does, in CI)"
-    );
+    assert!(nix::unistd::geteuid().is_root(), "these tests load eBPF programs and must run as root (cargo xtask test does, in CI)");
 }
 
 /// A port that is free right now (TCP on 127.0.0.1 and ::1, UDP on 127.0.0.1), taken
@@ -98,12 +106,8 @@ pub fn portwatch_unprivileged(args: &[&str]) -> Output {
 /// Starts a python3 script; waits until it prints a line starting with `READY`, and
 /// returns the guard and the rest of that line.
 pub fn spawn_python(script: &str) -> (ChildGuard, String) {
-    let mut child = Command::new("python3")
-        .args(["-u", "-c", script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn python3");
+    let mut child =
+        Command::new("python3").args(["-u", "-c", script]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn python3");
     let stdout = child.stdout.take().expect("stdout");
     let guard = ChildGuard(child);
     let line = read_line_matching(stdout, "READY", Duration::from_secs(20));
@@ -192,31 +196,20 @@ impl Watch {
         let out = std::mem::replace(&mut self.stdout, thread::spawn(String::new)).join().unwrap_or_default();
         let err = std::mem::replace(&mut self.stderr, thread::spawn(String::new)).join().unwrap_or_default();
         assert!(status.is_some_and(|s| s.success()), "watch did not exit cleanly on SIGINT: {status:?}\n{err}");
-        let events = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-            .collect();
+        let events = out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect();
         (events, err)
     }
 }
 
 /// Events of `pid` on `port` of the given kind.
 pub fn events_of<'a>(events: &'a [serde_json::Value], pid: i32, port: u16, kind: &str) -> Vec<&'a serde_json::Value> {
-    events
-        .iter()
-        .filter(|e| e["event"] == kind && e["port"] == port && e["pid"] == pid)
-        .collect()
+    events.iter().filter(|e| e["event"] == kind && e["port"] == port && e["pid"] == pid).collect()
 }
 
 /// Starts `portwatch ARGS` (an agent) with its stderr drained by a thread, and waits
 /// until a log line contains `ready`. Returns the guard and every later log line.
 pub fn start_logged(args: &[&str], ready: &'static str) -> (ChildGuard, mpsc::Receiver<String>) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn portwatch");
+    let mut child = Command::new(bin()).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn portwatch");
     let err = child.stderr.take().expect("stderr");
     let guard = ChildGuard(child);
     let (tx, rx) = mpsc::channel();
