@@ -39,7 +39,7 @@ fn start_gunicorn(port: u16, dir: &std::path::Path) -> (ChildGuard, BTreeSet<i32
 
 /// Bindable the way servers bind (SO_REUSEADDR).
 fn bindable(port: u16) -> bool {
-    portwatch::reap::bindable(portwatch::sys::sockdiag::Proto::Tcp, "127.0.0.1".parse().expect("ip"), port)
+    portwatch::service::reaper::bindable(portwatch::model::socket::Proto::Tcp, "127.0.0.1".parse().expect("ip"), port)
 }
 
 #[test]
@@ -198,55 +198,55 @@ fn pid_1_of_a_pid_namespace_is_refused() {
 }
 
 #[test]
-fn a_pid_that_no_longer_holds_the_socket_is_never_signalled() {
+fn a_pid_that_no_longer_holds_the_socket_or_names_another_process_is_never_signalled() {
     require_root();
     use portwatch::{
-        config::Protect,
-        reap,
-        sys::{proc::ProcInfo, sockdiag::Proto},
-        who::{Holder, SocketReport},
+        model::{
+            plan::{Protect, Sequence},
+            process::Holder,
+            socket::{Family, Proto, SockState, Socket},
+        },
+        service::reaper,
+        sys::proc,
     };
     // A real process that does not hold the socket the plan names, as after pid reuse.
     let bystander = ChildGuard(Command::new("sleep").arg("60").spawn().expect("sleep"));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let holder = Holder {
-        proc: ProcInfo {
-            pid: bystander.pid(),
-            ppid: std::process::id() as i32,
-            uid: 0,
-            user: "root".into(),
-            comm: "sleep".into(),
-            cmdline: "sleep 60".into(),
-            state: 'S',
-            start_time: None,
-            age_secs: None,
-            cgroup: "/".into(),
-            container: None,
-        },
-        fd: 3,
-    };
-    let sock = SocketReport {
+    let sock = |holder: Holder| Socket {
         port,
         proto: Proto::Tcp,
-        family: "ipv4",
-        addr: "127.0.0.1".into(),
-        state: "listen",
+        family: Family::Ipv4,
+        addr: "127.0.0.1".parse().expect("ip"),
+        state: SockState::Listen,
         inode: 123_456_789,
         cookie: 1,
         uid: 0,
         accept_queue: Some(0),
         backlog: Some(128),
         peer: None,
+        since: None,
+        job: None,
         holders: vec![holder],
     };
-    let me = reap::SelfInfo::current();
-    let plan = reap::plan(port, &[&sock], &me, &Protect::default(), true, Duration::from_millis(100));
-    assert_eq!(plan.refused, None);
-    let outcome = reap::execute(&plan, true, Duration::from_millis(100), &|_| false);
+    let me = reaper::caller_self();
+    let seq = Sequence { force: true, grace: Duration::from_millis(100) };
+    let info = proc::info(bystander.pid()).expect("bystander");
+    // The same process, but it does not hold the planned socket.
+    let s = sock(Holder { proc: info.clone(), fd: 3 });
+    let plan = reaper::plan_port(port, &[&s], &me, &Protect::default(), seq);
+    assert!(plan.refused.is_none(), "{:?}", plan.refused);
+    let outcome = reaper::execute(&plan, &me, &|_| false);
     assert!(outcome.signals.is_empty(), "no signal may be sent: {outcome:?}");
-    assert_eq!(outcome.skipped.len(), 1);
-    assert!(outcome.skipped[0].1.contains("no longer holds"));
+    assert!(outcome.skipped[0].why.contains("no longer holds"), "{outcome:?}");
+    // A plan made for an earlier process with this pid (another start time).
+    let mut earlier = info;
+    earlier.start_ticks -= 1;
+    let s = sock(Holder { proc: earlier, fd: 3 });
+    let plan = reaper::plan_port(port, &[&s], &me, &Protect::default(), seq);
+    let outcome = reaper::execute(&plan, &me, &|_| false);
+    assert!(outcome.signals.is_empty(), "no signal may be sent: {outcome:?}");
+    assert!(outcome.skipped[0].why.contains("another process"), "{outcome:?}");
     assert!(alive(bystander.pid()));
     assert!(!outcome.freed);
     drop(listener);

@@ -125,7 +125,10 @@ os._exit(0)
     assert!(!std::path::Path::new(&format!("/proc/{daemon}")).exists(), "the daemon is gone");
     // Connections the daemon accepted and closed linger in TIME_WAIT; servers (this
     // daemon too) use SO_REUSEADDR, which lets a new listener bind over them.
-    assert!(portwatch::reap::bindable(portwatch::sys::sockdiag::Proto::Tcp, "127.0.0.1".parse().expect("ip"), port), "the port is free");
+    assert!(
+        portwatch::service::reaper::bindable(portwatch::model::socket::Proto::Tcp, "127.0.0.1".parse().expect("ip"), port),
+        "the port is free"
+    );
     assert_eq!(portwatch(&["check", "-q", &port.to_string()]).status.code(), Some(0));
 }
 

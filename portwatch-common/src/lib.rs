@@ -79,12 +79,23 @@ pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 pub const IPPROTO_UDP: u16 = 17;
 
-/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+/// Socket states as the kernel numbers them (`include/net/tcp_states.h`; UDP
+/// sockets use CLOSE and ESTABLISHED). Defined once, for both sides.
 pub mod tcp_state {
-    pub const ESTABLISHED: u32 = 1;
-    pub const SYN_RECV: u32 = 3;
-    pub const CLOSE: u32 = 7;
-    pub const LISTEN: u32 = 10;
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+    /// Bound but neither listening nor connected (Linux >= 6.5; CLOSE before).
+    pub const BOUND_INACTIVE: u8 = 13;
 }
 
 /// What happened. The tag is the first field of every event.

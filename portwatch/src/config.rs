@@ -4,10 +4,16 @@ use std::{path::Path, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::model::plan::Protect;
 use crate::{
     error::{Error, Result},
-    ports::PortSet,
+    model::{ports::PortSet, target::HttpTarget, time::parse_duration},
 };
+
+/// The agent's control socket.
+pub const DEFAULT_SOCKET: &str = "/run/portwatch.sock";
+/// The agent's history database.
+pub const DEFAULT_DB: &str = "/var/lib/portwatch/history.db";
 
 pub const DEFAULT_STALL: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -71,23 +77,11 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 86400),
             max_events: 1_000_000,
             metrics: None,
-            socket: Some(crate::control::DEFAULT_SOCKET.into()),
+            socket: Some(DEFAULT_SOCKET.into()),
             socket_mode: "0660".into(),
             socket_group: "portwatch".into(),
         }
     }
-}
-
-/// Processes portwatch never signals, in addition to PID 1, itself, its ancestors
-/// and kernel threads.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Protect {
-    /// Exact process names (comm).
-    pub comm: Vec<String>,
-    pub uid: Vec<u32>,
-    /// cgroup v2 path prefixes, e.g. "/system.slice/sshd.service".
-    pub cgroup: Vec<String>,
 }
 
 /// A health probe for one port. A bare TCP connect is not a probe: it succeeds
@@ -123,7 +117,7 @@ fn default_failures() -> u32 {
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    crate::cli::parse_duration(&s).map_err(serde::de::Error::custom)
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 #[derive(Deserialize)]
@@ -147,6 +141,20 @@ fn de_ports<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<PortSet, D::
 }
 
 impl Config {
+    /// Command-line flags override the file; ports given on the command line are added.
+    pub fn merge_flags(&mut self, ports: &PortSet, stall: Option<Duration>, grace: Option<Duration>, interval: Option<Duration>) {
+        self.ports.extend(ports);
+        if let Some(s) = stall {
+            self.stall = s;
+        }
+        if let Some(g) = grace {
+            self.grace = g;
+        }
+        if let Some(i) = interval {
+            self.interval = i;
+        }
+    }
+
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
         let cfg: Self = toml::from_str(text).map_err(|e| {
             // toml's message spans lines (with a source excerpt); keep it on one.
@@ -173,7 +181,7 @@ impl Config {
                 return Err(Error::Config(format!("{origin}: probe for port {}: give exactly one of `http` or `send`/`expect`", p.port)));
             }
             if let Some(url) = &p.http {
-                crate::probe::HttpTarget::parse(url).map_err(|e| Error::Config(format!("{origin}: probe for port {}: {e}", p.port)))?;
+                HttpTarget::parse(url).map_err(|e| Error::Config(format!("{origin}: probe for port {}: {e}", p.port)))?;
             }
             if p.port == 0 {
                 return Err(Error::Config(format!("{origin}: probe: port must be 1-65535")));

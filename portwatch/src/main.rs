@@ -2,9 +2,26 @@ use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
 use portwatch::{
-    cli::{execute, Cli},
-    error::exit,
+    cli::{Cli, Command},
+    cmd,
+    error::{exit, Result},
 };
+
+/// Runs a command; returns the exit code for success and "no" answers.
+fn execute(command: Command) -> Result<u8> {
+    match command {
+        Command::Watch(a) => cmd::watch::run(a),
+        Command::Who(a) => cmd::who::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::Free(a) => cmd::free::run(a),
+        Command::Cleanup(a) => cmd::cleanup::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::History(a) => cmd::history::run(a),
+        Command::Wait(a) => cmd::wait::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Doctor(a) => cmd::doctor::run(a),
+    }
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -37,7 +54,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match execute(cli) {
+    match execute(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("portwatch: {e}");

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::seq_file,
     helpers::generated::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_loop, bpf_probe_read_kernel, bpf_seq_write},
 };
-use portwatch_common::{holders::*, HolderQuery, HolderRecord, IPPROTO_TCP, IPPROTO_UDP};
+use portwatch_common::{holders::*, tcp_state, HolderQuery, HolderRecord, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::task_file::IterMeta;
 use crate::maps::{FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY};
@@ -38,8 +38,6 @@ macro_rules! off {
 const MAX_WALK_STEPS: u32 = 1 << 14;
 /// fd-table chunks of 64 (so 4M fds).
 const MAX_FD_CHUNKS: u32 = 1 << 16;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[inline(always)]
 fn rd<T>(base: u64, off: u32) -> Result<T, ()> {
@@ -309,7 +307,9 @@ fn add_socket(w: &mut Walk, sk: u64, proto: u8) -> Result<(), ()> {
     // SAFETY: w.q points into the map value, valid while the program runs.
     let q = unsafe { &mut *w.q };
     let state: u8 = rd(sk, off!(skc_state))?;
-    if proto == IPPROTO_TCP as u8 && (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || q.tcp_states & (1u32 << (state & 31)) == 0) {
+    if proto == IPPROTO_TCP as u8
+        && (state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV || q.tcp_states & (1u32 << (state & 31)) == 0)
+    {
         return Ok(());
     }
     let family: u16 = rd(sk, off!(skc_family))?;

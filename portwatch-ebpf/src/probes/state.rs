@@ -22,7 +22,7 @@ pub fn pw_state_btf(ctx: BtfTracePointContext) -> i32 {
 fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let kind = match (old as u32, new as u32) {
+    let kind = match (old as u8, new as u8) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::Listen,
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::Accept,
         _ => return Ok(()),

@@ -1,40 +1,14 @@
 //! Decoding ring-buffer records into typed events (pure; unit-tested).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portwatch_common::{info_flags, Event, EventKind, AF_INET, AF_INET6};
+#[cfg(test)]
+use portwatch_common::AF_INET6;
+use portwatch_common::{info_flags, Event, EventKind, AF_INET};
 
-use crate::sys::sockdiag::Proto;
-
-/// An event from the kernel, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SockEvent {
-    pub kind: EventKind,
-    pub ts_ns: u64,
-    /// `None` for events raised outside process context (accept).
-    pub task: Option<Task>,
-    pub netns_cookie: u64,
-    pub cookie: u64,
-    pub proto: Option<Proto>,
-    pub family: u16,
-    pub addr: IpAddr,
-    pub port: u16,
-    pub req_port: u16,
-    pub peer: IpAddr,
-    pub peer_port: u16,
-    pub old_state: u8,
-    pub new_state: u8,
-    pub errno: i32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Task {
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub comm: String,
-    pub cgroup_id: u64,
-}
+use crate::model::{
+    event::{SockEvent, Task},
+    socket::{Family, Proto},
+};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -42,14 +16,8 @@ pub enum DecodeError {
     Short(usize, usize),
     #[error("unknown event kind {0}")]
     Kind(u32),
-}
-
-pub fn family_name(family: u16) -> &'static str {
-    match family {
-        AF_INET => "ipv4",
-        AF_INET6 => "ipv6",
-        _ => "unknown",
-    }
+    #[error("unknown address family {0}")]
+    Family(u16),
 }
 
 pub fn ip_from(family: u16, bytes: [u8; 16]) -> IpAddr {
@@ -80,6 +48,7 @@ pub fn from_raw(ev: &Event) -> Result<SockEvent, DecodeError> {
     let kind = EventKind::from_u32(ev.info.kind).ok_or(DecodeError::Kind(ev.info.kind))?;
     let i = &ev.info;
     let d = &ev.data;
+    let family = Family::from_af(d.family).ok_or(DecodeError::Family(d.family))?;
     let task = (i.flags & info_flags::NO_TASK == 0).then(|| Task {
         pid: i.tgid,
         tid: i.tid,
@@ -95,7 +64,7 @@ pub fn from_raw(ev: &Event) -> Result<SockEvent, DecodeError> {
         netns_cookie: i.netns_cookie,
         cookie: d.cookie,
         proto: Proto::from_ipproto(d.protocol),
-        family: d.family,
+        family,
         addr: ip_from(d.family, d.addr),
         port: d.port,
         req_port: d.req_port,
@@ -103,7 +72,6 @@ pub fn from_raw(ev: &Event) -> Result<SockEvent, DecodeError> {
         peer_port: d.peer_port,
         old_state: d.old_state,
         new_state: d.new_state,
-        errno: d.errno,
     })
 }
 
@@ -146,6 +114,8 @@ pub(crate) mod tests {
         ev.info.kind = 99;
         assert_eq!(from_raw(&ev), Err(DecodeError::Kind(99)));
         let mut v6 = raw(EventKind::Bind, 1, 1);
+        v6.data.family = 99;
+        assert_eq!(from_raw(&v6), Err(DecodeError::Family(99)));
         v6.data.family = AF_INET6;
         v6.data.addr = Ipv6Addr::LOCALHOST.octets();
         assert_eq!(from_raw(&v6).unwrap().addr, IpAddr::V6(Ipv6Addr::LOCALHOST));

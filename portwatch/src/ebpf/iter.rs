@@ -22,7 +22,7 @@ use aya::{
 use portwatch_common::{globals, holders, maps, programs, HolderQuery, HolderRecord, TaskSocket};
 
 use crate::{
-    ebpf::{btf as kbtf, load},
+    ebpf::{btf as kbtf, loader as load},
     error::{Error, Result},
     sys::{mounts, proc::FdHolder},
 };
@@ -241,7 +241,7 @@ fn self_check(dir: &Path) -> std::result::Result<(), String> {
     let (it, iu) = (ino(tcp.as_raw_fd())?, ino(udp.as_raw_fd())?);
     let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| e.to_string())?;
     let mut map: BpfHashMap<MapData, u64, HolderQuery> = BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| e.to_string())?;
-    let states = 1 << crate::sys::sockdiag::TCP_LISTEN;
+    let states = 1 << portwatch_common::tcp_state::LISTEN;
     let scan = query_once(&mut map, &dir.join(HOLDERS_PIN), &[pt, pu], true, true, states)
         .map_err(|e| e.to_string())?
         .ok_or("no complete answer")?;

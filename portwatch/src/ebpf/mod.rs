@@ -1,7 +1,7 @@
-//! Loading the kernel programs and decoding what they send.
+//! The kernel side, seen from user space: loading the embedded object, the observer
+//! (hooks and maps), the `who` iterators, decoding events, and BTF offsets.
 pub mod btf;
 pub mod events;
 pub mod iter;
-pub mod load;
-
-pub use load::{HookStatus, Observer, ObserverOptions};
+pub mod loader;
+pub mod observer;

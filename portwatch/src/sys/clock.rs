@@ -38,6 +38,29 @@ pub fn mono_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
 }
 
+/// Now, as wall-clock nanoseconds since the epoch.
+pub fn wall_now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Converts a monotonic timestamp to wall-clock nanoseconds since the epoch.
+pub fn wall_ns(clock: &WallClock, mono_ns: u64) -> i64 {
+    clock.wall(mono_ns).duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The local time zone's offset from UTC (seconds east) at wall time `ns`
+/// (`localtime_r`, which reads TZ and /etc/localtime).
+pub fn local_offset_secs(ns: i64) -> i64 {
+    let t: libc::time_t = (ns / 1_000_000_000) as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value to be overwritten.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is thread-safe.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return 0;
+    }
+    tm.tm_gmtoff
+}
+
 /// RFC 3339 with milliseconds, UTC (what `watch` prints).
 pub fn rfc3339_ms(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

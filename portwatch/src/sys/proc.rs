@@ -6,37 +6,41 @@ use std::{
 };
 
 use procfs::process::FDTarget;
-use serde::Serialize;
 
-/// What `who` shows about a process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ProcInfo {
-    pub pid: i32,
-    pub ppid: i32,
-    pub uid: u32,
-    pub user: String,
-    pub comm: String,
-    pub cmdline: String,
-    /// R, S, D, T, t, Z, ...
-    pub state: char,
-    /// Seconds since the epoch.
-    pub start_time: Option<u64>,
-    pub age_secs: Option<u64>,
-    pub cgroup: String,
-    pub container: Option<String>,
+use crate::model::process::{job_from_environ, Creds, ProcDetails, ProcInfo, Text};
+
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags: the task is a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Longest command line, cgroup path or ancestry kept (a process chooses its own
+/// command line; a megabyte of it must not become a megabyte in every record).
+pub const MAX_TEXT: usize = 4096;
+
+/// Cuts `s` to at most `MAX_TEXT` bytes, on a character boundary, marking the cut.
+pub fn clip(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 /// Reads a small /proc file with plain `read`s into a page-sized buffer (std's
 /// `read_to_end` adds a stat, a seek and 32-byte probe reads for files that report
 /// size 0, as /proc files do; `who` reads three files per holder).
-fn read_small(path: &str) -> std::io::Result<Vec<u8>> {
+/// At most `limit` bytes are read (a command line may be megabytes long).
+fn read_small(path: &str, limit: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; limit.min(4096)];
     let mut len = 0;
-    loop {
+    while len < limit {
         if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
+            buf.resize((buf.len() * 2).min(limit), 0);
         }
         match f.read(&mut buf[len..]) {
             Ok(0) => break,
@@ -49,31 +53,85 @@ fn read_small(path: &str) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Reads one process; `None` if it is gone or unreadable.
+/// Reads one process; `None` if it is gone or unreadable. Reads `stat`, `cmdline`
+/// and `cgroup`, one `read` each.
 pub fn info(pid: i32) -> Option<ProcInfo> {
-    use procfs::FromRead;
     use std::os::unix::fs::MetadataExt;
+
+    use procfs::FromRead;
     let dir = format!("/proc/{pid}");
-    let stat = procfs::process::Stat::from_read(&read_small(&format!("{dir}/stat")).ok()?[..]).ok()?;
+    let stat = procfs::process::Stat::from_read(&read_small(&format!("{dir}/stat"), 4096).ok()?[..]).ok()?;
     let uid = std::fs::metadata(&dir).map_or(u32::MAX, |m| m.uid());
-    let cmdline = read_small(&format!("{dir}/cmdline"))
-        .map(|b| b.split(|&c| c == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" "))
+    let cmdline = read_small(&format!("{dir}/cmdline"), MAX_TEXT)
+        .map(|b| clip(b.split(|&c| c == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" ")))
         .unwrap_or_default();
     let start = start_time(stat.starttime);
-    let cgroup = read_small(&format!("{dir}/cgroup")).map(|t| cgroup_v2_path(&String::from_utf8_lossy(&t))).unwrap_or_default();
+    let cgroup =
+        read_small(&format!("{dir}/cgroup"), MAX_TEXT).map(|t| clip(cgroup_v2_path(&String::from_utf8_lossy(&t)))).unwrap_or_default();
     Some(ProcInfo {
         pid,
         ppid: stat.ppid,
         uid,
         user: user_name(uid),
         comm: stat.comm,
-        cmdline,
+        cmdline: cmdline.into(),
         state: stat.state,
         start_time: start.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
         age_secs: start.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs()),
         container: container_id(&cgroup),
-        cgroup,
+        cgroup: cgroup.into(),
+        kernel_thread: stat.flags & PF_KTHREAD != 0,
+        start_ticks: stat.starttime,
     })
+}
+
+/// A process's user ids (`/proc/PID/status`), as `kill(2)` judges them.
+pub fn creds(pid: i32) -> Option<Creds> {
+    let text = read_small(&format!("/proc/{pid}/status"), 16 * 1024).ok()?;
+    Creds::parse_status(&String::from_utf8_lossy(&text))
+}
+
+/// A process's executable path, when /proc shows it.
+pub fn exe(pid: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The start time (clock ticks since boot) and state of a process, from `stat`.
+pub fn start_and_state(pid: i32) -> Option<(u64, char)> {
+    use procfs::FromRead;
+    let stat = procfs::process::Stat::from_read(&read_small(&format!("/proc/{pid}/stat"), 4096).ok()?[..]).ok()?;
+    Some((stat.starttime, stat.state))
+}
+
+/// The parent chain of `pid`, nearest first: (pid, comm), up to PID 1 or 64 steps.
+pub fn ancestors(pid: i32) -> Vec<(i32, String)> {
+    use procfs::FromRead;
+    let mut out = Vec::new();
+    let mut p = pid;
+    for _ in 0..64 {
+        let Some(stat) = read_small(&format!("/proc/{p}/stat"), 4096).ok().and_then(|b| procfs::process::Stat::from_read(&b[..]).ok())
+        else {
+            break;
+        };
+        if stat.ppid <= 0 || out.iter().any(|(q, _)| *q == stat.ppid) {
+            break;
+        }
+        let parent = read_small(&format!("/proc/{}/comm", stat.ppid), 64)
+            .map(|c| String::from_utf8_lossy(&c).trim_end().to_string())
+            .unwrap_or_default();
+        out.push((stat.ppid, parent));
+        p = stat.ppid;
+    }
+    out
+}
+
+/// A process with its parent chain and CI job, for the history.
+pub fn details(pid: i32) -> Option<ProcDetails> {
+    let proc = info(pid)?;
+    let mut chain = vec![format!("{} {}", proc.pid, proc.comm)];
+    chain.extend(ancestors(pid).into_iter().map(|(p, c)| format!("{p} {c}")));
+    let env = read_small(&format!("/proc/{pid}/environ"), 256 * 1024).unwrap_or_default();
+    Some(ProcDetails { ancestry: Text::from(clip(chain.join(" < "))), job: job_from_environ(&env).map(|j| Text::from(clip(j))), proc })
 }
 
 fn start_time(ticks: u64) -> Option<SystemTime> {
@@ -196,9 +254,32 @@ mod tests {
 
     #[test]
     fn reads_own_process() {
-        let me = info(std::process::id() as i32).unwrap();
-        assert_eq!(me.pid, std::process::id() as i32);
+        let pid = std::process::id() as i32;
+        let me = info(pid).unwrap();
+        assert_eq!(me.pid, pid);
         assert!(matches!(me.state, 'R' | 'S'));
-        assert!(!me.comm.is_empty());
+        assert!(!me.comm.is_empty() && !me.kernel_thread && me.start_ticks > 0);
+        let c = creds(pid).unwrap();
+        assert_eq!(c.euid, nix::unistd::geteuid().as_raw());
+        assert_eq!(ancestors(pid).first().map(|(p, _)| *p), Some(me.ppid));
+        let d = details(pid).unwrap();
+        assert!(d.ancestry.starts_with(&format!("{pid} ")));
+        assert!(exe(pid).is_some());
+    }
+
+    #[test]
+    fn kernel_threads_by_flag() {
+        // kthreadd is pid 2 in the initial pid namespace.
+        if let Some(k) = info(2).filter(|p| p.comm == "kthreadd") {
+            assert!(k.kernel_thread);
+        }
+    }
+
+    #[test]
+    fn clips_long_text_on_a_char_boundary() {
+        let long = "é".repeat(MAX_TEXT);
+        let c = clip(long);
+        assert!(c.len() <= MAX_TEXT && c.ends_with('…'));
+        assert_eq!(clip("short".into()), "short");
     }
 }

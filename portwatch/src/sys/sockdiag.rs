@@ -1,104 +1,18 @@
 //! Sockets bound to given ports, from the kernel's sock_diag netlink interface
 //! (what `ss` uses), filtered in the kernel by an inet_diag bytecode program.
-use std::{io, net::IpAddr};
+use std::io;
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
-pub use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
+use netlink_packet_sock_diag::constants::AF_INET;
 use netlink_packet_sock_diag::{
     constants::{IPPROTO_TCP, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
-use serde::Serialize;
+use portwatch_common::tcp_state::{BOUND_INACTIVE, CLOSE, ESTABLISHED, LISTEN};
 
-/// `TCP_LISTEN`, and `TCP_BOUND_INACTIVE` (13, Linux >= 6.5): a TCP socket that is
-/// bound but neither listening nor connected.
-pub const TCP_LISTEN: u8 = 10;
-pub const TCP_CLOSE: u8 = 7;
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_BOUND_INACTIVE: u8 = 13;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
-
-    pub fn from_ipproto(p: u16) -> Option<Self> {
-        match p {
-            6 => Some(Self::Tcp),
-            17 => Some(Self::Udp),
-            _ => None,
-        }
-    }
-}
-
-/// One socket as sock_diag reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SockEntry {
-    pub proto: Proto,
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u8,
-    /// Kernel TCP state number (UDP: 7 unconnected, 1 connected).
-    pub state: u8,
-    pub addr: IpAddr,
-    pub port: u16,
-    pub peer: IpAddr,
-    pub peer_port: u16,
-    pub inode: u64,
-    pub uid: u32,
-    pub cookie: u64,
-    /// Listeners: connections waiting in the accept queue. Others: bytes queued.
-    pub recv_q: u32,
-    /// Listeners: the accept queue's maximum (backlog).
-    pub send_q: u32,
-}
-
-impl SockEntry {
-    /// The name `ss` would print for this state.
-    pub fn state_name(&self) -> &'static str {
-        match (self.proto, self.state) {
-            (Proto::Tcp, TCP_LISTEN) => "listen",
-            (Proto::Tcp, TCP_BOUND_INACTIVE | TCP_CLOSE) => "bound",
-            (Proto::Udp, TCP_ESTABLISHED) => "connected",
-            (Proto::Udp, _) => "bound",
-            (Proto::Tcp, s) => tcp_state_name(s),
-        }
-    }
-
-    pub fn is_listener(&self) -> bool {
-        self.proto == Proto::Tcp && self.state == TCP_LISTEN
-    }
-}
-
-pub fn tcp_state_name(s: u8) -> &'static str {
-    match s {
-        1 => "established",
-        2 => "syn-sent",
-        3 => "syn-recv",
-        4 => "fin-wait-1",
-        5 => "fin-wait-2",
-        6 => "time-wait",
-        7 => "close",
-        8 => "close-wait",
-        9 => "last-ack",
-        10 => "listen",
-        11 => "closing",
-        12 => "new-syn-recv",
-        13 => "bound",
-        _ => "unknown",
-    }
-}
+pub use crate::model::socket::{Family, Proto, SockEntry};
 
 /// inet_diag bytecode ops (`include/uapi/linux/inet_diag.h`).
 const INET_DIAG_BC_JMP: u8 = 1;
@@ -175,7 +89,7 @@ fn request(family: u8, protocol: u8, states: u32, ports: &[u16]) -> Vec<u8> {
 
 /// Dumps sockets of one family and protocol in the given TCP states, keeping those
 /// whose local port is in `ports` (all when `ports` is empty).
-pub fn dump(proto: Proto, family: u8, states: u32, ports: &[u16]) -> io::Result<Vec<SockEntry>> {
+pub fn dump(proto: Proto, family: Family, states: u32, ports: &[u16]) -> io::Result<Vec<SockEntry>> {
     let protocol = match proto {
         Proto::Tcp => IPPROTO_TCP,
         Proto::Udp => IPPROTO_UDP,
@@ -184,7 +98,7 @@ pub fn dump(proto: Proto, family: u8, states: u32, ports: &[u16]) -> io::Result<
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let kernel_ports: &[u16] = if ports.len() <= MAX_KERNEL_FILTER_PORTS { ports } else { &[] };
-    socket.send(&request(family, protocol, states, kernel_ports), 0)?;
+    socket.send(&request(family.af(), protocol, states, kernel_ports), 0)?;
 
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -209,7 +123,7 @@ pub fn dump(proto: Proto, family: u8, states: u32, ports: &[u16]) -> io::Result<
                         let hi = u32::from_ne_bytes([id.cookie[4], id.cookie[5], id.cookie[6], id.cookie[7]]);
                         out.push(SockEntry {
                             proto,
-                            family: h.family,
+                            family,
                             state: h.state,
                             addr: id.source_address,
                             port: id.source_port,
@@ -253,8 +167,8 @@ impl Default for Query {
 /// sockets; both families.
 pub fn sockets_on_ports(ports: &[u16], q: Query) -> io::Result<Vec<SockEntry>> {
     let mut out = Vec::new();
-    let tcp_states = if q.connections { !(1 << 0) } else { (1 << TCP_LISTEN) | (1 << TCP_CLOSE) | (1 << TCP_BOUND_INACTIVE) };
-    for family in [AF_INET, AF_INET6] {
+    let tcp_states = if q.connections { !(1 << 0) } else { (1 << LISTEN) | (1 << CLOSE) | (1 << BOUND_INACTIVE) };
+    for family in [Family::Ipv4, Family::Ipv6] {
         if q.tcp {
             out.extend(dump(Proto::Tcp, family, tcp_states, ports)?);
         }
@@ -267,8 +181,8 @@ pub fn sockets_on_ports(ports: &[u16], q: Query) -> io::Result<Vec<SockEntry>> {
 
 /// Every established TCP connection (both families), for `who --clients`.
 pub fn dump_all_connections() -> io::Result<Vec<SockEntry>> {
-    let mut out = dump(Proto::Tcp, AF_INET, 1 << TCP_ESTABLISHED, &[])?;
-    out.extend(dump(Proto::Tcp, AF_INET6, 1 << TCP_ESTABLISHED, &[])?);
+    let mut out = dump(Proto::Tcp, Family::Ipv4, 1 << ESTABLISHED, &[])?;
+    out.extend(dump(Proto::Tcp, Family::Ipv6, 1 << ESTABLISHED, &[])?);
     Ok(out)
 }
 

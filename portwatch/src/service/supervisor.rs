@@ -1,5 +1,5 @@
-//! `portwatch run`: start a service, wait until it really serves, and make sure that
-//! nothing started under it survives. portwatch becomes a child subreaper, so
+//! Supervising a service (`run`): start it, wait until it really serves, and make
+//! sure that nothing started under it survives. portwatch becomes a child subreaper, so
 //! daemons that double-fork and setsid() are re-parented to it instead of to init;
 //! when the command and its descendants are to end, every remaining descendant gets
 //! SIGTERM, then SIGKILL after `grace`.
@@ -16,10 +16,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     error::{exit, Error, Result},
-    free::{self, FreeOptions},
-    ports::PortSet,
-    wait::{self, Target, WaitOptions},
+    model::{ports::PortSet, target::Target},
+    service::{
+        readiness::{self, WaitOptions},
+        reaper::{self, FreeOptions},
+    },
 };
+
+/// Where the supervisor says what happens (one line each, without a prefix).
+pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -115,15 +120,15 @@ fn status_code(st: ExitStatus) -> u8 {
     st.code().map_or_else(|| 128 + st.signal().unwrap_or(0) as u8, |c| c as u8)
 }
 
-pub async fn run(opts: RunOptions) -> Result<u8> {
+pub async fn run(opts: RunOptions, say: Say<'_>) -> Result<u8> {
     let Some((prog, args)) = opts.command.split_first() else {
         return Err(Error::Usage("no command given: portwatch run [OPTIONS] -- COMMAND...".into()));
     };
     if opts.free && !opts.ports.is_empty() {
         let fo = FreeOptions { force: true, grace: opts.grace, dry_run: false, tcp: true, udp: false, protect: Default::default() };
-        let (reports, _) = free::run(&opts.ports, &fo)?;
-        if let Some(r) = reports.iter().find(|r| r.plan.refused.is_some()) {
-            return Err(Error::Refused(format!("cannot free port {}: {}", r.port, r.plan.refused.clone().unwrap_or_default())));
+        let (reports, _) = reaper::free(&opts.ports, &fo, &reaper::caller_self())?;
+        if let Some((port, why)) = reports.iter().find_map(|r| r.plan.refused.as_ref().map(|w| (r.port, w))) {
+            return Err(Error::Refused(format!("cannot free port {port}: {why}")));
         }
         if let Some(r) = reports.iter().find(|r| r.outcome.as_ref().is_some_and(|o| !o.freed)) {
             return Err(Error::Refused(format!("port {} is still held after freeing it", r.port)));
@@ -163,13 +168,13 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
 
     let mut targets: Vec<Target> = opts.ports.iter().map(|p| Target::Tcp { host: "127.0.0.1".into(), port: p }).collect();
     targets.extend(opts.health.iter().cloned());
-    let wopts = WaitOptions { timeout: opts.timeout, interval: Duration::from_millis(100), expect_status: None, quiet: true };
+    let wopts = WaitOptions { timeout: opts.timeout, interval: Duration::from_millis(100), expect_status: None };
     let started = std::time::Instant::now();
     let ready = async {
         if targets.is_empty() {
             return Vec::new();
         }
-        wait::wait_all(&targets, &wopts).await
+        readiness::wait_all(&targets, &wopts, &|_, _| {}).await
     };
     tokio::pin!(ready);
     let mut status: Option<ExitStatus> = None;
@@ -181,11 +186,11 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
                 ready_done = true;
                 let bad: Vec<String> = results.iter().filter(|r| !r.ready).map(|r| format!("{}: {}", r.target, r.detail)).collect();
                 if bad.is_empty() {
-                    eprintln!("portwatch: ready after {:.1}s", started.elapsed().as_secs_f64());
+                    say(&format!("ready after {:.1}s", started.elapsed().as_secs_f64()));
                     notify(opts.ready_fd, "ready");
                 } else {
                     let why = format!("not ready after {}: {}", humantime::format_duration(opts.timeout), bad.join("; "));
-                    eprintln!("portwatch: {why}");
+                    say(&why);
                     notify(opts.ready_fd, &format!("not-ready: {why}"));
                     code_override = Some(exit::CONDITION);
                     break;
@@ -218,7 +223,7 @@ pub async fn run(opts: RunOptions) -> Result<u8> {
     }
     if !ready_done && code_override.is_none() {
         let how = status.map_or_else(|| "ended".to_string(), |s| format!("exited with status {}", status_code(s)));
-        eprintln!("portwatch: the command {how} before it was ready");
+        say(&format!("the command {how} before it was ready"));
         notify(opts.ready_fd, &format!("not-ready: the command {how} before it was ready"));
         if status.is_some_and(|s| s.success()) {
             code_override = Some(exit::CONDITION);
@@ -260,7 +265,7 @@ fn notify(fd: Option<i32>, line: &str) {
 /// `run --detach-ready`: starts `portwatch run` (the same arguments, minus the
 /// detaching ones) as a background supervisor in its own session, waits for its
 /// readiness report on a pipe, and exits 0 when ready (1 when not).
-pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>) -> Result<u8> {
+pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>, say: Say<'_>) -> Result<u8> {
     use std::{
         io::BufRead,
         os::{fd::AsRawFd, unix::process::CommandExt as _},
@@ -305,41 +310,41 @@ pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>) -> Resul
     let _ = std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut line);
     let line = line.trim().to_string();
     if line == "ready" {
-        eprintln!(
-            "portwatch: ready; supervisor pid {} (pid file {}, output {}); stop with: portwatch run --stop {}",
+        say(&format!(
+            "ready; supervisor pid {} (pid file {}, output {}); stop with: portwatch run --stop {}",
             child.id(),
             pidfile.display(),
             log_path.display(),
             pidfile.display()
-        );
+        ));
         Ok(exit::OK)
     } else {
         let why = line.strip_prefix("not-ready: ").unwrap_or("the supervisor exited before it was ready");
-        eprintln!("portwatch: {why} (output in {})", log_path.display());
+        say(&format!("{why} (output in {})", log_path.display()));
         Ok(exit::CONDITION)
     }
 }
 
 /// `run --stop PIDFILE`: SIGTERM the supervisor named in the pid file (after checking
 /// it is a portwatch process) and wait for it to end its service.
-pub fn stop(pidfile: &std::path::Path, grace: Duration) -> Result<u8> {
+pub fn stop(pidfile: &std::path::Path, grace: Duration, say: Say<'_>) -> Result<u8> {
     let text = std::fs::read_to_string(pidfile).map_err(|e| Error::Usage(format!("cannot read {}: {e}", pidfile.display())))?;
     let pid: i32 = text.trim().parse().map_err(|_| Error::Usage(format!("{}: not a pid", pidfile.display())))?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
     if !cmdline.contains("portwatch") || !cmdline.contains("run") {
         let _ = std::fs::remove_file(pidfile);
-        eprintln!("portwatch: pid {pid} from {} is not a running portwatch supervisor; nothing to stop", pidfile.display());
+        say(&format!("pid {pid} from {} is not a running portwatch supervisor; nothing to stop", pidfile.display()));
         return Ok(exit::OK);
     }
     let fd = crate::sys::pidfd::PidFd::open(pid).map_err(|e| Error::io(format!("pidfd for {pid}"), e))?;
     fd.signal(Signal::SIGTERM).map_err(|e| Error::io(format!("signalling {pid}"), e))?;
     if fd.wait_exit(grace * 2 + Duration::from_secs(5)) {
         let _ = std::fs::remove_file(pidfile);
-        eprintln!("portwatch: stopped supervisor {pid} and everything under it");
+        say(&format!("stopped supervisor {pid} and everything under it"));
         Ok(exit::OK)
     } else {
-        eprintln!("portwatch: supervisor {pid} did not stop in time");
+        say(&format!("supervisor {pid} did not stop in time"));
         Ok(exit::CONDITION)
     }
 }

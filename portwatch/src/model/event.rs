@@ -1,4 +1,4 @@
-//! Pure state: turning the kernel's event stream into the records users see.
+//! Kernel events, and the records users see made of them.
 //!
 //! A bind shows up as two kernel events: an attempt (`cgroup/bind*`, before the kernel
 //! checks anything) and, only on success, a `post_bind` with the real port. The kernel
@@ -6,17 +6,111 @@
 //! socket trying again, the same thread moving on to something else, or `window` of
 //! time passing. Its errno is then inferred from who holds the port (see
 //! [`infer_failure`]) and marked as inferred.
-use std::{collections::HashMap, net::IpAddr};
-
-use portwatch_common::EventKind;
-use serde::Serialize;
-
-use crate::{
-    ebpf::events::{family_name, SockEvent},
-    sys::sockdiag::{Proto, SockEntry},
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
 };
 
-/// What `watch` prints for one event.
+pub use portwatch_common::EventKind;
+use serde::{Serialize, Serializer};
+
+use super::socket::{Family, Proto, SockEntry, SockState};
+
+/// An event from the kernel, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockEvent {
+    pub kind: EventKind,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// `None` for events raised outside process context (accept).
+    pub task: Option<Task>,
+    pub netns_cookie: u64,
+    pub cookie: u64,
+    pub proto: Option<Proto>,
+    pub family: Family,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub req_port: u16,
+    pub peer: IpAddr,
+    pub peer_port: u16,
+    pub old_state: u8,
+    pub new_state: u8,
+}
+
+/// The task an event happened in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// What a record reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    Bind,
+    Listen,
+    Close,
+    Accept,
+}
+
+impl Activity {
+    pub fn of(kind: EventKind) -> Self {
+        match kind {
+            EventKind::BindAttempt | EventKind::Bind => Self::Bind,
+            EventKind::Listen => Self::Listen,
+            EventKind::Close => Self::Close,
+            EventKind::Accept => Self::Accept,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bind => "bind",
+            Self::Listen => "listen",
+            Self::Close => "close",
+            Self::Accept => "accept",
+        }
+    }
+}
+
+/// Why a bind failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum BindError {
+    /// Another socket holds the port.
+    #[serde(rename = "EADDRINUSE")]
+    AddrInUse,
+    /// A privileged port and an unprivileged caller.
+    #[serde(rename = "EACCES")]
+    Access,
+    /// The kernel refused for a reason not observed.
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+impl BindError {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AddrInUse => "EADDRINUSE",
+            Self::Access => "EACCES",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How an error was known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorSource {
+    /// Deduced from what was on the port (the kernel reports no failed bind).
+    Inferred,
+}
+
+/// What `watch` prints for one event (and the agent records).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Record {
     /// RFC 3339 wall time, filled in when printed.
@@ -24,29 +118,29 @@ pub struct Record {
     pub time: Option<String>,
     #[serde(skip)]
     pub ts_ns: u64,
-    pub event: &'static str,
+    pub event: Activity,
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub uid: Option<u32>,
     pub comm: Option<String>,
-    pub proto: &'static str,
-    pub family: &'static str,
-    pub addr: String,
+    #[serde(serialize_with = "proto_or_other")]
+    pub proto: Option<Proto>,
+    pub family: Family,
+    pub addr: IpAddr,
     pub port: u16,
     /// For binds: the port asked for; 0 means the kernel chose `port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// `"inferred"` when the errno was deduced rather than observed.
+    pub error: Option<BindError>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_source: Option<&'static str>,
+    pub error_source: Option<ErrorSource>,
     /// For failed binds: the socket holding the port at that moment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<HeldBy>,
     /// For accepts: the connecting peer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_addr: Option<String>,
+    pub peer_addr: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_port: Option<u16>,
     pub cookie: u64,
@@ -54,37 +148,23 @@ pub struct Record {
     pub netns_cookie: u64,
 }
 
+fn proto_or_other<S: Serializer>(p: &Option<Proto>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.map_or("other", Proto::name))
+}
+
+/// The socket a failed bind ran into.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeldBy {
     pub inode: u64,
-    pub state: &'static str,
-    pub addr: String,
+    pub state: SockState,
+    pub addr: IpAddr,
     pub uid: u32,
+    pub cookie: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pids: Vec<i32>,
-}
-
-pub fn event_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::BindAttempt | EventKind::Bind => "bind",
-        EventKind::Listen => "listen",
-        EventKind::Close => "close",
-        EventKind::Accept => "accept",
-    }
-}
-
-pub fn proto_name(p: Option<Proto>) -> &'static str {
-    p.map_or("other", Proto::name)
-}
-
-pub fn fmt_addr(ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) if !a.is_loopback() && !a.is_unspecified() => format!("::ffff:{v4}"),
-            _ => a.to_string(),
-        },
-    }
+    /// The command of the first holder, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
 }
 
 impl Record {
@@ -94,25 +174,30 @@ impl Record {
         Self {
             time: None,
             ts_ns: ev.ts_ns,
-            event: event_name(ev.kind),
+            event: Activity::of(ev.kind),
             pid: t.map(|t| t.pid),
             tid: t.map(|t| t.tid),
             uid: t.map(|t| t.uid),
             comm: t.map(|t| t.comm.clone()),
-            proto: proto_name(ev.proto),
-            family: family_name(ev.family),
-            addr: fmt_addr(&ev.addr),
+            proto: ev.proto,
+            family: ev.family,
+            addr: ev.addr,
             port: ev.port,
             requested_port: None,
             error: None,
             error_source: None,
             held_by: None,
-            peer_addr: accept.then(|| fmt_addr(&ev.peer)),
+            peer_addr: accept.then_some(ev.peer),
             peer_port: accept.then_some(ev.peer_port),
             cookie: ev.cookie,
             cgroup_id: t.map(|t| t.cgroup_id),
             netns_cookie: ev.netns_cookie,
         }
+    }
+
+    /// A `listen()` without `bind()`: the port was not known when the event fired.
+    pub fn is_autobound_listen(&self) -> bool {
+        self.event == Activity::Listen && self.port == 0
     }
 }
 
@@ -125,7 +210,9 @@ pub enum Step {
     Failed(SockEvent),
 }
 
-/// Pairs bind attempts with their outcome.
+/// Pairs bind attempts with their outcome. Pending attempts are bounded: beyond
+/// [`BindTracker::MAX_PENDING`] the oldest is resolved early (as not seen to
+/// succeed).
 #[derive(Debug)]
 pub struct BindTracker {
     pending: HashMap<u64, SockEvent>,
@@ -133,6 +220,8 @@ pub struct BindTracker {
 }
 
 impl BindTracker {
+    pub const MAX_PENDING: usize = 65_536;
+
     pub fn new(window_ns: u64) -> Self {
         Self { pending: HashMap::new(), window_ns }
     }
@@ -159,6 +248,11 @@ impl BindTracker {
         }
         match ev.kind {
             EventKind::BindAttempt => {
+                if self.pending.len() >= Self::MAX_PENDING {
+                    if let Some(oldest) = self.pending.values().min_by_key(|a| a.ts_ns).map(|a| a.cookie) {
+                        out.extend(self.pending.remove(&oldest).map(Step::Failed));
+                    }
+                }
                 if let Some(prev) = self.pending.insert(ev.cookie, ev) {
                     out.push(Step::Failed(prev));
                 }
@@ -185,8 +279,9 @@ impl BindTracker {
 }
 
 /// Why a bind failed, judged from the sockets on the port right after it: another
-/// socket on the port means EADDRINUSE; a privileged port and a non-root caller
-/// means EACCES; otherwise the reason was not observed.
+/// socket on the port (in the same network namespace) means EADDRINUSE; a
+/// privileged port and a non-root caller means EACCES; otherwise the reason was not
+/// observed. `on_port` must come from the attempt's own network namespace.
 pub fn infer_failure(attempt: &SockEvent, on_port: &[SockEntry], unpriv_start: u16) -> Record {
     let mut r = Record::from_event(attempt);
     r.requested_port = Some(attempt.req_port);
@@ -195,46 +290,62 @@ pub fn infer_failure(attempt: &SockEvent, on_port: &[SockEntry], unpriv_start: u
     if attempt.cookie != 0 && on_port.iter().any(|s| s.cookie == attempt.cookie && s.port == attempt.port) {
         return r;
     }
-    r.error_source = Some("inferred");
+    r.error_source = Some(ErrorSource::Inferred);
     let holder = on_port.iter().find(|s| s.cookie != attempt.cookie && s.port == attempt.port && Some(s.proto) == attempt.proto);
     let uid = attempt.task.as_ref().map_or(0, |t| t.uid);
-    r.error = Some(
-        if let Some(h) = holder {
-            r.held_by = Some(HeldBy { inode: h.inode, state: h.state_name(), addr: fmt_addr(&h.addr), uid: h.uid, pids: Vec::new() });
-            "EADDRINUSE"
-        } else if attempt.port < unpriv_start && uid != 0 {
-            "EACCES"
-        } else {
-            "unknown"
-        }
-        .to_string(),
-    );
+    r.error = Some(if let Some(h) = holder {
+        r.held_by = Some(HeldBy {
+            inode: h.inode,
+            state: h.sock_state(),
+            addr: h.addr,
+            uid: h.uid,
+            cookie: h.cookie,
+            pids: Vec::new(),
+            comm: None,
+        });
+        BindError::AddrInUse
+    } else if attempt.port < unpriv_start && uid != 0 {
+        BindError::Access
+    } else {
+        BindError::Unknown
+    });
     r
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ebpf::events::{from_raw, tests::raw};
+/// An unspecified IPv4 address, for events that carry none.
+pub const NO_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
-    fn ev(kind: EventKind, pid: u32, port: u16, cookie: u64, ts: u64) -> SockEvent {
-        let mut r = raw(kind, pid, port);
-        r.data.cookie = cookie;
-        r.info.ts_ns = ts;
-        if kind == EventKind::BindAttempt {
-            r.data.req_port = port;
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn ev(kind: EventKind, pid: u32, port: u16, cookie: u64, ts: u64) -> SockEvent {
+        SockEvent {
+            kind,
+            ts_ns: ts,
+            task: Some(Task { pid, tid: pid, uid: 0, gid: 0, comm: "python3".into(), cgroup_id: 1 }),
+            netns_cookie: 1,
+            cookie,
+            proto: Some(Proto::Tcp),
+            family: Family::Ipv4,
+            addr: "127.0.0.1".parse().unwrap(),
+            port,
+            req_port: if kind == EventKind::BindAttempt { port } else { 0 },
+            peer: NO_ADDR,
+            peer_port: 0,
+            old_state: 0,
+            new_state: 0,
         }
-        from_raw(&r).unwrap()
     }
 
     fn entry(port: u16, cookie: u64) -> SockEntry {
         SockEntry {
             proto: Proto::Tcp,
-            family: 2,
-            state: 10,
+            family: Family::Ipv4,
+            state: portwatch_common::tcp_state::LISTEN,
             addr: "127.0.0.1".parse().unwrap(),
             port,
-            peer: "0.0.0.0".parse().unwrap(),
+            peer: NO_ADDR,
             peer_port: 0,
             inode: 777,
             uid: 0,
@@ -251,7 +362,7 @@ mod tests {
         let out = t.push(ev(EventKind::Bind, 10, 5050, 1, 101));
         match &out[..] {
             [Step::Emit(r)] => {
-                assert_eq!((r.event, r.port, r.requested_port, r.error.clone()), ("bind", 5050, Some(5050), None));
+                assert_eq!((r.event, r.port, r.requested_port, r.error), (Activity::Bind, 5050, Some(5050), None));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -288,25 +399,44 @@ mod tests {
     }
 
     #[test]
+    fn pending_attempts_are_bounded() {
+        let mut t = BindTracker::new(1 << 40);
+        for i in 0..BindTracker::MAX_PENDING as u64 + 10 {
+            // Distinct threads, so none resolves another.
+            let mut e = ev(EventKind::BindAttempt, 10, 5050, i + 1, i);
+            e.task.as_mut().unwrap().tid = i as u32 + 1000;
+            t.push(e);
+        }
+        assert_eq!(t.pending(), BindTracker::MAX_PENDING);
+    }
+
+    #[test]
     fn infers_errno() {
         let a = ev(EventKind::BindAttempt, 10, 5050, 1, 100);
         let r = infer_failure(&a, &[entry(5050, 2)], 1024);
-        assert_eq!(r.error.as_deref(), Some("EADDRINUSE"));
-        assert_eq!(r.error_source, Some("inferred"));
+        assert_eq!(r.error, Some(BindError::AddrInUse));
+        assert_eq!(r.error_source, Some(ErrorSource::Inferred));
         assert_eq!(r.held_by.as_ref().unwrap().inode, 777);
         // Its own socket on the port means the bind succeeded after all.
         let ok = infer_failure(&a, &[entry(5050, 1)], 1024);
         assert_eq!((ok.error, ok.error_source), (None, None));
-        assert_eq!(infer_failure(&a, &[], 1024).error.as_deref(), Some("unknown"));
+        assert_eq!(infer_failure(&a, &[], 1024).error, Some(BindError::Unknown));
         let mut low = ev(EventKind::BindAttempt, 10, 80, 1, 100);
         low.task.as_mut().unwrap().uid = 1000;
-        assert_eq!(infer_failure(&low, &[], 1024).error.as_deref(), Some("EACCES"));
+        assert_eq!(infer_failure(&low, &[], 1024).error, Some(BindError::Access));
     }
 
     #[test]
-    fn formats_addresses() {
-        assert_eq!(fmt_addr(&"::1".parse().unwrap()), "::1");
-        assert_eq!(fmt_addr(&"::ffff:10.0.0.1".parse().unwrap()), "::ffff:10.0.0.1");
-        assert_eq!(fmt_addr(&"0.0.0.0".parse().unwrap()), "0.0.0.0");
+    fn json_names() {
+        let mut r = Record::from_event(&ev(EventKind::Bind, 42, 5050, 1, 1));
+        r.error = Some(BindError::AddrInUse);
+        r.error_source = Some(ErrorSource::Inferred);
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["event"], "bind");
+        assert_eq!(j["proto"], "tcp");
+        assert_eq!(j["family"], "ipv4");
+        assert_eq!(j["addr"], "127.0.0.1");
+        assert_eq!(j["error"], "EADDRINUSE");
+        assert_eq!(j["error_source"], "inferred");
     }
 }

@@ -1,4 +1,5 @@
-//! `portwatch doctor`: what this host supports, tried for real.
+//! What this host supports, tried for real (`doctor`): privileges, BTF, mounts, and
+//! every hook type loaded and attached.
 use std::fs::File;
 
 use aya::{
@@ -9,7 +10,7 @@ use portwatch_common::{programs, KernelOffsets};
 use serde::Serialize;
 
 use crate::{
-    ebpf::{btf as kbtf, load},
+    ebpf::{btf as kbtf, loader as load},
     error::exit,
     sys::{caps, mounts},
 };
@@ -225,35 +226,4 @@ fn text(e: &dyn std::error::Error) -> String {
 
 fn probe(hook: &str, used_for: &'static str, r: Result<(), String>) -> HookProbe {
     HookProbe { hook: hook.to_string(), supported: r.is_ok(), used_for, error: r.err() }
-}
-
-pub fn render(r: &Report) -> String {
-    let mut s = String::new();
-    let mark = |ok: bool| if ok { "ok " } else { "NO " };
-    s.push_str("HOST\n");
-    for c in &r.checks {
-        s.push_str(&format!("  {} {:<12} {}\n", mark(c.ok), c.name, c.detail));
-    }
-    if !r.hooks.is_empty() {
-        s.push_str("HOOKS (loaded and attached for real, then detached)\n");
-        for h in &r.hooks {
-            let detail = h.error.as_deref().map_or_else(|| h.used_for.to_string(), |e| format!("{} [{e}]", h.used_for));
-            s.push_str(&format!("  {} {:<40} {}\n", mark(h.supported), h.hook, detail));
-        }
-    }
-    s.push_str("BTF OFFSETS (resolved at load time)\n");
-    for (f, v) in &r.btf_offsets {
-        s.push_str(&format!("  {:<32} {}\n", f, v.map_or("missing".to_string(), |v| v.to_string())));
-    }
-    s.push_str(&format!(
-        "VERDICT\n  observer (watch, agent): {}\n  who/check: {}\n",
-        if r.observer_ready { "ready" } else { "unavailable" },
-        match (r.holders_ready, r.iterator_ready) {
-            (true, true) => "BPF holders pass (iter/task), iter/task_file when it cannot answer",
-            (false, true) => "BPF iterator (iter/task_file)",
-            (true, false) => "BPF holders pass (iter/task), /proc walk when it cannot answer",
-            (false, false) => "/proc walk (slower; may miss other users' processes when not root)",
-        }
-    ));
-    s
 }

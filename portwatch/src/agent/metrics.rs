@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     error::{Error, Result},
-    verdict::Verdict,
+    model::verdict::Verdict,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -196,7 +196,7 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> Result<tokio::t
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{Reason, ReasonKind};
+    use crate::model::verdict::{Reason, ReasonKind};
 
     #[test]
     fn renders_names_and_labels() {

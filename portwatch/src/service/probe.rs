@@ -9,39 +9,10 @@ use tokio::{
     time::timeout,
 };
 
-use crate::config::Probe;
-
-/// `http://host[:port][/path]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTarget {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
-
-impl HttpTarget {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => return Err(format!("'{url}': https probes are not supported; probe the service over http on loopback")),
-            _ => return Err(format!("'{url}': expected an http:// URL")),
-        };
-        let (hostport, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
-                (h.trim_matches(|c| c == '[' || c == ']'), crate::ports::parse_port(p).map_err(|e| format!("'{url}': {e}"))?)
-            }
-            _ => (hostport.trim_matches(|c| c == '[' || c == ']'), 80),
-        };
-        if host.is_empty() {
-            return Err(format!("'{url}': no host"));
-        }
-        Ok(Self { host: host.to_string(), port, path: path.to_string() })
-    }
-}
+use crate::{
+    config::Probe,
+    model::target::{parse_status, HttpTarget},
+};
 
 /// Why a probe failed, in words for logs and `wait`.
 pub type ProbeError = String;
@@ -63,16 +34,6 @@ pub async fn http_get_status(t: &HttpTarget, limit: Duration) -> Result<u16, Pro
         parse_status(&buf[..n]).ok_or_else(|| "no HTTP status line in the reply".to_string())
     };
     timeout(limit, fut).await.map_err(|_| format!("no answer within {}", humantime::format_duration(limit)))?
-}
-
-pub fn parse_status(head: &[u8]) -> Option<u16> {
-    let text = std::str::from_utf8(head).ok()?;
-    let mut parts = text.split_whitespace();
-    let proto = parts.next()?;
-    if !proto.starts_with("HTTP/") {
-        return None;
-    }
-    parts.next()?.parse().ok()
 }
 
 /// Runs one probe; `Ok(())` when healthy.
@@ -108,21 +69,6 @@ pub async fn run(p: &Probe) -> Result<(), ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_urls() {
-        assert_eq!(
-            HttpTarget::parse("http://127.0.0.1:5050/api/health").unwrap(),
-            HttpTarget { host: "127.0.0.1".into(), port: 5050, path: "/api/health".into() }
-        );
-        assert_eq!(HttpTarget::parse("http://localhost").unwrap().port, 80);
-        assert_eq!(HttpTarget::parse("http://[::1]:8080/x").unwrap().host, "::1");
-        assert!(HttpTarget::parse("https://x/").unwrap_err().contains("https"));
-        assert!(HttpTarget::parse("ftp://x/").is_err());
-        assert!(HttpTarget::parse("http://x:0/").is_err());
-        assert_eq!(parse_status(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
-        assert_eq!(parse_status(b"garbage"), None);
-    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn probes_a_real_http_server_and_a_silent_one() {

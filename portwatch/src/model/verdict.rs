@@ -15,6 +15,8 @@ use std::{
 
 use serde::Serialize;
 
+use super::socket::SockState;
+
 /// One holder of a socket, as sampled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HolderSample {
@@ -30,8 +32,7 @@ pub struct SockSample {
     pub cookie: u64,
     pub port: u16,
     pub tcp: bool,
-    /// `listen`, `bound`, ...
-    pub state: &'static str,
+    pub state: SockState,
     pub backlog: u32,
     pub max_backlog: u32,
     pub holders: Vec<HolderSample>,
@@ -123,7 +124,7 @@ impl Engine {
         // Per-port accepts since the last sample (listeners only).
         let mut accepted: HashMap<u16, bool> = HashMap::new();
         let mut backlog_now: HashMap<u16, u64> = HashMap::new();
-        for sock in s.sockets.iter().filter(|k| k.state == "listen") {
+        for sock in s.sockets.iter().filter(|k| k.state == SockState::Listen) {
             *backlog_now.entry(sock.port).or_default() += u64::from(sock.backlog);
         }
         for (&port, &b) in &backlog_now {
@@ -146,7 +147,7 @@ impl Engine {
             let t = self.socks.entry(sock.cookie).or_insert_with(|| Track { last_accept: now, ..Track::default() });
             let mut reasons = Vec::new();
 
-            if sock.state == "listen" {
+            if sock.state == SockState::Listen {
                 if accepted.get(&sock.port).copied().unwrap_or(false) {
                     t.last_accept = now;
                 }
@@ -194,7 +195,7 @@ impl Engine {
                 t.stopped_since = None;
             }
 
-            if sock.tcp && sock.state == "bound" {
+            if sock.tcp && sock.state == SockState::Bound {
                 let since = *t.bound_since.get_or_insert(now);
                 if now.saturating_sub(since) >= self.stall {
                     reasons.push(Reason {
@@ -206,7 +207,7 @@ impl Engine {
                 t.bound_since = None;
             }
 
-            if sock.state == "listen" {
+            if sock.state == SockState::Listen {
                 if let Some((n, err)) = s.probe_failures.get(&sock.port) {
                     let need = self.probe_failures.get(&sock.port).copied().unwrap_or(3);
                     if *n >= need {
@@ -251,7 +252,7 @@ mod tests {
             cookie: 1,
             port: 5050,
             tcp: true,
-            state: "listen",
+            state: SockState::Listen,
             backlog,
             max_backlog: 128,
             holders: vec![HolderSample { pid: 10, ppid: 5, state }, HolderSample { pid: 11, ppid: 10, state }],
@@ -306,7 +307,7 @@ mod tests {
         let mut e = Engine::new(STALL, HashMap::new(), false);
         let mut bound = listener(0, 'S');
         bound.cookie = 2;
-        bound.state = "bound";
+        bound.state = SockState::Bound;
         bound.port = 6000;
         e.update(&sample(0, vec![listener(0, 'T'), bound.clone()], 0));
         let v = e.update(&sample(10, vec![listener(0, 'T'), bound.clone()], 0));

@@ -1,47 +1,43 @@
-//! Rendering `watch` records: an aligned table or JSON lines.
+//! `watch` records: an aligned table or JSON lines.
 use crate::{
-    model::Record,
+    model::{
+        event::{Activity, Record},
+        socket::endpoint,
+    },
+    output::esc,
     sys::clock::{hms_ms, rfc3339_ms, WallClock},
 };
 
 pub const HEADER: &str = "TIME          EVENT   PID      COMM             PROTO  ADDRESS                                          RESULT";
 
-fn endpoint(addr: &str, port: u16) -> String {
-    if addr.contains(':') {
-        format!("[{addr}]:{port}")
-    } else {
-        format!("{addr}:{port}")
-    }
-}
-
 /// One line of the human table.
 pub fn human_line(r: &Record, clock: &WallClock) -> String {
-    let proto = format!("{}{}", r.proto, if r.family == "ipv6" { "6" } else { "4" });
+    let proto = format!("{}{}", r.proto.map_or("other", |p| p.name()), r.family.digit());
     let result = match (&r.error, r.event) {
         (Some(e), _) => {
-            let mut s = e.clone();
+            let mut s = e.name().to_string();
             if let Some(h) = &r.held_by {
-                s.push_str(&format!(" (held by {} socket {} inode {}", h.state, endpoint(&h.addr, r.port), h.inode));
-                if !h.pids.is_empty() {
-                    let pids: Vec<String> = h.pids.iter().map(ToString::to_string).collect();
-                    s.push_str(&format!(" pid {}", pids.join(",")));
-                }
-                s.push(')');
+                let who = match (h.pids.as_slice(), &h.comm) {
+                    ([], _) => String::new(),
+                    ([pid, ..], Some(comm)) => format!("pid {pid} ({}) ", esc(comm)),
+                    (pids, None) => format!("pid {} ", pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
+                };
+                s.push_str(&format!(" (held by {who}{} {} inode {})", h.state.name(), endpoint(h.addr, r.port), h.inode));
             }
             s
         }
-        (None, "bind") if r.requested_port == Some(0) => "ok (port chosen by kernel)".to_string(),
-        (None, "accept") => format!("queued from {}", endpoint(r.peer_addr.as_deref().unwrap_or("?"), r.peer_port.unwrap_or(0))),
+        (None, Activity::Bind) if r.requested_port == Some(0) => "ok (port chosen by kernel)".to_string(),
+        (None, Activity::Accept) => format!("queued from {}", r.peer_addr.map_or("?".into(), |a| endpoint(a, r.peer_port.unwrap_or(0)))),
         (None, _) => "ok".to_string(),
     };
     format!(
         "{:<13} {:<7} {:<8} {:<16} {:<6} {:<48} {}",
         hms_ms(clock.wall(r.ts_ns)),
-        r.event,
+        r.event.name(),
         r.pid.map_or("-".to_string(), |p| p.to_string()),
-        r.comm.as_deref().unwrap_or("-"),
+        esc(r.comm.as_deref().unwrap_or("-")),
         proto,
-        endpoint(&r.addr, r.port),
+        endpoint(r.addr, r.port),
         result
     )
 }
@@ -56,16 +52,12 @@ pub fn write_json<W: std::io::Write>(out: &mut W, r: &mut Record, clock: &WallCl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        ebpf::events::{from_raw, tests::raw},
-        model::Record,
-    };
-    use portwatch_common::EventKind;
+    use crate::model::event::{tests::ev, BindError, EventKind, HeldBy};
 
     #[test]
     fn renders_table_and_json() {
         let clock = WallClock::with_offset_ns(1_700_000_000_000_000_000);
-        let mut r = Record::from_event(&from_raw(&raw(EventKind::Bind, 42, 5050)).unwrap());
+        let mut r = Record::from_event(&ev(EventKind::Bind, 42, 5050, 1, 1_000));
         r.requested_port = Some(5050);
         let line = human_line(&r, &clock);
         assert!(line.starts_with("22:13:20.000"), "{line}");
@@ -74,7 +66,18 @@ mod tests {
         let header_cols: Vec<&str> = HEADER.split_whitespace().collect();
         assert_eq!(header_cols, ["TIME", "EVENT", "PID", "COMM", "PROTO", "ADDRESS", "RESULT"]);
 
-        r.error = Some("EADDRINUSE".into());
+        r.error = Some(BindError::AddrInUse);
+        r.held_by = Some(HeldBy {
+            inode: 11546,
+            state: crate::model::socket::SockState::Listen,
+            addr: "127.0.0.1".parse().unwrap(),
+            uid: 0,
+            cookie: 9,
+            pids: vec![8330],
+            comm: Some("python3".into()),
+        });
+        let line = human_line(&r, &clock);
+        assert!(line.ends_with("EADDRINUSE (held by pid 8330 (python3) listen 127.0.0.1:5050 inode 11546)"), "{line}");
         let mut buf = Vec::new();
         write_json(&mut buf, &mut r, &clock).unwrap();
         assert_eq!(buf.last(), Some(&b'\n'));
@@ -85,5 +88,15 @@ mod tests {
         assert_eq!(j["error"], "EADDRINUSE");
         assert_eq!(j["family"], "ipv4");
         assert_eq!(j["time"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(j["held_by"]["pids"][0], 8330);
+    }
+
+    #[test]
+    fn hostile_names_are_escaped() {
+        let clock = WallClock::with_offset_ns(0);
+        let mut e = ev(EventKind::Listen, 7, 5050, 1, 1);
+        e.task.as_mut().unwrap().comm = "\x1b[2J\nport".into();
+        let line = human_line(&Record::from_event(&e), &clock);
+        assert!(!line.contains('\x1b') && !line.contains('\n'), "{line:?}");
     }
 }

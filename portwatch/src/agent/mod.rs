@@ -1,0 +1,247 @@
+//! The long-running agent: follows the kernel's socket events on the watched ports
+//! into the history, judges listeners continuously, logs each verdict with its
+//! evidence, reaps stuck ones (with `reap`), and serves the control socket and the
+//! metrics. This module is the event loop only.
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{info, warn};
+
+pub mod control;
+pub mod history;
+pub mod metrics;
+pub mod recorder;
+pub mod shared;
+
+use self::{
+    control::server::Reaped,
+    history::writer::{Retention, Writer},
+    recorder::Recorder,
+    shared::{lock, Origin, Shared},
+};
+use crate::{
+    config::{Config, DEFAULT_DB},
+    ebpf::{
+        events::decode,
+        observer::{Observer, ObserverOptions},
+    },
+    error::{Error, Result},
+    model::{event::Record, plan::PortReport, verdict::Verdict},
+    service::{
+        events::Pipeline,
+        judge::{self, Sampler, Streaks},
+        reaper,
+    },
+    sys::{
+        clock::mono_ns,
+        sockdiag::{self, Query},
+    },
+};
+
+/// The ring buffer's pages are mapped into the agent (twice, for wrap-around) and
+/// count towards its RSS; 4 MiB (~32k events) keeps idle RSS near 20 MiB and absorbs
+/// storms of several hundred thousand events a second on watched ports.
+pub const AGENT_RING_BYTES: u32 = 4 << 20;
+
+/// Reaps recorded from the control socket, queued for the recorder at most.
+const REAPED_QUEUE: usize = 256;
+
+fn log_record(r: &Record) {
+    match &r.error {
+        Some(e) => {
+            let holder_pid = r.held_by.as_ref().and_then(|h| h.pids.first().copied());
+            let holder_comm = r.held_by.as_ref().and_then(|h| h.comm.clone());
+            warn!(event = "bind_failed", error = e.name(), pid = r.pid, comm = r.comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, holder_pid, holder_comm = holder_comm.as_deref(), "socket event")
+        }
+        // Every event is in the history and the metrics; logging each one would flood
+        // the log pipeline in a bind storm (RUST_LOG=portwatch=debug shows them).
+        None => {
+            tracing::debug!(event = r.event.name(), pid = r.pid, comm = r.comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, "socket event")
+        }
+    }
+}
+
+fn verdict_fields(v: &Verdict) -> (String, String) {
+    let reasons: Vec<&str> = v.reasons.iter().map(|r| r.kind.name()).collect();
+    let evidence: Vec<&str> = v.reasons.iter().map(|r| r.evidence.as_str()).collect();
+    (reasons.join(","), evidence.join("; "))
+}
+
+fn log_reap(rep: &PortReport) {
+    match (&rep.plan.refused, &rep.outcome) {
+        (Some(why), _) => warn!(port = rep.port, reason = %why, "refused to reap"),
+        (None, None) => {
+            let targets: Vec<i32> = rep.plan.targets.iter().map(|t| t.proc.pid).collect();
+            info!(port = rep.port, targets = ?targets, steps = ?rep.plan.steps, "dry run: would reap")
+        }
+        (None, Some(o)) => {
+            let signals: Vec<String> = o.signals.iter().map(|s| format!("{}:{}", s.signal.name(), s.pid)).collect();
+            if o.freed {
+                info!(port = rep.port, elapsed_ms = o.elapsed_ms, signals = ?signals, "reaped; port is free");
+            } else {
+                warn!(port = rep.port, elapsed_ms = o.elapsed_ms, survivors = ?o.survivors, signals = ?signals, "reaped, but the port is still held");
+            }
+        }
+    }
+}
+
+/// The long-running agent.
+pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
+    if cfg.ports.is_empty() {
+        return Err(Error::Usage("no ports to watch: give --port or `ports` in the config".into()));
+    }
+    let mut obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: Some(AGENT_RING_BYTES) })?;
+    let ring = obs.take_events()?;
+    // Sockets already on the watched ports: their close is reported too.
+    let list: Vec<u16> = cfg.ports.iter().collect();
+    let existing = sockdiag::sockets_on_ports(&list, Query::default()).unwrap_or_default();
+    let seeded = obs.seed(&existing)?;
+    // SAFETY: the ring buffer owns its fd and outlives the registration.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("polling the ring buffer", std::io::Error::other(e.to_string())))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let me = reaper::caller_self();
+    let mut engine = judge::engine(&cfg);
+    let mut streaks = Streaks::new();
+    let mut stuck: HashSet<u64> = HashSet::new();
+    let db = cfg.history.then(|| cfg.db.clone().unwrap_or_else(|| DEFAULT_DB.into()));
+    let writer = match &db {
+        Some(path) => Some(Writer::start(path, Retention { max_age: cfg.retention, max_rows: cfg.max_events })?),
+        None => None,
+    };
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let (m, registry) = metrics::Metrics::new();
+            metrics::serve(addr, Arc::new(registry)).await?;
+            info!(addr = %addr, "serving Prometheus metrics at /metrics");
+            Some(m)
+        }
+        None => None,
+    };
+    let mut lost_seen = 0u64;
+    let shared = Arc::new(Shared {
+        ports: cfg.ports.clone(),
+        started: Instant::now(),
+        db,
+        protect: cfg.protect.clone(),
+        grace: cfg.grace,
+        seen: Mutex::new(Default::default()),
+        stuck: Mutex::new(Vec::new()),
+        lost: Mutex::new(0),
+    });
+    let (reaped_tx, mut reaped_rx) = tokio::sync::mpsc::channel::<Reaped>(REAPED_QUEUE);
+    if let Some(path) = &cfg.socket {
+        let mode = u32::from_str_radix(cfg.socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o660);
+        control::server::serve(path, mode, Some(&cfg.socket_group), shared.clone(), reaped_tx.clone()).await?;
+        info!(socket = %path.display(), mode = %format!("{mode:o}"), "control socket ready");
+    }
+    let mut recorder = Recorder::new(writer, metrics, shared.clone());
+    let mut pipeline = Pipeline::new();
+    let mut sampler = Sampler::default();
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let probe_every = judge::probe_every(&cfg);
+    let mut ticks: u64 = 0;
+    info!(ports = ?list, existing_sockets = seeded, stall = %humantime::format_duration(cfg.stall), grace = %humantime::format_duration(cfg.grace), reap = cfg.reap, dry_run, "agent started");
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::io("ring buffer", e))?;
+                let rb = guard.get_inner_mut();
+                let mut events = Vec::new();
+                while let Some(item) = rb.next() {
+                    if let Ok(ev) = decode(&item) {
+                        events.push(ev);
+                    }
+                }
+                guard.clear_ready();
+                for ev in events {
+                    for r in pipeline.push(ev) {
+                        log_record(&r);
+                        recorder.event(&r);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                for r in pipeline.expire(mono_ns()) {
+                    log_record(&r);
+                    recorder.event(&r);
+                }
+                ticks += 1;
+                if !cfg.probes.is_empty() && ticks.is_multiple_of(probe_every) {
+                    judge::run_probes(&cfg, &mut streaks).await;
+                }
+                let (sample, who) = match sampler.sample(&cfg.ports, &obs, &streaks) {
+                    Ok(s) => s,
+                    Err(e) => { warn!(error = %e, "sampling failed"); continue; }
+                };
+                let verdicts = engine.update(&sample);
+                if let Some(m) = &recorder.metrics {
+                    for port in cfg.ports.iter() {
+                        let socks: Vec<_> = who.on_port(port).collect();
+                        let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.proc.pid)).collect();
+                        let queue = socks.iter().filter_map(|s| s.accept_queue).map(u64::from).sum();
+                        let max = socks.iter().filter_map(|s| s.backlog).map(u64::from).sum();
+                        m.observe_port(port, socks.len(), pids.len(), queue, max, verdicts.iter().find(|v| v.port == port));
+                    }
+                    let lost = obs.lost();
+                    m.lost.inc_by(lost.saturating_sub(lost_seen));
+                    lost_seen = lost;
+                }
+                *lock(&shared.stuck) = verdicts.iter().map(|v| v.port).collect();
+                *lock(&shared.lost) = obs.lost();
+                let now: HashSet<u64> = verdicts.iter().map(|v| v.cookie).collect();
+                for v in &verdicts {
+                    if stuck.insert(v.cookie) {
+                        let (reasons, evidence) = verdict_fields(v);
+                        warn!(port = v.port, reasons = %reasons, evidence = %evidence, pids = ?v.pids, "listener stuck");
+                        recorder.verdict(v);
+                        if cfg.reap {
+                            // Off the event loop: a reap waits up to `grace`, and the
+                            // ring buffer and other ports must not wait with it.
+                            let (v, cfg, me, tx) = (v.clone(), cfg.clone(), me.clone(), reaped_tx.clone());
+                            tokio::task::spawn_blocking(move || {
+                                let rep = judge::reap_verdict(&v, &cfg, true, dry_run, &me);
+                                let _ = tx.blocking_send((rep, Origin::Agent));
+                            });
+                        }
+                    }
+                }
+                for c in stuck.iter().filter(|c| !now.contains(c)).copied().collect::<Vec<_>>() {
+                    stuck.remove(&c);
+                    info!(cookie = c, "listener no longer stuck (recovered or closed)");
+                }
+            }
+            Some((rep, origin)) = reaped_rx.recv() => {
+                if origin == Origin::Agent {
+                    log_reap(&rep);
+                }
+                recorder.reap(&rep, origin);
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let lost = obs.lost();
+    drop(ring);
+    drop(obs);
+    let dropped = recorder.dropped();
+    if dropped > 0 {
+        warn!(dropped_rows = dropped, "history could not keep up; rows were dropped");
+    }
+    // Flushes what is queued for the database.
+    drop(recorder);
+    if let Some(path) = &cfg.socket {
+        let _ = control::server::remove_stale(path);
+    }
+    info!(lost_events = lost, "agent stopped; hooks detached");
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Turns what the agent sees and does into history rows and metrics, with process
+//! details captured while the processes still exist.
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    history::{writer::Writer, Row, RowKind},
+    metrics::Metrics,
+    shared::{lock, Origin, Shared, Tenure},
+};
+use crate::{
+    model::{
+        event::{Activity, Record},
+        plan::PortReport,
+        process::ProcDetails,
+        time::{fmt_time, WallNs},
+        verdict::Verdict,
+    },
+    sys::{
+        clock::{wall_now_ns, wall_ns, WallClock},
+        proc,
+    },
+};
+
+/// Caches details per (pid, start time) so a storm from one process reads /proc once;
+/// an entry is re-validated (pid reuse) at most once a second.
+#[derive(Default)]
+pub struct DetailsCache {
+    map: HashMap<i32, (u64, Instant, Option<ProcDetails>)>,
+}
+
+impl DetailsCache {
+    const MAX: usize = 4096;
+
+    pub fn get(&mut self, pid: i32) -> Option<ProcDetails> {
+        if let Some((_, checked, d)) = self.map.get(&pid) {
+            if checked.elapsed() < Duration::from_secs(1) {
+                return d.clone();
+            }
+        }
+        let Some((start, _)) = proc::start_and_state(pid) else {
+            // Gone: what we knew is still the best description of it.
+            return self.map.get(&pid).and_then(|(_, _, d)| d.clone());
+        };
+        if let Some((s, checked, d)) = self.map.get_mut(&pid) {
+            if *s == start {
+                *checked = Instant::now();
+                return d.clone();
+            }
+        }
+        if self.map.len() >= Self::MAX {
+            self.map.clear();
+        }
+        let d = proc::details(pid);
+        self.map.insert(pid, (start, Instant::now(), d.clone()));
+        d
+    }
+}
+
+pub struct Recorder {
+    pub writer: Option<Writer>,
+    pub metrics: Option<Metrics>,
+    details: DetailsCache,
+    shared: Arc<Shared>,
+    clock: WallClock,
+}
+
+impl Recorder {
+    pub fn new(writer: Option<Writer>, metrics: Option<Metrics>, shared: Arc<Shared>) -> Self {
+        Self { writer, metrics, details: DetailsCache::default(), shared, clock: WallClock::new() }
+    }
+
+    /// A row with the details of `pid` (read now, or cached).
+    fn row(&mut self, time_ns: WallNs, kind: RowKind, pid: Option<i32>) -> Row {
+        let mut r = Row { pid, ..Row::at(time_ns, kind) };
+        if let Some(d) = pid.and_then(|p| self.details.get(p)) {
+            r.ppid = Some(d.proc.ppid);
+            r.uid = Some(d.proc.uid);
+            r.comm = Some(d.proc.comm);
+            r.cmdline = Some(d.proc.cmdline);
+            r.cgroup = Some(d.proc.cgroup);
+            r.ancestry = Some(d.ancestry);
+            r.job = d.job;
+        }
+        r
+    }
+
+    /// A socket event or a failed bind, as the event pipeline produced it.
+    pub fn event(&mut self, rec: &Record) {
+        if let Some(m) = &self.metrics {
+            m.event(if rec.error.is_some() { "bind_failed" } else { rec.event.name() });
+        }
+        if rec.event == Activity::Accept {
+            return;
+        }
+        let kind = match (rec.event, rec.error) {
+            (_, Some(_)) => RowKind::BindFailed,
+            (Activity::Bind, None) => RowKind::Bind,
+            (Activity::Listen, None) => RowKind::Listen,
+            (Activity::Close, None) => RowKind::Close,
+            (Activity::Accept, None) => return,
+        };
+        let t = wall_ns(&self.clock, rec.ts_ns);
+        let mut r = self.row(t, kind, rec.pid.map(|p| p as i32));
+        if r.comm.is_none() {
+            r.comm = rec.comm.clone();
+        }
+        r.port = Some(rec.port);
+        r.proto = rec.proto;
+        r.addr = Some(rec.addr);
+        r.cookie = Some(rec.cookie);
+        r.error = rec.error.map(|e| e.name().to_string());
+        if let Some(h) = &rec.held_by {
+            let mut d = match (h.pids.first(), &h.comm) {
+                (Some(pid), Some(comm)) => format!("held by pid {pid} ({comm})"),
+                (Some(pid), None) => format!("held by pid {pid}"),
+                _ => format!("held by a {} socket (inode {})", h.state.name(), h.inode),
+            };
+            if let Some(t) = lock(&self.shared.seen).get(&h.cookie) {
+                d.push_str(&format!(", since {}", fmt_time(t.since)));
+                if let Some(j) = &t.job {
+                    d.push_str(&format!(", job {j}"));
+                }
+            }
+            r.detail = Some(d);
+        }
+        {
+            let mut seen = lock(&self.shared.seen);
+            match kind {
+                RowKind::Bind | RowKind::Listen => {
+                    seen.entry(rec.cookie).or_insert(Tenure { since: t, job: r.job.as_deref().map(String::from) });
+                }
+                RowKind::Close => {
+                    seen.remove(&rec.cookie);
+                }
+                _ => {}
+            }
+        }
+        self.record(r);
+    }
+
+    pub fn verdict(&mut self, v: &Verdict) {
+        if let Some(m) = &self.metrics {
+            for r in &v.reasons {
+                m.verdict(r.kind.name());
+            }
+        }
+        let reasons: Vec<&str> = v.reasons.iter().map(|r| r.kind.name()).collect();
+        let evidence: Vec<&str> = v.reasons.iter().map(|r| r.evidence.as_str()).collect();
+        let mut r = Row { port: Some(v.port), cookie: Some(v.cookie), ..Row::at(wall_now_ns(), RowKind::Stuck) };
+        r.error = Some(reasons.join(","));
+        r.detail = Some(format!("{}; pids {:?}", evidence.join("; "), v.pids));
+        self.record(r);
+    }
+
+    /// A reap (the agent's own, or one a client asked for), every signal a row.
+    pub fn reap(&mut self, rep: &PortReport, origin: Origin) {
+        if let Some(m) = &self.metrics {
+            let outcome = match (&rep.plan.refused, &rep.outcome) {
+                (Some(_), _) => "refused",
+                (None, None) => "dry_run",
+                (None, Some(o)) if o.freed => "freed",
+                (None, Some(_)) => "still_held",
+            };
+            m.reap(outcome);
+            for sig in rep.outcome.iter().flat_map(|o| o.signals.iter()) {
+                m.signal(sig.signal.name());
+            }
+        }
+        let by = match origin {
+            Origin::Agent => "agent".to_string(),
+            Origin::Client { uid, pid: Some(pid) } => format!("uid {uid} pid {pid} (control socket)"),
+            Origin::Client { uid, pid: None } => format!("uid {uid} (control socket)"),
+        };
+        let now = wall_now_ns();
+        if let Some(why) = &rep.plan.refused {
+            let r = Row { port: Some(rep.port), detail: Some(format!("{why}; asked by {by}")), ..Row::at(now, RowKind::Refused) };
+            self.record(r);
+        }
+        if let Some(o) = &rep.outcome {
+            for sig in &o.signals {
+                let t = rep.plan.targets.iter().find(|t| t.proc.pid == sig.pid);
+                let r = Row {
+                    port: Some(rep.port),
+                    pid: Some(sig.pid),
+                    comm: t.map(|t| t.proc.comm.clone()),
+                    uid: t.map(|t| t.proc.uid),
+                    cmdline: t.map(|t| t.proc.cmdline.clone()),
+                    detail: Some(format!("{} {}; asked by {by}", sig.signal.name(), if sig.ok { "delivered" } else { "failed" })),
+                    ..Row::at(now, RowKind::Signal)
+                };
+                self.record(r);
+            }
+            let freed = if o.freed { "port free" } else { "port still held" };
+            let r = Row {
+                port: Some(rep.port),
+                detail: Some(format!("{freed} after {} ms; asked by {by}", o.elapsed_ms)),
+                ..Row::at(now, RowKind::Reaped)
+            };
+            self.record(r);
+        }
+    }
+
+    fn record(&self, r: Row) {
+        if let Some(w) = &self.writer {
+            w.record(r);
+        }
+    }
+
+    /// Rows dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.dropped.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}

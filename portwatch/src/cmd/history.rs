@@ -1,0 +1,36 @@
+//! `portwatch history`.
+use crate::{
+    agent::history::store::Store,
+    cli::HistoryArgs,
+    config::DEFAULT_DB,
+    error::{exit, Error, Result},
+    model::time::{fmt_time, parse_when},
+    output::{history::render, to_json},
+    sys::clock::{local_offset_secs, wall_now_ns},
+};
+
+pub fn run(a: HistoryArgs) -> Result<u8> {
+    let now = wall_now_ns();
+    let when = |s: Option<String>| s.map(|s| parse_when(&s, now, &local_offset_secs).map_err(Error::Usage)).transpose();
+    let (since, until, at) = (when(a.since)?, when(a.until)?, when(a.at)?);
+    let path = a.db.unwrap_or_else(|| DEFAULT_DB.into());
+    let store = Store::open_readonly(&path)?;
+    let dberr = |e: rusqlite::Error| Error::Config(format!("history database {}: {e}", path.display()));
+    let rows = match (at, a.port) {
+        (Some(t), Some(p)) => store.holders_at(p, t).map_err(dberr)?,
+        _ => store.query(a.port, since, until, a.pid).map_err(dberr)?,
+    };
+    if a.json {
+        println!("{}", to_json(&rows)?);
+    } else if let (Some(t), Some(p)) = (at, a.port) {
+        if rows.is_empty() {
+            println!("port {p} was not held (as far as the agent saw) at {}", fmt_time(t));
+        } else {
+            println!("port {p} at {} was held by:", fmt_time(t));
+            print!("{}", render(&rows));
+        }
+    } else {
+        print!("{}", render(&rows));
+    }
+    Ok(exit::OK)
+}
