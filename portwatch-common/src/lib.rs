@@ -18,8 +18,9 @@ pub mod maps {
     /// reported as bound or listening, so their release is reported as a `close`
     /// (`cgroup/sock_release` may not read the socket's address itself).
     pub const TRACKED: &str = "TRACKED";
-    /// `Array<u64>` [1]: how many sockets `TRACKED` holds.
-    pub const TRACKED_COUNT: &str = "TRACKED_COUNT";
+    /// `Array<u64>` [1]: non-zero once any socket was tracked (by the kernel side or
+    /// by user space seeding), so `sock_release` can skip the lookup until then.
+    pub const TRACKED_ANY: &str = "TRACKED_ANY";
     /// `PerCpuArray<u64>` indexed by port: connections the kernel completed into a
     /// listener's accept queue (SYN_RECV -> ESTABLISHED on the listener's port).
     pub const QUEUED: &str = "QUEUED";
@@ -28,6 +29,22 @@ pub mod maps {
     pub const HOLDER_QUERY: &str = "HOLDER_QUERY";
     /// `PerCpuArray<[u64; 64]>` [1]: scratch for one chunk of an fd table.
     pub const FD_CHUNK: &str = "FD_CHUNK";
+    /// `PerCpuArray<u64>` indexed by [`crate::probe`]: failed kernel reads and other
+    /// errors per program (counted, never silently dropped).
+    pub const ERRORS: &str = "ERRORS";
+}
+
+/// Program ids for the `ERRORS` counters.
+pub mod probe {
+    pub const BIND: u32 = 0;
+    pub const POST_BIND: u32 = 1;
+    pub const STATE: u32 = 2;
+    pub const RELEASE: u32 = 3;
+    pub const TASK_FILE: u32 = 4;
+    pub const HOLDERS: u32 = 5;
+    pub const COUNT: u32 = 6;
+    /// Names, indexed by id.
+    pub const NAMES: [&str; COUNT as usize] = ["bind", "post_bind", "inet_sock_set_state", "sock_release", "task_file", "holders"];
 }
 
 /// Names of the kernel programs, shared with user space.
@@ -60,6 +77,9 @@ pub mod globals {
     pub const OFFSETS: &str = "OFFSETS";
     /// Offsets for the holders iterator; see [`crate::HolderOffsets`].
     pub const HOLDER_OFFSETS: &str = "HOLDER_OFFSETS";
+    /// Address of the kernel's global `udp_table` (kernels before 6.2, where
+    /// `net->ipv4.udp_table` does not exist), or 0.
+    pub const UDP_TABLE: &str = "UDP_TABLE";
 }
 
 /// Indexes into the `CONFIG` map.
@@ -186,58 +206,8 @@ pub struct Event {
     pub data: SockData,
 }
 
-/// Byte offsets of kernel struct fields, resolved from `/sys/kernel/btf/vmlinux` by
-/// user space and passed to the kernel program as a global (Rust has no CO-RE).
-/// A value of `u32::MAX` means "not available".
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelOffsets {
-    /// `struct sock_common` (at the start of `struct sock`)
-    pub skc_family: u32,
-    pub skc_num: u32,
-    pub skc_dport: u32,
-    pub skc_rcv_saddr: u32,
-    pub skc_daddr: u32,
-    pub skc_v6_rcv_saddr: u32,
-    pub skc_v6_daddr: u32,
-    /// `sock_common.skc_net` (a `possible_net_t` holding `struct net *`).
-    pub skc_net: u32,
-    /// `struct sock.sk_protocol` (a u16 in kernels >= 5.6).
-    pub sk_protocol: u32,
-    /// `struct net.net_cookie`.
-    pub net_cookie: u32,
-    /// `struct file.f_inode`, `struct inode.i_ino`, `struct inode.i_mode`:
-    /// the socket inode, for the `iter/task_file` program.
-    pub file_inode: u32,
-    pub inode_ino: u32,
-    pub inode_mode: u32,
-    /// `struct task_struct.tgid`.
-    pub task_tgid: u32,
-    /// Non-zero once user space filled this in.
-    pub valid: u32,
-    pub _pad: u32,
-}
-
-impl KernelOffsets {
-    pub const UNSET: Self = Self {
-        skc_family: u32::MAX,
-        skc_num: u32::MAX,
-        skc_dport: u32::MAX,
-        skc_rcv_saddr: u32::MAX,
-        skc_daddr: u32::MAX,
-        skc_v6_rcv_saddr: u32::MAX,
-        skc_v6_daddr: u32::MAX,
-        skc_net: u32::MAX,
-        sk_protocol: u32::MAX,
-        net_cookie: u32::MAX,
-        file_inode: u32::MAX,
-        inode_ino: u32::MAX,
-        inode_mode: u32::MAX,
-        task_tgid: u32::MAX,
-        valid: 0,
-        _pad: 0,
-    };
-}
+pub mod offsets;
+pub use offsets::{HolderOffsets, KernelOffsets};
 
 /// A socket portwatch reported bound or listening (value of the `TRACKED` map).
 #[repr(C)]
@@ -353,110 +323,6 @@ pub struct HolderRecord {
     pub ino: u64,
 }
 
-/// Offsets for the holders iterator, resolved from BTF by user space like
-/// [`KernelOffsets`]. `u32::MAX` means "not available"; composite paths (e.g.
-/// `net.ipv4.udp_table`) are summed by user space.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HolderOffsets {
-    pub task_pid: u32,
-    pub task_tgid: u32,
-    pub task_group_leader: u32,
-    pub task_files: u32,
-    pub task_nsproxy: u32,
-    pub nsproxy_net_ns: u32,
-    /// `net.hash_mix` (u32::MAX without network namespaces: the mix is 0).
-    pub net_hash_mix: u32,
-    /// `net.ipv4.tcp_death_row.hashinfo` (a `struct inet_hashinfo *`).
-    pub net_tcp_hashinfo: u32,
-    /// `net.ipv4.udp_table` (a `struct udp_table *`).
-    pub net_udp_table: u32,
-    pub hashinfo_bhash: u32,
-    pub hashinfo_bhash_size: u32,
-    /// `struct inet_bind_hashbucket`: its `chain` and its size.
-    pub bhb_chain: u32,
-    pub bhb_size: u32,
-    /// `struct inet_bind_bucket`.
-    pub tb_net: u32,
-    pub tb_port: u32,
-    pub tb_node: u32,
-    /// Kernels up to 6.7: sockets hang off `tb->owners`.
-    pub tb_owners: u32,
-    /// Kernels from 6.8: `tb->bhash2` lists `inet_bind2_bucket`s, whose `owners`
-    /// hold the sockets.
-    pub tb_bhash2: u32,
-    pub tb2_bhash_node: u32,
-    pub tb2_owners: u32,
-    /// `struct sock_common`.
-    pub skc_bind_node: u32,
-    pub skc_node: u32,
-    pub skc_state: u32,
-    pub skc_family: u32,
-    pub skc_num: u32,
-    pub skc_net: u32,
-    pub sk_socket: u32,
-    pub udp_table_hash: u32,
-    pub udp_table_mask: u32,
-    pub udp_hslot_size: u32,
-    pub socket_file: u32,
-    pub file_inode: u32,
-    pub inode_ino: u32,
-    pub files_fdt: u32,
-    pub fdt_max_fds: u32,
-    pub fdt_fd: u32,
-    /// `hlist_head.first`, `hlist_node.next`, `udp_hslot.head`.
-    pub hlist_first: u32,
-    pub hlist_next: u32,
-    pub udp_hslot_head: u32,
-    /// `fdtable.open_fds`: the bitmap of open fds, to read only the used slots.
-    pub fdt_open_fds: u32,
-}
-
-impl HolderOffsets {
-    pub const UNSET: Self = Self {
-        task_pid: u32::MAX,
-        task_tgid: u32::MAX,
-        task_group_leader: u32::MAX,
-        task_files: u32::MAX,
-        task_nsproxy: u32::MAX,
-        nsproxy_net_ns: u32::MAX,
-        net_hash_mix: u32::MAX,
-        net_tcp_hashinfo: u32::MAX,
-        net_udp_table: u32::MAX,
-        hashinfo_bhash: u32::MAX,
-        hashinfo_bhash_size: u32::MAX,
-        bhb_chain: u32::MAX,
-        bhb_size: u32::MAX,
-        tb_net: u32::MAX,
-        tb_port: u32::MAX,
-        tb_node: u32::MAX,
-        tb_owners: u32::MAX,
-        tb_bhash2: u32::MAX,
-        tb2_bhash_node: u32::MAX,
-        tb2_owners: u32::MAX,
-        skc_bind_node: u32::MAX,
-        skc_node: u32::MAX,
-        skc_state: u32::MAX,
-        skc_family: u32::MAX,
-        skc_num: u32::MAX,
-        skc_net: u32::MAX,
-        sk_socket: u32::MAX,
-        udp_table_hash: u32::MAX,
-        udp_table_mask: u32::MAX,
-        udp_hslot_size: u32::MAX,
-        socket_file: u32::MAX,
-        file_inode: u32::MAX,
-        inode_ino: u32::MAX,
-        files_fdt: u32::MAX,
-        fdt_max_fds: u32::MAX,
-        fdt_fd: u32::MAX,
-        hlist_first: u32::MAX,
-        hlist_next: u32::MAX,
-        udp_hslot_head: u32::MAX,
-        fdt_open_fds: u32::MAX,
-    };
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays,
@@ -473,9 +339,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<EventInfo>() == 64);
 const _: () = assert!(core::mem::size_of::<SockData>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);
 const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 3 * 8 * holders::MAX_TARGETS + 16);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
-const _: () = assert!(core::mem::size_of::<HolderOffsets>() == 40 * 4);

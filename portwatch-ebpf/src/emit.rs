@@ -1,6 +1,6 @@
 //! Filling in the parts of an event that do not depend on the hook.
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
 };
 use portwatch_common::{info_flags, Event, EventKind};
@@ -82,14 +82,4 @@ pub fn ip4_bytes(word: u32) -> [u8; 16] {
     out[2] = b[2];
     out[3] = b[3];
     out
-}
-
-/// Reads a `T` at `base + off`; `u32::MAX` marks an offset BTF did not have.
-#[inline(always)]
-pub fn rd<T>(base: *const u8, off: u32) -> Result<T, ()> {
-    if off == u32::MAX {
-        return Err(());
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) }.map_err(|_| ())
 }

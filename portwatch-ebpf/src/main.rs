@@ -2,14 +2,11 @@
 //! wrapper over a `try_` function; shared state and event emission in `maps`/`emit`.
 #![no_std]
 #![no_main]
-// One atomic add on a shared counter (maps.rs); stable Rust has no way to spell it
-// for a target without compare-and-swap.
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
 
 mod emit;
 mod maps;
 mod probes;
+mod read;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -3,7 +3,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{config, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES};
+use portwatch_common::{
+    config, offsets::Offsets, probe, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -20,10 +22,15 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 #[map]
 pub static TRACKED: LruHashMap<u64, TrackedSock> = LruHashMap::with_max_entries(TRACKED_ENTRIES, 0);
 
-/// How many sockets `TRACKED` holds (approximately: LRU evictions are not counted
-/// down). Zero lets `sock_release` skip the cookie and the hash lookup.
+/// Non-zero once any socket was tracked: until then `sock_release` skips the cookie
+/// and the hash lookup. Only ever set to 1 (by the kernel side or user space), so it
+/// needs no atomic update.
 #[map]
-pub static TRACKED_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+pub static TRACKED_ANY: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Errors per program (failed kernel reads...), by `portwatch_common::probe` id.
+#[map]
+pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe::COUNT, 0);
 
 #[map]
 pub static QUEUED: PerCpuArray<u64> = PerCpuArray::with_max_entries(65536, 0);
@@ -41,6 +48,16 @@ static SELF_TGID: u32 = 0;
 
 #[unsafe(no_mangle)]
 pub static HOLDER_OFFSETS: HolderOffsets = HolderOffsets::UNSET;
+
+#[unsafe(no_mangle)]
+static UDP_TABLE: u64 = 0;
+
+/// The global `udp_table`'s address (kernels before 6.2), or 0.
+#[inline(always)]
+pub fn udp_table_global() -> u64 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&UDP_TABLE) }
+}
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::UNSET;
@@ -82,13 +99,12 @@ pub fn submit(ev: &Event) {
 
 const BPF_NOEXIST: u64 = 1;
 
-/// Adds `delta` to the counter with one BPF atomic add (the BPF target has no
-/// compare-and-swap, so `AtomicU64::fetch_add` is not available; the intrinsic is).
+/// Counts an error of program `id` (per CPU: no atomics needed).
 #[inline(always)]
-fn tracked_add(delta: i64) {
-    if let Some(p) = TRACKED_COUNT.get_ptr_mut(0) {
-        // SAFETY: a map value, 8-byte aligned, valid while the program runs.
-        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta as u64) };
+pub fn count_error(id: u32) {
+    if let Some(n) = ERRORS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
     }
 }
 
@@ -97,20 +113,21 @@ fn tracked_add(delta: i64) {
 pub fn track(d: &SockData) {
     let t = TrackedSock { port: d.port, family: d.family, _pad: 0, addr: d.addr };
     if TRACKED.insert(&d.cookie, &t, BPF_NOEXIST).is_ok() {
-        tracked_add(1);
+        if let Some(p) = TRACKED_ANY.get_ptr_mut(0) {
+            // SAFETY: a map value; every writer stores the same 1.
+            unsafe { *p = 1 };
+        }
     }
 }
 
-/// Whether any socket is tracked at all (cheap: one array read).
+/// Whether any socket was ever tracked (cheap: one array read).
 #[inline(always)]
 pub fn any_tracked() -> bool {
-    matches!(TRACKED_COUNT.get(0), Some(n) if *n != 0)
+    matches!(TRACKED_ANY.get(0), Some(n) if *n != 0)
 }
 
 /// Forgets a tracked socket.
 #[inline(always)]
 pub fn untrack(cookie: u64) {
-    if TRACKED.remove(&cookie).is_ok() {
-        tracked_add(-1);
-    }
+    let _ = TRACKED.remove(&cookie);
 }

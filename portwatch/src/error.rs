@@ -40,6 +40,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Loading or attaching BPF failed; `permission` when the kernel said EPERM or
+    /// EACCES somewhere in the chain.
+    #[error("{context}: {}", chain_text(source.as_ref()))]
+    Bpf {
+        context: String,
+        permission: bool,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -52,6 +61,8 @@ impl Error {
             Self::Privilege { .. } => exit::PRIVILEGE,
             Self::Unsupported { .. } => exit::UNSUPPORTED,
             Self::Refused(_) => exit::REFUSED,
+            Self::Bpf { permission: true, .. } => exit::PRIVILEGE,
+            Self::Bpf { permission: false, .. } => exit::UNSUPPORTED,
             Self::Io { .. } | Self::Internal(_) => exit::INTERNAL,
         }
     }
@@ -67,6 +78,71 @@ impl Error {
     pub fn unsupported(what: impl Into<String>, fix: impl Into<String>) -> Self {
         Self::Unsupported { what: what.into(), fix: fix.into() }
     }
+
+    /// A BPF error, its kind told by the OS error in its chain (not by its words).
+    pub fn bpf(context: impl Into<String>, source: aya::EbpfError) -> Self {
+        let permission = os_errors(&source).any(|e| matches!(e, libc::EPERM | libc::EACCES));
+        Self::Bpf { context: context.into(), permission, source: Box::new(source) }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The raw OS error numbers of the `io::Error`s in an error's source chain.
+pub fn os_errors<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = i32> + 'a {
+    std::iter::successors(Some(e), |e| e.source()).filter_map(|e| e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error))
+}
+
+/// An error with its sources on one line; a verifier log is cut to its verdict (the
+/// last lines), since the whole log runs to thousands of lines.
+pub fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    summarize_verifier(&s)
+}
+
+fn summarize_verifier(s: &str) -> String {
+    let Some((head, log)) = s.split_once("Verifier output:") else {
+        return s.to_string();
+    };
+    let tail: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed "))
+        .collect();
+    let keep = &tail[tail.len().saturating_sub(2)..];
+    format!("{}verifier: {}", head, keep.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_logs_are_cut_to_their_verdict() {
+        let e = io::Error::other("load failed: Verifier output: 0: r1 = 1\n1: exit\nR0 !read_ok\nprocessed 2 insns\n");
+        assert_eq!(chain_text(&e), "load failed: verifier: 1: exit | R0 !read_ok");
+    }
+
+    #[test]
+    fn permission_is_an_os_error_in_the_chain() {
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        let e = aya::EbpfError::MapError(aya::maps::MapError::CreateError { name: "EVENTS".into(), io_error: eperm });
+        let e = Error::bpf("loading", e);
+        assert_eq!(e.exit_code(), exit::PRIVILEGE);
+        assert!(e.to_string().starts_with("loading: "), "{e}");
+        let enoent = aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "X".into(),
+            io_error: io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        assert_eq!(Error::bpf("loading", enoent).exit_code(), exit::UNSUPPORTED);
+    }
+}

@@ -8,25 +8,29 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
     EbpfContext,
 };
-use portwatch_common::{EventKind, AF_INET, AF_INET6};
+use portwatch_common::{probe, EventKind, AF_INET, AF_INET6};
 
 use crate::{
     ctx_field,
     emit::{ip4_bytes, ip6_bytes, is_self, task_event},
-    maps::{submit, track, watched},
+    maps::{count_error, submit, track, watched},
 };
 
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(bind4)]
 pub fn pw_bind4(ctx: SockAddrContext) -> i32 {
-    let _ = try_bind(&ctx, AF_INET);
+    if try_bind(&ctx, AF_INET).is_err() {
+        count_error(probe::BIND);
+    }
     ALLOW
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn pw_bind6(ctx: SockAddrContext) -> i32 {
-    let _ = try_bind(&ctx, AF_INET6);
+    if try_bind(&ctx, AF_INET6).is_err() {
+        count_error(probe::BIND);
+    }
     ALLOW
 }
 
@@ -58,13 +62,17 @@ fn try_bind(ctx: &SockAddrContext, family: u16) -> Result<(), ()> {
 
 #[cgroup_sock(post_bind4)]
 pub fn pw_post_bind4(ctx: SockContext) -> i32 {
-    let _ = try_post_bind::<false>(&ctx);
+    if try_post_bind::<false>(&ctx).is_err() {
+        count_error(probe::POST_BIND);
+    }
     ALLOW
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn pw_post_bind6(ctx: SockContext) -> i32 {
-    let _ = try_post_bind::<true>(&ctx);
+    if try_post_bind::<true>(&ctx).is_err() {
+        count_error(probe::POST_BIND);
+    }
     ALLOW
 }
 

@@ -12,10 +12,13 @@ use aya_ebpf::{
     bindings::seq_file,
     helpers::generated::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_loop, bpf_probe_read_kernel, bpf_seq_write},
 };
-use portwatch_common::{holders::*, tcp_state, HolderQuery, HolderRecord, IPPROTO_TCP, IPPROTO_UDP};
+use portwatch_common::{holders::*, probe, tcp_state, HolderQuery, HolderRecord, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::task_file::IterMeta;
-use crate::maps::{FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY};
+use crate::{
+    maps::{count_error, udp_table_global, FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY},
+    read::rd,
+};
 
 /// `struct bpf_iter__task`.
 #[repr(C)]
@@ -39,19 +42,12 @@ const MAX_WALK_STEPS: u32 = 1 << 14;
 /// fd-table chunks of 64 (so 4M fds).
 const MAX_FD_CHUNKS: u32 = 1 << 16;
 
-#[inline(always)]
-fn rd<T>(base: u64, off: u32) -> Result<T, ()> {
-    if off == u32::MAX || base == 0 {
-        return Err(());
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.map_err(|_| ())
-}
-
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 pub fn pw_task_holders(ctx: *mut IterTask) -> i32 {
-    let _ = try_task_holders(ctx);
+    if try_task_holders(ctx).is_err() {
+        count_error(probe::HOLDERS);
+    }
     0
 }
 
@@ -70,6 +66,9 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
     let q = unsafe { &mut *q };
     if q.status == 0 {
         q.status = resolve(q).unwrap_or(READ_FAILED);
+        if q.status == READ_FAILED {
+            count_error(probe::HOLDERS);
+        }
         emit(seq, &HolderRecord { kind: REC_STATUS, aux: q.status, ..HolderRecord::default() });
         for i in 0..MAX_TARGETS {
             if i as u32 >= q.ntargets {
@@ -93,6 +92,9 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
     }
     // A failed read could hide a holder: say so, and user space takes another path.
     let status = scan_task(q, seq, task as u64).unwrap_or(READ_FAILED);
+    if status == READ_FAILED {
+        count_error(probe::HOLDERS);
+    }
     if status != OK {
         q.status = status;
         emit(seq, &HolderRecord { kind: REC_STATUS, aux: status, ..HolderRecord::default() });
@@ -211,7 +213,8 @@ fn resolve_port_inner(w: &mut Walk, i: usize) -> Result<(), ()> {
         }
     }
     if w.status == OK && protos & PROTO_UDP != 0 {
-        let table: u64 = rd(net, off!(net_udp_table))?;
+        // `net->ipv4.udp_table` from 6.2; the global `udp_table` before.
+        let table: u64 = if off!(net_udp_table) != u32::MAX { rd(net, off!(net_udp_table))? } else { udp_table_global() };
         let hash: u64 = rd(table, off!(udp_table_hash))?;
         let mask: u32 = rd(table, off!(udp_table_mask))?;
         // udp_hashfn(): (port + net_hash_mix(net)) & mask

@@ -7,17 +7,19 @@ use aya_ebpf::{
     programs::SockContext,
     EbpfContext,
 };
-use portwatch_common::EventKind;
+use portwatch_common::{probe, EventKind};
 
 use crate::{
     ctx_field,
     emit::task_event,
-    maps::{any_tracked, submit, untrack, TRACKED},
+    maps::{any_tracked, count_error, submit, untrack, TRACKED},
 };
 
 #[cgroup_sock(sock_release)]
 pub fn pw_sock_release(ctx: SockContext) -> i32 {
-    let _ = try_sock_release(&ctx);
+    if try_sock_release(&ctx).is_err() {
+        count_error(probe::RELEASE);
+    }
     1
 }
 

@@ -6,16 +6,19 @@
 //!
 //! `struct sock` fields are read at offsets resolved from BTF by user space.
 use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint, programs::BtfTracePointContext};
-use portwatch_common::{tcp_state, EventKind, KernelOffsets, AF_INET, AF_INET6};
+use portwatch_common::{probe, tcp_state, EventKind, KernelOffsets, AF_INET, AF_INET6};
 
 use crate::{
-    emit::{is_self, rd, softirq_event, task_event},
-    maps::{offsets, submit, track, watched, CONFIG, QUEUED},
+    emit::{is_self, softirq_event, task_event},
+    maps::{count_error, offsets, submit, track, watched, CONFIG, QUEUED},
+    read::rd,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn pw_state_btf(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_state(&ctx);
+    if try_state(&ctx).is_err() {
+        count_error(probe::STATE);
+    }
     0
 }
 
@@ -28,10 +31,11 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
         _ => return Ok(()),
     };
     let off = offsets();
-    if off.valid == 0 {
+    if !off.state_hook_ready() {
         return Err(());
     }
     let sk: *const u8 = ctx.arg(0);
+    let sk = sk as u64;
     let port: u16 = rd(sk, off.skc_num)?;
     match kind {
         EventKind::Listen => {
@@ -57,7 +61,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
     ev.data.old_state = old as u8;
     ev.data.new_state = new as u8;
     if let Ok(net) = rd::<u64>(sk, off.skc_net) {
-        ev.info.netns_cookie = rd::<u64>(net as *const u8, off.net_cookie).unwrap_or(0);
+        ev.info.netns_cookie = rd::<u64>(net, off.net_cookie).unwrap_or(0);
     }
     if kind == EventKind::Listen {
         // SAFETY: `sk` is the tracepoint's trusted `struct sock *` argument.
@@ -68,7 +72,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
-fn fill_sock(d: &mut portwatch_common::SockData, sk: *const u8, off: &KernelOffsets) -> Result<(), ()> {
+fn fill_sock(d: &mut portwatch_common::SockData, sk: u64, off: &KernelOffsets) -> Result<(), ()> {
     d.family = rd(sk, off.skc_family)?;
     d.protocol = rd(sk, off.sk_protocol).unwrap_or(0);
     d.peer_port = u16::from_be(rd(sk, off.skc_dport).unwrap_or(0));

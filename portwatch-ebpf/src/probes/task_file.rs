@@ -3,9 +3,12 @@
 //! holder of a socket (masters and forked workers alike) without walking /proc. It
 //! takes no input, so user space can pin it once and read it from many processes.
 use aya_ebpf::helpers::generated::bpf_seq_write;
-use portwatch_common::TaskSocket;
+use portwatch_common::{probe, TaskSocket};
 
-use crate::{emit::rd, maps::offsets};
+use crate::{
+    maps::{count_error, offsets},
+    read::rd,
+};
 
 /// `struct bpf_iter__task_file` (kernel/bpf/task_iter.c): pointers are 8 bytes wide
 /// in BPF programs (`__bpf_md_ptr`).
@@ -30,7 +33,9 @@ const S_IFSOCK: u16 = 0o140000;
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
 pub fn pw_task_sockets(ctx: *mut IterTaskFile) -> i32 {
-    let _ = try_task_sockets(ctx);
+    if try_task_sockets(ctx).is_err() {
+        count_error(probe::TASK_FILE);
+    }
     0
 }
 
@@ -41,14 +46,13 @@ fn try_task_sockets(ctx: *mut IterTaskFile) -> Result<(), ()> {
         return Ok(());
     }
     let off = offsets();
-    let inode: u64 = rd(file, off.file_inode)?;
-    let inode = inode as *const u8;
+    let inode: u64 = rd(file as u64, off.file_inode)?;
     let mode: u16 = rd(inode, off.inode_mode)?;
     if mode & S_IFMT != S_IFSOCK {
         return Ok(());
     }
     let ino: u64 = rd(inode, off.inode_ino)?;
-    let tgid: i32 = rd(task, off.task_tgid)?;
+    let tgid: i32 = rd(task as u64, off.task_tgid)?;
     let rec = TaskSocket { tgid: tgid as u32, fd, ino };
     // SAFETY: meta is the iterator's trusted metadata pointer.
     let seq = unsafe { (*meta).seq };

@@ -44,6 +44,11 @@ pub struct SignalLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -66,6 +71,8 @@ pub struct Metrics {
     pub signals: Family<SignalLabel, Counter>,
     pub reaps: Family<OutcomeLabel, Counter>,
     pub lost: Counter,
+    /// Errors each kernel program counted (failed kernel reads...).
+    pub kernel_errors: Family<ProgramLabel, Gauge>,
 }
 
 pub const REASONS: &[&str] = &["accept_stall", "holders_stopped", "probe_failing", "bound_not_listening", "leftover"];
@@ -84,6 +91,7 @@ impl Metrics {
             signals: Family::default(),
             reaps: Family::default(),
             lost: Counter::default(),
+            kernel_errors: Family::default(),
         };
         r.register("port_held", "Whether a socket is bound to the watched port (1) or not (0)", m.held.clone());
         r.register("port_holders", "Processes holding sockets on the watched port", m.holders.clone());
@@ -95,6 +103,11 @@ impl Metrics {
         r.register("signals", "Signals sent while reaping, by signal", m.signals.clone());
         r.register("reaps", "Reaps, by outcome", m.reaps.clone());
         r.register("ringbuf_lost_events", "Kernel events dropped because the ring buffer was full", m.lost.clone());
+        r.register(
+            "kernel_program_errors",
+            "Errors counted by each kernel program since the agent started (failed kernel reads)",
+            m.kernel_errors.clone(),
+        );
         // A gauge, not an OpenMetrics `info`, so Prometheus' text parser (and promtool)
         // accept it.
         let build: Family<VersionLabel, Gauge> = Family::default();
@@ -113,6 +126,13 @@ impl Metrics {
         for reason in REASONS {
             let on = verdict.is_some_and(|v| v.reasons.iter().any(|r| r.kind.name() == *reason));
             self.stuck.get_or_create(&StuckLabel { port, reason: (*reason).to_string() }).set(i64::from(on));
+        }
+    }
+
+    /// Sets the kernel programs' error counts (as read from their per-CPU counters).
+    pub fn kernel_errors(&self, errors: &[(&str, u64)]) {
+        for (program, n) in errors {
+            self.kernel_errors.get_or_create(&ProgramLabel { program: (*program).to_string() }).set(*n as i64);
         }
     }
 

@@ -30,6 +30,8 @@ use crate::{
     config::{Config, DEFAULT_DB},
     ebpf::{
         events::decode,
+        iter,
+        loader::Loader,
         observer::{Observer, ObserverOptions},
     },
     error::{Error, Result},
@@ -97,7 +99,15 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     if cfg.ports.is_empty() {
         return Err(Error::Usage("no ports to watch: give --port or `ports` in the config".into()));
     }
-    let mut obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: Some(AGENT_RING_BYTES) })?;
+    // One loader for the observer and the `who` iterators the sampler reads: kernel
+    // BTF is read once, and its memory is given back before the agent settles.
+    let loader = Loader::new()?;
+    let mut obs =
+        Observer::load_with(&loader, &ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: Some(AGENT_RING_BYTES) })?;
+    if let Err(e) = iter::ensure_pinned(&loader) {
+        warn!(error = %e, "the who iterators could not be pinned; holders are found by walking /proc");
+    }
+    drop(loader);
     let ring = obs.take_events()?;
     // Sockets already on the watched ports: their close is reported too.
     let list: Vec<u16> = cfg.ports.iter().collect();
@@ -108,6 +118,9 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
         .map_err(|e| Error::io("polling the ring buffer", std::io::Error::other(e.to_string())))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    // A hangup (a closed terminal, `systemctl kill -s HUP`) stops the agent as
+    // SIGTERM does: cleanly, with every queued row written.
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
     let me = reaper::caller_self();
     let mut engine = judge::engine(&cfg);
     let mut streaks = Streaks::new();
@@ -195,6 +208,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     let lost = obs.lost();
                     m.lost.inc_by(lost.saturating_sub(lost_seen));
                     lost_seen = lost;
+                    m.kernel_errors(&obs.errors());
                 }
                 *lock(&shared.stuck) = verdicts.iter().map(|v| v.port).collect();
                 *lock(&shared.lost) = obs.lost();
@@ -228,7 +242,20 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
         }
+    }
+    // What is still in the ring buffer, then attempts that can no longer succeed.
+    let rb = ring.get_mut();
+    while let Some(item) = rb.next() {
+        if let Ok(ev) = decode(&item) {
+            for r in pipeline.push(ev) {
+                recorder.event(&r);
+            }
+        }
+    }
+    for r in pipeline.expire(u64::MAX) {
+        recorder.event(&r);
     }
     let lost = obs.lost();
     drop(ring);

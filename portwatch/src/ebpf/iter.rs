@@ -16,13 +16,12 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData},
-    programs::{links::FdLink, Iter},
-    Btf,
+    programs::links::FdLink,
 };
-use portwatch_common::{globals, holders, maps, programs, HolderQuery, HolderRecord, TaskSocket};
+use portwatch_common::{holders, maps, programs, HolderQuery, HolderRecord, TaskSocket};
 
 use crate::{
-    ebpf::{btf as kbtf, loader as load},
+    ebpf::loader::{hook, Loader, Sizes},
     error::{Error, Result},
     sys::{mounts, proc::FdHolder},
 };
@@ -70,7 +69,7 @@ pub struct HolderScan {
 pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> Result<Option<HolderScan>> {
     if !pinned() {
         // Loads and pins both iterators (the first run on a host, or a new build).
-        load_and_pin(&pin_path())?;
+        load_and_pin(&Loader::new()?, &pin_path())?;
     }
     let dir = pin_dir();
     let link = dir.join(HOLDERS_PIN);
@@ -147,7 +146,7 @@ pub fn all_socket_fds() -> Result<Vec<FdHolder>> {
     if let Ok(f) = File::open(&path) {
         return read_iter(f);
     }
-    match load_and_pin(&path)? {
+    match load_and_pin(&Loader::new()?, &path)? {
         Some(unpinned) => read_iter(unpinned),
         None => read_iter(File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?),
     }
@@ -162,46 +161,30 @@ fn read_iter(mut f: File) -> Result<Vec<FdHolder>> {
 const HOLDERS_PIN: &str = "holders";
 const QUERY_PIN: &str = "holder_query";
 
-/// Loads both iterators and pins them. Returns the task_file iterator's file when
-/// there is no bpffs to pin it in (it then runs once, unpinned).
-fn load_and_pin(path: &Path) -> Result<Option<File>> {
-    let r = load_and_pin_inner(path);
-    // Loading parsed the kernel's BTF twice (tens of MiB, now free): give it back,
-    // or a long-running agent keeps it as RSS.
-    load::release_heap();
-    r
+/// Pins this build's iterators unless they are (the agent does it at start, with
+/// the loader it loads the observer with).
+pub fn ensure_pinned(loader: &Loader) -> Result<()> {
+    if !pinned() {
+        load_and_pin(loader, &pin_path())?;
+    }
+    Ok(())
 }
 
-fn load_and_pin_inner(path: &Path) -> Result<Option<File>> {
-    load::preflight()?;
-    load::raise_memlock();
-    let vmlinux = kbtf::load_vmlinux().map_err(|e| Error::unsupported(e, "a kernel with CONFIG_DEBUG_INFO_BTF"))?;
-    let offsets = kbtf::resolve(&vmlinux);
-    if !kbtf::iter_ready(&offsets) {
-        return Err(Error::unsupported("file/inode/task offsets missing from BTF", "a kernel with full BTF"));
-    }
-    let btf = Btf::from_sys_fs().map_err(|e| Error::unsupported(format!("kernel BTF: {e}"), "CONFIG_DEBUG_INFO_BTF"))?;
-    let me = std::process::id();
-    let hoffsets = kbtf::resolve_holders(&vmlinux);
-    let mut loader = load::loader(Some(&btf), &offsets, &me, true);
-    loader.override_global(globals::HOLDER_OFFSETS, &hoffsets, true);
-    let mut ebpf = loader.load(load::OBJECT).map_err(|e| load::load_error(&e))?;
+/// Loads both iterators and pins them. Returns the task_file iterator's file when
+/// there is no bpffs to pin it in (it then runs once, unpinned).
+fn load_and_pin(loader: &Loader, path: &Path) -> Result<Option<File>> {
+    let mut ebpf = loader.load(Sizes { small: true, ring_bytes: None })?;
     // The holders iterator is an optimization: if this kernel cannot run it, `who`
     // uses the task_file pass alone.
-    let holders = if kbtf::holders_ready(&hoffsets) == (true, true) {
-        load_holders(&mut ebpf, &btf).map_err(|e| tracing::debug!("holders iterator unavailable: {e}")).ok()
-    } else {
-        tracing::debug!("holders iterator: kernel layout not supported ({hoffsets:?})");
-        None
-    };
-    let prog: &mut Iter = ebpf
-        .program_mut(programs::TASK_FILE_ITER)
-        .ok_or_else(|| Error::Internal("iterator program missing".into()))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| Error::Internal(e.to_string()))?;
-    prog.load("task_file", &btf).map_err(|e| Error::unsupported(format!("iter/task_file: {}", load::err_text(&e)), "Linux >= 5.8"))?;
-    let link_id = prog.attach().map_err(|e| Error::unsupported(format!("iter/task_file attach: {e}"), "Linux >= 5.8"))?;
-    let link = prog.take_link(link_id).map_err(|e| Error::Internal(e.to_string()))?;
+    let holders = hook(programs::HOLDERS_ITER)
+        .ok_or_else(|| Error::Internal("holders program missing".into()))
+        .and_then(|h| loader.attach_iter(&mut ebpf, h).map_err(Error::Internal))
+        .map_err(|e| tracing::debug!("holders iterator unavailable: {e}"))
+        .ok();
+    let task_file = hook(programs::TASK_FILE_ITER).ok_or_else(|| Error::Internal("task_file program missing".into()))?;
+    let link = loader
+        .attach_iter(&mut ebpf, task_file)
+        .map_err(|e| Error::unsupported(format!("iter/task_file: {e}"), "Linux >= 5.8 with BTF"))?;
     // Without bpffs the iterator still runs, once, unpinned.
     if mounts::ensure_mounted(mounts::BPFFS, "bpf").is_err() {
         return link.into_file().map(Some).map_err(|e| Error::Internal(e.to_string()));
@@ -258,17 +241,6 @@ fn self_check(dir: &Path) -> std::result::Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn load_holders(ebpf: &mut aya::Ebpf, btf: &Btf) -> Result<aya::programs::iter::IterLink> {
-    let prog: &mut Iter = ebpf
-        .program_mut(programs::HOLDERS_ITER)
-        .ok_or_else(|| Error::Internal("holders program missing".into()))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| Error::Internal(e.to_string()))?;
-    prog.load("task", btf).map_err(|e| Error::unsupported(format!("iter/task: {}", load::err_text(&e)), "Linux >= 5.17"))?;
-    let id = prog.attach().map_err(|e| Error::unsupported(format!("iter/task attach: {e}"), "Linux >= 5.17"))?;
-    prog.take_link(id).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Removes the pins of other builds.

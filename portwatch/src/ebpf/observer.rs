@@ -4,16 +4,13 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    Btf, Ebpf,
+    Ebpf,
 };
-use portwatch_common::{config, maps, programs, KernelOffsets, TrackedSock};
+use portwatch_common::{config, maps, probe, KernelOffsets, TrackedSock};
 use serde::Serialize;
 
 use crate::{
-    ebpf::{
-        btf as kbtf,
-        loader::{attach_cgroup, attach_tp_btf, load_error, loader, preflight, raise_memlock, release_heap, OBJECT},
-    },
+    ebpf::loader::{Loader, Role, Sizes, HOOKS},
     error::{Error, Result},
     model::{ports::PortSet, socket::SockEntry},
     sys::mounts,
@@ -50,59 +47,34 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// Loads the observer with a loader of its own.
     pub fn load(opts: &ObserverOptions) -> Result<Self> {
-        preflight()?;
-        let memlock_raised = raise_memlock();
+        Self::load_with(&Loader::new()?, opts)
+    }
+
+    pub fn load_with(loader: &Loader, opts: &ObserverOptions) -> Result<Self> {
         let cgroup = match &opts.cgroup {
             Some(p) => p.clone(),
             None => mounts::cgroup2_root()
                 .ok_or_else(|| Error::unsupported("no cgroup v2 mount found", "mount -t cgroup2 none /sys/fs/cgroup/unified"))?,
         };
         let cgroup_file = File::open(&cgroup).map_err(|e| Error::io(format!("opening {}", cgroup.display()), e))?;
-        let offsets = kbtf::load_vmlinux().map(|b| kbtf::resolve(&b)).unwrap_or(KernelOffsets::UNSET);
-        let aya_btf = Btf::from_sys_fs().ok();
-        let me = std::process::id();
-        let mut l = loader(aya_btf.as_ref(), &offsets, &me, false);
-        if let Some(bytes) = opts.ring_bytes {
-            l.map_max_entries(maps::EVENTS, bytes);
-        }
-        let mut ebpf = l.load(OBJECT).map_err(|e| load_error(&e))?;
-
+        let mut ebpf = loader.load(Sizes { small: false, ring_bytes: opts.ring_bytes })?;
         let mut hooks = Vec::new();
-        for (program, hook, purpose) in [
-            (programs::BIND4, "cgroup/bind4", "bind attempts (IPv4)"),
-            (programs::BIND6, "cgroup/bind6", "bind attempts (IPv6)"),
-            (programs::POST_BIND4, "cgroup/post_bind4", "successful binds with the real port (IPv4)"),
-            (programs::POST_BIND6, "cgroup/post_bind6", "successful binds with the real port (IPv6)"),
-            (programs::SOCK_RELEASE, "cgroup/sock_release", "closes of watched sockets"),
-        ] {
-            let r = attach_cgroup(&mut ebpf, program, &cgroup_file);
-            hooks.push(HookStatus { program, hook, purpose, attached: r.is_ok(), error: r.err() });
+        for h in HOOKS.iter().filter(|h| matches!(h.role, Role::Observer { .. })) {
+            let r = loader.attach(&mut ebpf, h, Some(&cgroup_file));
+            hooks.push(HookStatus { program: h.program, hook: h.hook, purpose: h.purpose, attached: r.is_ok(), error: r.err() });
         }
-        let r = match (&aya_btf, offsets.valid) {
-            (None, _) => Err("kernel BTF unavailable".to_string()),
-            (_, 0) => Err("struct sock offsets not found in BTF".to_string()),
-            (Some(btf), _) => attach_tp_btf(&mut ebpf, programs::STATE_BTF, "inet_sock_set_state", btf),
-        };
-        hooks.push(HookStatus {
-            program: programs::STATE_BTF,
-            hook: "tp_btf/inet_sock_set_state",
-            purpose: "listen starts and connections queued for accept",
-            attached: r.is_ok(),
-            error: r.err(),
-        });
-        let core = hooks.iter().filter(|h| h.hook.contains("post_bind")).any(|h| h.attached);
-        if !core {
-            let why = hooks.iter().find_map(|h| h.error.clone()).unwrap_or_default();
+        let required = HOOKS.iter().filter(|h| h.role == Role::Observer { required: true });
+        if let Some(h) = required.into_iter().find(|h| !hooks.iter().any(|s| s.program == h.program && s.attached)) {
+            let why = hooks.iter().find(|s| s.program == h.program).and_then(|s| s.error.clone()).unwrap_or_default();
             return Err(Error::unsupported(
-                format!("cannot attach the bind hooks to {}: {why}", cgroup.display()),
+                format!("cannot attach {} to {}: {why}", h.hook, cgroup.display()),
                 "run `portwatch doctor`; a cgroup v2 mount and CONFIG_CGROUP_BPF are required",
             ));
         }
-        let mut obs = Self { ebpf, hooks, offsets, cgroup, memlock_raised, watched: PortSet::new() };
+        let mut obs = Self { ebpf, hooks, offsets: loader.offsets, cgroup, memlock_raised: loader.memlock_raised, watched: PortSet::new() };
         obs.set_ports(&opts.ports)?;
-        drop(aya_btf);
-        release_heap();
         Ok(obs)
     }
 
@@ -152,16 +124,17 @@ impl Observer {
                     std::net::IpAddr::V6(a) => addr = a.octets(),
                 }
                 let t = TrackedSock { port: s.port, family: u16::from(s.family.af()), _pad: 0, addr };
-                // BPF_NOEXIST: a socket the kernel side tracked meanwhile stays counted once.
+                // BPF_NOEXIST: a socket the kernel side tracked meanwhile stays as it is.
                 if tracked.insert(s.cookie, t, 1).is_ok() {
                     added += 1;
                 }
             }
         }
-        let mut count: Array<_, u64> =
-            Array::try_from(self.ebpf.map_mut(maps::TRACKED_COUNT).ok_or_else(|| missing(maps::TRACKED_COUNT))?).map_err(internal)?;
-        let now = count.get(&0, 0).map_err(internal)?;
-        count.set(0, now + added, 0).map_err(internal)?;
+        if added > 0 {
+            let mut any: Array<_, u64> =
+                Array::try_from(self.ebpf.map_mut(maps::TRACKED_ANY).ok_or_else(|| missing(maps::TRACKED_ANY))?).map_err(internal)?;
+            any.set(0, 1, 0).map_err(internal)?;
+        }
         Ok(added as usize)
     }
 
@@ -182,6 +155,12 @@ impl Observer {
     /// Events dropped because the ring buffer was full.
     pub fn lost(&self) -> u64 {
         self.per_cpu_sum(maps::LOST, 0)
+    }
+
+    /// Errors counted by each kernel program since load (failed kernel reads...), by
+    /// `portwatch_common::probe` name.
+    pub fn errors(&self) -> Vec<(&'static str, u64)> {
+        probe::NAMES.iter().enumerate().map(|(i, n)| (*n, self.per_cpu_sum(maps::ERRORS, i as u32))).collect()
     }
 
     /// Connections the kernel has completed into accept queues on `port` since load.

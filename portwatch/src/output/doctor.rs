@@ -19,6 +19,10 @@ pub fn render(r: &Report) -> String {
     for (f, v) in &r.btf_offsets {
         s.push_str(&format!("  {:<32} {}\n", f, v.map_or("missing".to_string(), |v| v.to_string())));
     }
+    if !r.kernel_errors.is_empty() {
+        let errs: Vec<String> = r.kernel_errors.iter().map(|(n, c)| format!("{n} {c}")).collect();
+        s.push_str(&format!("KERNEL READ ERRORS (self-test)\n  {}\n", errs.join(", ")));
+    }
     s.push_str(&format!(
         "VERDICT\n  observer (watch, agent): {}\n  who/check: {}\n",
         if r.observer_ready { "ready" } else { "unavailable" },

@@ -1,17 +1,19 @@
-//! What this host supports, tried for real (`doctor`): privileges, BTF, mounts, and
-//! every hook type loaded and attached.
+//! What this host supports, tried for real (`doctor`): privileges, BTF, mounts,
+//! every hook type loaded and attached, and a self-test of the observer on a
+//! throwaway process.
 use std::fs::File;
 
-use aya::{
-    programs::{FEntry, Iter, KProbe, Lsm, RawTracePoint, TracePoint},
-    Btf,
-};
-use portwatch_common::{programs, KernelOffsets};
+use portwatch_common::{config, maps, probe, programs, KernelOffsets};
 use serde::Serialize;
 
 use crate::{
-    ebpf::{btf as kbtf, loader as load},
+    ebpf::{
+        btf as kbtf,
+        events::decode,
+        loader::{Loader, Role, Sizes, HOOKS},
+    },
     error::exit,
+    model::event::EventKind,
     sys::{caps, mounts},
 };
 
@@ -35,6 +37,10 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub hooks: Vec<HookProbe>,
     pub btf_offsets: Vec<(String, Option<u32>)>,
+    /// Offsets this kernel's BTF lacks, with the first missing step of each path.
+    pub missing_offsets: Vec<(String, String)>,
+    /// Errors each kernel program counted during the self-test.
+    pub kernel_errors: Vec<(&'static str, u64)>,
     /// `watch` / `agent` can run: the bind hooks attach.
     pub observer_ready: bool,
     /// `who` can use the BPF iterator (otherwise it walks /proc).
@@ -60,12 +66,20 @@ fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
 }
 
 pub fn run() -> Report {
-    let mut checks = Vec::new();
+    let mut r = Report {
+        checks: Vec::new(),
+        hooks: Vec::new(),
+        btf_offsets: Vec::new(),
+        missing_offsets: Vec::new(),
+        kernel_errors: Vec::new(),
+        observer_ready: false,
+        iterator_ready: false,
+        holders_ready: false,
+    };
     let uname = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    checks.push(check("kernel", true, uname));
-    let c = caps::current();
-    let missing = c.missing_for_observer();
-    checks.push(check(
+    r.checks.push(check("kernel", true, uname));
+    let missing = caps::current().missing_for_observer();
+    r.checks.push(check(
         "privileges",
         missing.is_empty(),
         if missing.is_empty() {
@@ -74,41 +88,20 @@ pub fn run() -> Report {
             format!("missing {} (run as root)", missing.join(", "))
         },
     ));
-    checks.push(check(
-        "memlock",
-        true,
-        if load::raise_memlock() {
-            "RLIMIT_MEMLOCK raised".to_string()
-        } else {
-            "RLIMIT_MEMLOCK not raisable (no CAP_SYS_RESOURCE); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup"
-                .to_string()
-        },
-    ));
     let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown (securityfs not mounted); fentry/lsm results below tell".into());
-    checks.push(check("lockdown", true, lockdown));
-    let vmlinux = kbtf::load_vmlinux();
-    let offsets = vmlinux.as_ref().map(kbtf::resolve).unwrap_or(KernelOffsets::UNSET);
-    checks.push(check(
-        "btf",
-        vmlinux.is_ok(),
-        match &vmlinux {
-            Ok(_) => kbtf::VMLINUX.to_string(),
-            Err(e) => e.clone(),
-        },
-    ));
+    r.checks.push(check("lockdown", true, lockdown));
     let cg = mounts::cgroup2_root();
-    checks.push(check("cgroup v2", cg.is_some(), cg.as_ref().map_or("not mounted".into(), |p| p.display().to_string())));
+    r.checks.push(check("cgroup v2", cg.is_some(), cg.as_ref().map_or("not mounted".into(), |p| p.display().to_string())));
     // Classic tracepoints need tracefs: mount it (as `setup` does) so they can be tried.
-    let tracefs = match mounts::ensure_mounted(mounts::TRACEFS, "tracefs") {
+    r.checks.push(match mounts::ensure_mounted(mounts::TRACEFS, "tracefs") {
         Ok(true) => check("tracefs", true, format!("{} (mounted by portwatch)", mounts::TRACEFS)),
         Ok(false) => check("tracefs", true, mounts::TRACEFS),
         Err(e) => check("tracefs", false, format!("not mounted and cannot mount ({e}); only classic tracepoints need it")),
-    };
-    checks.push(tracefs);
+    });
     let bpffs = mounts::is_mounted(mounts::BPFFS, "bpf");
-    checks.push(check(
+    r.checks.push(check(
         "bpffs",
         bpffs,
         if bpffs {
@@ -117,113 +110,124 @@ pub fn run() -> Report {
             format!("not mounted (needed only for pinning: mount -t bpf bpf {})", mounts::BPFFS)
         },
     ));
+    let loader = match Loader::new() {
+        Ok(l) => l,
+        Err(e) => {
+            // Without privilege: still say what BTF offers.
+            let raw = std::fs::read(kbtf::VMLINUX);
+            if let Ok(b) = raw.as_deref().map_err(|e| e.to_string()).and_then(|raw| kbtf::Btf::parse(raw).map_err(|e| e.to_string())) {
+                r.btf_offsets = kbtf::listing(&kbtf::resolve::<KernelOffsets>(&b));
+            }
+            r.checks.push(check("bpf", false, e.to_string()));
+            return r;
+        }
+    };
+    r.checks.push(check(
+        "memlock",
+        true,
+        if loader.memlock_raised {
+            "RLIMIT_MEMLOCK raised"
+        } else {
+            "RLIMIT_MEMLOCK not raisable (no CAP_SYS_RESOURCE); fine on kernels >= 5.11, which charge BPF memory to the memory cgroup"
+        },
+    ));
+    r.checks.push(check("btf", loader.btf().is_ok(), loader.btf().map_or_else(String::from, |_| kbtf::VMLINUX.to_string())));
+    if loader.holder_offsets.net_udp_table == u32::MAX {
+        let found = loader.udp_table != 0;
+        r.checks.push(check(
+            "udp table",
+            found,
+            if found {
+                format!("global udp_table at {:#x} (kernel before 6.2: no net->ipv4.udp_table)", loader.udp_table)
+            } else {
+                "neither net->ipv4.udp_table (BTF) nor the global udp_table (/proc/kallsyms) found".to_string()
+            },
+        ));
+    }
+    r.btf_offsets = kbtf::listing(&loader.offsets);
+    r.btf_offsets.extend(kbtf::listing(&loader.holder_offsets).into_iter().map(|(n, v)| (format!("holders.{n}"), v)));
+    r.missing_offsets = loader.missing.iter().map(|(o, s)| (o.to_string(), s.clone())).collect();
+    let mut ebpf = match loader.load(Sizes { small: true, ring_bytes: Some(64 * 4096) }) {
+        Ok(e) => e,
+        Err(e) => {
+            r.checks.push(check("bpf", false, e.to_string()));
+            return r;
+        }
+    };
+    r.checks.push(check("bpf", true, "maps created, object loaded"));
+    r.hooks.push(HookProbe { hook: "ringbuf".into(), supported: true, used_for: "event transport", error: None });
+    let cg_file = cg.as_deref().map(File::open).and_then(std::result::Result::ok);
+    for h in HOOKS {
+        let res = loader.attach(&mut ebpf, h, cg_file.as_ref());
+        match (h.role, h.program) {
+            (Role::Observer { required: true }, _) => r.observer_ready = res.is_ok(),
+            (_, programs::TASK_FILE_ITER) => r.iterator_ready = res.is_ok(),
+            (_, programs::HOLDERS_ITER) => r.holders_ready = res.is_ok(),
+            _ => {}
+        }
+        r.hooks.push(HookProbe { hook: h.hook.to_string(), supported: res.is_ok(), used_for: h.purpose, error: res.err() });
+    }
+    if r.observer_ready {
+        r.checks.push(self_test(&mut ebpf));
+    }
+    r.kernel_errors = probe::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let sum = ebpf
+                .map(maps::ERRORS)
+                .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok())
+                .and_then(|a| a.get(&(i as u32), 0).ok())
+                .map_or(0, |v| v.iter().sum());
+            (*n, sum)
+        })
+        .collect();
+    // Dropping `ebpf` detaches and unloads everything tried above.
+    r
+}
 
-    let mut hooks = Vec::new();
-    let mut observer_ready = false;
-    let mut iterator_ready = false;
-    let mut holders_ready = false;
-    if missing.is_empty() {
-        let btf = Btf::from_sys_fs().ok();
-        let me = std::process::id();
-        let hoffsets = kbtf::load_vmlinux().map(|v| kbtf::resolve_holders(&v)).unwrap_or(portwatch_common::HolderOffsets::UNSET);
-        let mut loader = load::loader(btf.as_ref(), &offsets, &me, true);
-        loader.override_global(portwatch_common::globals::HOLDER_OFFSETS, &hoffsets, true);
-        match loader.load(load::OBJECT) {
-            Err(e) => checks.push(check("bpf", false, format!("{e}"))),
-            Ok(mut ebpf) => {
-                checks.push(check("bpf", true, "maps created, object loaded"));
-                hooks.push(HookProbe { hook: "ringbuf".into(), supported: true, used_for: "event transport", error: None });
-                let cg_file = cg.as_deref().map(File::open);
-                for (prog, hook, used_for) in [
-                    (programs::BIND4, "cgroup/bind4", "bind attempts (IPv4)"),
-                    (programs::BIND6, "cgroup/bind6", "bind attempts (IPv6)"),
-                    (programs::POST_BIND4, "cgroup/post_bind4", "successful binds, real port (IPv4)"),
-                    (programs::POST_BIND6, "cgroup/post_bind6", "successful binds, real port (IPv6)"),
-                    (programs::SOCK_RELEASE, "cgroup/sock_release", "closes"),
-                ] {
-                    let r = match &cg_file {
-                        Some(Ok(f)) => load::attach_cgroup(&mut ebpf, prog, f),
-                        Some(Err(e)) => Err(e.to_string()),
-                        None => Err("no cgroup v2 mount".into()),
-                    };
-                    if hook == "cgroup/post_bind4" && r.is_ok() {
-                        observer_ready = true;
-                    }
-                    hooks.push(probe(hook, used_for, r));
-                }
-                let kbtf_ref = btf.as_ref().ok_or_else(|| "kernel BTF unavailable".to_string());
-                let r = if offsets.valid == 0 {
-                    Err("struct sock offsets not found in BTF".into())
-                } else {
-                    kbtf_ref.clone().and_then(|b| load::attach_tp_btf(&mut ebpf, programs::STATE_BTF, "inet_sock_set_state", b))
-                };
-                hooks.push(probe("tp_btf/inet_sock_set_state", "listen starts, accept-queue arrivals", r));
-                let r = kbtf_ref.clone().and_then(|b| {
-                    let p: &mut Iter = prog_mut(&mut ebpf, programs::TASK_FILE_ITER)?;
-                    p.load("task_file", b).map_err(|e| text(&e))?;
-                    p.attach().map(drop).map_err(|e| text(&e))
-                });
-                iterator_ready = r.is_ok() && kbtf::iter_ready(&offsets);
-                hooks.push(probe("iter/task_file", "`who` fallback: every process holding a socket", r));
-                let r = match kbtf::holders_ready(&hoffsets) {
-                    (true, true) => kbtf_ref.clone().and_then(|b| {
-                        let p: &mut Iter = prog_mut(&mut ebpf, programs::HOLDERS_ITER)?;
-                        p.load("task", b).map_err(|e| text(&e))?;
-                        p.attach().map(drop).map_err(|e| text(&e))
-                    }),
-                    (tcp, udp) => Err(format!("kernel layout not supported (TCP bind hash: {tcp}, UDP hash: {udp})")),
-                };
-                holders_ready = r.is_ok();
-                hooks.push(probe("iter/task + bpf_loop", "`who` fast path: holders of the asked ports, one visit per task", r));
-                let r = kbtf_ref.clone().and_then(|b| {
-                    let p: &mut FEntry = prog_mut(&mut ebpf, programs::PROBE_FENTRY)?;
-                    p.load("inet_listen", b).map_err(|e| text(&e))?;
-                    p.attach().map(drop).map_err(|e| text(&e))
-                });
-                hooks.push(probe("fentry", "not used (portwatch needs no fentry)", r));
-                let r = kbtf_ref.clone().and_then(|b| {
-                    let p: &mut Lsm = prog_mut(&mut ebpf, programs::PROBE_LSM)?;
-                    p.load("socket_listen", b).map_err(|e| text(&e))?;
-                    p.attach().map(drop).map_err(|e| text(&e))
-                });
-                hooks.push(probe("lsm", "not used", r));
-                let r = (|| {
-                    let p: &mut KProbe = prog_mut(&mut ebpf, programs::PROBE_KPROBE)?;
-                    p.load().map_err(|e| text(&e))?;
-                    p.attach("inet_listen", 0).map(drop).map_err(|e| text(&e))
-                })();
-                hooks.push(probe("kprobe", "not used", r));
-                let r = (|| {
-                    let p: &mut TracePoint = prog_mut(&mut ebpf, programs::PROBE_TRACEPOINT)?;
-                    p.load().map_err(|e| text(&e))?;
-                    p.attach("sock", "inet_sock_set_state").map(drop).map_err(|e| text(&e))
-                })();
-                hooks.push(probe("tracepoint/sock/inet_sock_set_state", "not used (tp_btf preferred)", r));
-                let r = (|| {
-                    let p: &mut RawTracePoint = prog_mut(&mut ebpf, programs::PROBE_RAW_TP)?;
-                    p.load().map_err(|e| text(&e))?;
-                    p.attach("inet_sock_set_state").map(drop).map_err(|e| text(&e))
-                })();
-                hooks.push(probe("raw_tp/inet_sock_set_state", "not used (tp_btf preferred)", r));
-                // Dropping `ebpf` detaches and unloads everything tried above.
+/// A throwaway child binds, listens, connects to itself and closes, with every port
+/// watched: the observer must report it, and no kernel read may fail.
+fn self_test(ebpf: &mut aya::Ebpf) -> Check {
+    let watch_all =
+        ebpf.map_mut(maps::CONFIG).and_then(|m| aya::maps::Array::<_, u64>::try_from(m).ok()).map(|mut a| a.set(config::WATCH_ALL, 1, 0));
+    if !matches!(watch_all, Some(Ok(()))) {
+        return check("self-test", false, "cannot set watch-all in the config map");
+    }
+    // SAFETY: doctor runs no other threads; the child only makes syscalls and exits.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // A named port (bind(0) has no attempt to report): one the kernel just
+            // chose, free again once its first listener is gone.
+            let ok = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .and_then(std::net::TcpListener::bind)
+                .and_then(|l| l.local_addr().and_then(std::net::TcpStream::connect).map(|c| (l, c)))
+                .and_then(|(l, c)| l.accept().map(|a| (l, c, a)))
+                .is_ok();
+            // SAFETY: ends the forked child at once, without running the parent's exit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        Err(e) => return check("self-test", false, format!("fork: {e}")),
+    };
+    let _ = nix::sys::wait::waitpid(child, None);
+    let Some(mut ring) = ebpf.map_mut(maps::EVENTS).and_then(|m| aya::maps::RingBuf::try_from(m).ok()) else {
+        return check("self-test", false, "no ring buffer");
+    };
+    let mut seen = Vec::new();
+    while let Some(item) = ring.next() {
+        if let Ok(ev) = decode(&item) {
+            if ev.task.as_ref().is_none_or(|t| t.pid == child.as_raw() as u32) {
+                seen.push(ev.kind);
             }
         }
     }
-    Report { checks, hooks, btf_offsets: kbtf::as_list(&offsets), observer_ready, iterator_ready, holders_ready }
-}
-
-fn prog_mut<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, String>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let p = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing"))?;
-    p.try_into().map_err(|e: aya::programs::ProgramError| text(&e))
-}
-
-fn text(e: &dyn std::error::Error) -> String {
-    load::err_text(e)
-}
-
-fn probe(hook: &str, used_for: &'static str, r: Result<(), String>) -> HookProbe {
-    HookProbe { hook: hook.to_string(), supported: r.is_ok(), used_for, error: r.err() }
+    let want = [EventKind::BindAttempt, EventKind::Bind, EventKind::Listen, EventKind::Accept, EventKind::Close];
+    let missing: Vec<String> = want.iter().filter(|k| !seen.contains(k)).map(|k| format!("{k:?}")).collect();
+    if missing.is_empty() {
+        check("self-test", true, format!("a test process's bind, listen, accept and close were all seen ({} events)", seen.len()))
+    } else {
+        check("self-test", false, format!("not seen from a test process: {}", missing.join(", ")))
+    }
 }

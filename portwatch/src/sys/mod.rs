@@ -2,6 +2,7 @@
 //! in pure functions so it is unit-tested without root.
 pub mod caps;
 pub mod clock;
+pub mod mmap;
 pub mod mounts;
 pub mod pidfd;
 pub mod proc;
