@@ -20,11 +20,14 @@
 //!
 //! Any PID 1 can be booted the same way ([`boot`] takes the path of the init):
 //! `--shell CMD` runs a command under guest.sh, `--init PATH` execs another init.
-//! To boot systemd (e.g. to test deploy/portwatch.service), pass
-//! `--init /lib/systemd/systemd --append 'systemd.unit=multi-user.target'`: the
-//! initramfs has mounted the results share already, systemd mounts proc, sys and
-//! cgroup2 itself, and a test would be a unit that writes into the results share
-//! and ends with `systemctl poweroff` (the harness's timeout kills qemu otherwise).
+//! Booting systemd (e.g. to test deploy/portwatch.service) works:
+//! `vmtest --kernel 6.12 --init /lib/systemd/systemd --append systemd.unit=poweroff.target`
+//! boots the host's systemd and units and powers off (14 s under TCG). systemd
+//! mounts proc, sys and cgroup2 itself; the initramfs has mounted the results
+//! share already. A test would be a unit (on the kernel command line:
+//! `systemd.unit=`, or one the test puts in place) that writes into the results
+//! share and ends with `systemctl poweroff`; the harness's timeout kills qemu
+//! otherwise.
 //!
 //! Packages: [`ensure_vm_packages`] installs qemu-system-x86, busybox-static, cpio,
 //! kmod and xz-utils when missing. `vmtest` calls it itself (a no-op when all are
@@ -625,6 +628,8 @@ struct TestBin {
     /// File name for its log and status in the guest (unique).
     file: String,
     target: String,
+    /// `lib`, `bin` (unit tests) or `test`.
+    kind: String,
     exe: PathBuf,
     /// Its package's root: `cargo test` runs test binaries there.
     cwd: PathBuf,
@@ -663,7 +668,7 @@ fn build_tests() -> Result<Vec<TestBin>> {
         while !seen.insert(file.clone()) {
             file.push('_');
         }
-        bins.push(TestBin { name, file, target, exe: PathBuf::from(exe), cwd });
+        bins.push(TestBin { name, file, target, kind, exe: PathBuf::from(exe), cwd });
     }
     let status = child.wait()?;
     if !status.success() {
@@ -672,6 +677,9 @@ fn build_tests() -> Result<Vec<TestBin>> {
     if bins.is_empty() {
         bail!("cargo built no test binaries");
     }
+    // Cargo reports them in build order: unit tests first, then by name, so that
+    // reports compare line by line.
+    bins.sort_by_key(|b| (b.kind == "test", b.name.clone()));
     Ok(bins)
 }
 
@@ -758,12 +766,20 @@ fn failures(log: &str) -> Vec<(String, String)> {
                     // `thread 'x' panicked at file:line:col:` then the message.
                     let place = block[at].split("panicked at ").nth(1).unwrap_or_default().trim_end_matches(':');
                     let first = block[at + 1..].iter().find(|l| !l.trim().is_empty()).copied().unwrap_or_default();
-                    Some(format!("{first} ({place})"))
+                    Some(format!("{} ({place})", shorten(first, 300)))
                 })
                 .unwrap_or_else(|| "(no panic message in the log)".into());
             (name, msg)
         })
         .collect()
+}
+
+/// At most `max` characters of `s` (the log has the whole line).
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{} [...]", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 /// The kernels to test: a series (`6.1`), a comma list, or `all`.
@@ -797,6 +813,7 @@ pub fn setup_vm() -> Result<()> {
 }
 
 pub fn vmtest(o: &Options) -> Result<()> {
+    let started = Instant::now();
     let series = selected_series(&o.kernel);
     if series.is_empty() {
         bail!("--kernel: give a series such as 6.1, a comma list, or all");
@@ -950,11 +967,14 @@ pub fn vmtest(o: &Options) -> Result<()> {
         }
     }
     print!("{text}");
+    println!("\nxtask: vmtest took {:.0}s", started.elapsed().as_secs_f64());
     // The plain closing line CI reads.
-    println!("\nvmtest: {total_passed} passed, {total_failed} failed");
+    println!("vmtest: {total_passed} passed, {total_failed} failed");
     let _ = std::io::stdout().flush();
     if !bad_kernels.is_empty() {
-        bail!("vmtest failed on {}", bad_kernels.join(", "));
+        // The report says what failed: no error (and no backtrace) on top of it.
+        eprintln!("xtask: vmtest failed on {}", bad_kernels.join(", "));
+        std::process::exit(1);
     }
     Ok(())
 }

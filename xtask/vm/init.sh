@@ -55,6 +55,12 @@ mkdir -p /overlay/upper /overlay/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/overlay/upper,workdir=/overlay/work /newroot ||
 	die "cannot mount the overlay"
 
+# The host may itself be a container: its markers, seen through the overlay,
+# would make the guest's systemd (--init /lib/systemd/systemd) believe it runs
+# in one and ignore the kernel command line (systemd.unit=...). Hidden in the
+# overlay only (whiteouts in the tmpfs), never removed from the host.
+rm -f /newroot/.dockerenv /newroot/run/.containerenv
+
 if [ -n "$results" ]; then
 	mkdir -p "/newroot$results"
 	mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "/newroot$results" ||
