@@ -87,6 +87,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("xz-utils", "xz"),
 ];
 
+/// Above this many host CPUs kept busy by other processes during a guest, the
+/// report warns that timing-sensitive tests may have failed for that reason.
+const BUSY_HOST_CPUS: f64 = 0.3;
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 /// Guest resources: the suite runs a few python servers at a time.
 const GUEST_MEMORY_MIB: u32 = 2048;
 const GUEST_CPUS: u32 = 2;
@@ -456,6 +464,10 @@ pub struct Outcome {
     pub elapsed: Duration,
     pub console: PathBuf,
     pub qemu_status: Option<std::process::ExitStatus>,
+    /// How many host CPUs everything but qemu kept busy, on average, while the
+    /// guest ran. The tests wait for servers with fixed timeouts, and an emulated
+    /// guest sharing a small host with a compiler can miss them: the report says so.
+    pub other_cpus: Option<f64>,
 }
 
 impl Outcome {
@@ -531,6 +543,7 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
     let console_path = results.join("console.log");
     let mut console = fs::File::create(&console_path)?;
     let start = Instant::now();
+    let cpu_before = (host_busy_ticks(), children_ticks());
     let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
     let (tx, rx) = mpsc::channel::<String>();
     let mut readers = Vec::new();
@@ -580,8 +593,36 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
         let _ = writeln!(console, "{line}");
     }
     let elapsed = start.elapsed();
+    let other_cpus = match (cpu_before, (host_busy_ticks(), children_ticks())) {
+        ((Some(h0), Some(c0)), (Some(h1), Some(c1))) if elapsed.as_secs_f64() > 0.0 => {
+            Some(h1.saturating_sub(h0).saturating_sub(c1.saturating_sub(c0)) as f64 / TICKS_PER_SEC / elapsed.as_secs_f64())
+        }
+        _ => None,
+    };
     let finished = matches!(b.init, Init::Script(_)) && results.join("done").exists();
-    Ok(Outcome { finished, timed_out, aborted, elapsed, console: console_path, qemu_status })
+    Ok(Outcome { finished, timed_out, aborted, elapsed, console: console_path, qemu_status, other_cpus })
+}
+
+/// USER_HZ, the unit of /proc/stat and /proc/PID/stat times (100 on Linux/x86).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU time the whole host spent busy (user, nice, system, irq, softirq, and
+/// steal: time its hypervisor gave to others), from /proc/stat.
+fn host_busy_ticks() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    Some(cpu.first()? + cpu.get(1)? + cpu.get(2)? + cpu.get(5)? + cpu.get(6)? + cpu.get(7).copied().unwrap_or(0))
+}
+
+/// CPU time of this process's waited-for children (cutime + cstime): across a
+/// boot, qemu's.
+fn children_ticks() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 16 and 17 of stat(5); `rest` starts at field 3.
+    Some(f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?)
 }
 
 fn spawn_line_reader<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<String>) -> std::thread::JoinHandle<()> {
@@ -606,6 +647,12 @@ fn spawn_line_reader<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<String>) -
 /// The guest's environment (env.sh): the host's PATH and HOME (python3 may be a
 /// pyenv shim under /root), locale and Rust/Python settings, and where the guest
 /// kernel's modules are.
+///
+/// When `python3` on the host's PATH is a shim (pyenv's: a bash script that runs
+/// `pyenv exec`, which finds and execs the real interpreter), the directory of
+/// the interpreter it resolves to goes first on the guest's PATH: the same
+/// python3 and gunicorn, without the 3-5 s the shim costs per process in an
+/// emulated guest, where the tests start servers with fixed readiness timeouts.
 fn guest_env(kernel: &Kernel) -> String {
     let mut env = String::new();
     for var in ["PATH", "HOME", "USER", "LANG", "LC_ALL", "PYENV_ROOT", "PYENV_VERSION", "PYTHONPATH", "VIRTUAL_ENV", "RUST_BACKTRACE", "RUST_LOG"] {
@@ -613,8 +660,25 @@ fn guest_env(kernel: &Kernel) -> String {
             let _ = writeln!(env, "export {var}={}", sh_quote(&v));
         }
     }
+    if let Some(dir) = python_behind_shim() {
+        let _ = writeln!(env, "export PATH={}:\"$PATH\"", sh_quote(&dir.to_string_lossy()));
+    }
     let _ = writeln!(env, "export VMTEST_MODULES={}", sh_quote(&kernel.modules.to_string_lossy()));
     env
+}
+
+/// The real interpreter's directory when `python3` on PATH is a script (a shim).
+fn python_behind_shim() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let on_path = std::env::split_paths(&path).map(|d| d.join("python3")).find(|p| p.is_file())?;
+    let mut head = [0u8; 2];
+    fs::File::open(&on_path).ok()?.read_exact(&mut head).ok()?;
+    if &head != b"#!" {
+        return None;
+    }
+    let exe = output(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))?;
+    let dir = Path::new(exe.trim()).parent()?.to_path_buf();
+    (dir.is_absolute() && dir.join("python3").is_file()).then_some(dir)
 }
 
 fn sh_quote(s: &str) -> String {
@@ -852,7 +916,8 @@ pub fn vmtest(o: &Options) -> Result<()> {
                 (true, _, _) => format!("did not finish: {}", out.why_unfinished()),
                 (false, _, _) => format!("guest ended after {:.0}s ({})", out.elapsed.as_secs_f64(), if out.timed_out { "killed at the timeout" } else { "powered off" }),
             };
-            eprintln!("xtask: vmtest: {} ({}): {verdict}; console in {}", k.series, k.release, out.console.display());
+            let load = out.other_cpus.map(|o| format!("; other host load {o:.2} CPUs")).unwrap_or_default();
+            eprintln!("xtask: vmtest: {} ({}): {verdict}{load}; console in {}", k.series, k.release, out.console.display());
             if shell && !(out.finished && rc == Some(0)) {
                 bad.push(k.series.clone());
             }
@@ -915,6 +980,13 @@ pub fn vmtest(o: &Options) -> Result<()> {
     let mut text = String::new();
     for (k, out, bins) in &reports {
         let _ = writeln!(text, "\n== kernel {} ({}, {}, {:.0}s) ==", k.series, k.release, accel.name(), out.elapsed.as_secs_f64());
+        if let Some(other) = out.other_cpus {
+            let _ = write!(text, "  other host load: {other:.2} of {} CPUs busy outside this guest", host_cpus());
+            if other > BUSY_HOST_CPUS {
+                let _ = write!(text, " (a busy host slows the emulated guest: tests that wait with fixed timeouts may fail for that alone)");
+            }
+            text.push('\n');
+        }
         let width = bins.iter().map(|b| b.name.len()).max().unwrap_or(6).max(6);
         let _ = writeln!(text, "  {:<width$}  {:>6}  {:>6}  {:>7}  {:>7}  STATUS", "BINARY", "PASSED", "FAILED", "IGNORED", "TIME");
         for b in bins {
