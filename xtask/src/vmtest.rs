@@ -18,6 +18,11 @@
 //!   powers the guest off; results (each binary's output and exit status) come
 //!   back through a second, writable 9p share, `target/vmtest/<release>/results`.
 //!
+//! The test binaries are whatever `cargo test --release --no-run --workspace`
+//! builds (see [`build_tests`]); [`HOST_ONLY`] lists those left to the host, and
+//! the report names them. qemu uses KVM only where a probe boot shows it can run
+//! a stock kernel, TCG otherwise (see [`choose_accel`]).
+//!
 //! Any PID 1 can be booted the same way ([`boot`] takes the path of the init):
 //! `--shell CMD` runs a command under guest.sh, `--init PATH` execs another init.
 //! Booting systemd (e.g. to test deploy/portwatch.service) works:
@@ -58,8 +63,7 @@ pub const DEFAULT_SERIES: &[&str] = &["6.1", "6.12"];
 /// random numbers early), and sock_diag for TCP and UDP, which portwatch queries.
 /// Built-in ones are skipped. Anything else a test needs is autoloaded in the
 /// guest from the unpacked modules (guest.sh links them in).
-const MODULES: &[&str] =
-    &["virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_rng", "inet_diag", "tcp_diag", "udp_diag"];
+const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_rng", "inet_diag", "tcp_diag", "udp_diag"];
 
 /// Test binaries (and, with a test name, single tests, passed to libtest as
 /// `--skip`) that run on the host only: their assertions are about throughput,
@@ -79,13 +83,8 @@ struct HostOnly {
 
 /// Debian packages the guests need on the host, with a binary (or, for
 /// busybox-static, the package itself) that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[
-    ("qemu-system-x86", "qemu-system-x86_64"),
-    ("busybox-static", ""),
-    ("cpio", "cpio"),
-    ("kmod", "depmod"),
-    ("xz-utils", "xz"),
-];
+const PACKAGES: &[(&str, &str)] =
+    &[("qemu-system-x86", "qemu-system-x86_64"), ("busybox-static", ""), ("cpio", "cpio"), ("kmod", "depmod"), ("xz-utils", "xz")];
 
 /// Above this many host CPUs kept busy by other processes during a guest, the
 /// report warns that timing-sensitive tests may have failed for that reason.
@@ -128,8 +127,9 @@ fn dpkg_installed(pkg: &str) -> bool {
 }
 
 fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(bin).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(bin).is_file())
+    })
 }
 
 /// Where vmtest keeps kernels, initramfs and results: `<target dir>/vmtest`.
@@ -187,9 +187,10 @@ fn package_version<'a>(name: &'a str, series: &str) -> Option<&'a str> {
     let rest = v.strip_prefix(series)?.strip_prefix('.')?;
     // Only digits, dots, and the ABI (`-54`) or Debian (`+deb12`) suffix: a flavour
     // (`-cloud`, `-rt`) has letters after a dash.
-    let ok = rest.split(['-', '+']).enumerate().all(|(i, part)| {
-        !part.is_empty() && (part.chars().all(|c| c.is_ascii_digit() || c == '.') || (i > 0 && part.starts_with("deb")))
-    });
+    let ok = rest
+        .split(['-', '+'])
+        .enumerate()
+        .all(|(i, part)| !part.is_empty() && (part.chars().all(|c| c.is_ascii_digit() || c == '.') || (i > 0 && part.starts_with("deb"))));
     ok.then_some(v)
 }
 
@@ -226,7 +227,8 @@ pub fn fetch_kernel(series: &str) -> Result<Kernel> {
         fs::create_dir_all(&dir)?;
         // As root, apt drops to the `_apt` user to download into the current
         // directory, which it may not be able to write: download as root.
-        let download = || run(Command::new("apt-get").current_dir(&dir).args(["download", "-q", "-o", "APT::Sandbox::User=root", &package]));
+        let download =
+            || run(Command::new("apt-get").current_dir(&dir).args(["download", "-q", "-o", "APT::Sandbox::User=root", &package]));
         if download().is_err() {
             run(Command::new("apt-get").args(["update", "-q"]))?;
             download()?;
@@ -509,10 +511,8 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
         }
         Init::Program(p) => p.to_path_buf(),
     };
-    let mut cmdline = format!(
-        "console=ttyS0 panic=-1 loglevel=4 vmtest.init={} vmtest.results={text}",
-        init.to_str().context("init path is not UTF-8")?
-    );
+    let mut cmdline =
+        format!("console=ttyS0 panic=-1 loglevel=4 vmtest.init={} vmtest.results={text}", init.to_str().context("init path is not UTF-8")?);
     if !b.append.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(b.append);
@@ -655,7 +655,9 @@ fn spawn_line_reader<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<String>) -
 /// emulated guest, where the tests start servers with fixed readiness timeouts.
 fn guest_env(kernel: &Kernel) -> String {
     let mut env = String::new();
-    for var in ["PATH", "HOME", "USER", "LANG", "LC_ALL", "PYENV_ROOT", "PYENV_VERSION", "PYTHONPATH", "VIRTUAL_ENV", "RUST_BACKTRACE", "RUST_LOG"] {
+    for var in
+        ["PATH", "HOME", "USER", "LANG", "LC_ALL", "PYENV_ROOT", "PYENV_VERSION", "PYTHONPATH", "VIRTUAL_ENV", "RUST_BACKTRACE", "RUST_LOG"]
+    {
         if let Ok(v) = std::env::var(var) {
             let _ = writeln!(env, "export {var}={}", sh_quote(&v));
         }
@@ -787,7 +789,9 @@ fn read_result(bin: &TestBin, out: &Path) -> BinResult {
     if let Some(s) = summary {
         let count = |what: &str| -> u64 {
             s.split(';')
-                .find_map(|part| part.trim().strip_suffix(what).map(str::trim).map(|n| n.rsplit(' ').next().unwrap_or(n).parse().unwrap_or(0)))
+                .find_map(|part| {
+                    part.trim().strip_suffix(what).map(str::trim).map(|n| n.rsplit(' ').next().unwrap_or(n).parse().unwrap_or(0))
+                })
                 .unwrap_or(0)
         };
         r.passed = count("passed");
@@ -809,11 +813,8 @@ fn read_result(bin: &TestBin, out: &Path) -> BinResult {
 /// The tests libtest marked FAILED, each with the first line of its panic message.
 fn failures(log: &str) -> Vec<(String, String)> {
     let lines: Vec<&str> = log.lines().collect();
-    let mut names: Vec<String> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")))
-        .map(str::to_owned)
-        .collect();
+    let mut names: Vec<String> =
+        lines.iter().filter_map(|l| l.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED"))).map(str::to_owned).collect();
     names.dedup();
     names
         .into_iter()
@@ -908,13 +909,19 @@ pub fn vmtest(o: &Options) -> Result<()> {
                 (None, None) => bail!("internal: neither --shell nor --init"),
             };
             let shell = matches!(init, Init::Script(_));
-            let out = boot(&Boot { kernel: k, accel, results: &results, init, append: &o.append, timeout, echo: Echo::All, abort_on: &[] })?;
-            let rc = fs::read_to_string(results.join("out/shell.status")).ok().and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok());
+            let out =
+                boot(&Boot { kernel: k, accel, results: &results, init, append: &o.append, timeout, echo: Echo::All, abort_on: &[] })?;
+            let rc =
+                fs::read_to_string(results.join("out/shell.status")).ok().and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok());
             let verdict = match (shell, out.finished, rc) {
                 (true, true, Some(0)) => "exit 0".to_owned(),
                 (true, true, Some(n)) => format!("exit {n}"),
                 (true, _, _) => format!("did not finish: {}", out.why_unfinished()),
-                (false, _, _) => format!("guest ended after {:.0}s ({})", out.elapsed.as_secs_f64(), if out.timed_out { "killed at the timeout" } else { "powered off" }),
+                (false, _, _) => format!(
+                    "guest ended after {:.0}s ({})",
+                    out.elapsed.as_secs_f64(),
+                    if out.timed_out { "killed at the timeout" } else { "powered off" }
+                ),
             };
             let load = out.other_cpus.map(|o| format!("; other host load {o:.2} CPUs")).unwrap_or_default();
             eprintln!("xtask: vmtest: {} ({}): {verdict}{load}; console in {}", k.series, k.release, out.console.display());
@@ -968,8 +975,11 @@ pub fn vmtest(o: &Options) -> Result<()> {
             echo: Echo::Progress,
             abort_on: &["Kernel panic - not syncing", "KVM internal error"],
         })?;
-        let bins: Vec<BinResult> =
-            tests.iter().filter(|t| !HOST_ONLY.iter().any(|h| h.binary == t.target && h.test.is_none())).map(|t| read_result(t, &results.join("out"))).collect();
+        let bins: Vec<BinResult> = tests
+            .iter()
+            .filter(|t| !HOST_ONLY.iter().any(|h| h.binary == t.target && h.test.is_none()))
+            .map(|t| read_result(t, &results.join("out")))
+            .collect();
         reports.push((k, out, bins));
     }
 
@@ -983,18 +993,16 @@ pub fn vmtest(o: &Options) -> Result<()> {
         if let Some(other) = out.other_cpus {
             let _ = write!(text, "  other host load: {other:.2} of {} CPUs busy outside this guest", host_cpus());
             if other > BUSY_HOST_CPUS {
-                let _ = write!(text, " (a busy host slows the emulated guest: tests that wait with fixed timeouts may fail for that alone)");
+                let _ =
+                    write!(text, " (a busy host slows the emulated guest: tests that wait with fixed timeouts may fail for that alone)");
             }
             text.push('\n');
         }
         let width = bins.iter().map(|b| b.name.len()).max().unwrap_or(6).max(6);
         let _ = writeln!(text, "  {:<width$}  {:>6}  {:>6}  {:>7}  {:>7}  STATUS", "BINARY", "PASSED", "FAILED", "IGNORED", "TIME");
         for b in bins {
-            let _ = writeln!(
-                text,
-                "  {:<width$}  {:>6}  {:>6}  {:>7}  {:>6.1}s  {}",
-                b.name, b.passed, b.failed, b.ignored, b.secs, b.status
-            );
+            let _ =
+                writeln!(text, "  {:<width$}  {:>6}  {:>6}  {:>7}  {:>6.1}s  {}", b.name, b.passed, b.failed, b.ignored, b.secs, b.status);
         }
         for h in &skipped {
             match h.test {
