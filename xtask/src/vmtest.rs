@@ -779,7 +779,8 @@ fn read_result(bin: &TestBin, out: &Path) -> BinResult {
         log,
     };
     let Some(status_line) = status_line else {
-        r.status = "NOT RUN".into();
+        // Output but no status: it was running when the guest died or was killed.
+        r.status = if r.log.exists() { "UNFINISHED".into() } else { "NOT RUN".into() };
         return r;
     };
     let mut it = status_line.split_whitespace();
