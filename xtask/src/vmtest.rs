@@ -701,13 +701,17 @@ struct TestBin {
     cwd: PathBuf,
 }
 
-/// Builds every test binary of the workspace (release, as `cargo xtask test`)
-/// and lists them from cargo's JSON messages rather than by path, so it does not
-/// matter which package holds the integration tests (portwatch's [[test]]s now,
-/// a `tests/` workspace member outside default-members later). `--workspace`
-/// picks up members outside default-members; the kernel crate only builds for
-/// the BPF target (portwatch's build.rs builds it) and xtask is this tool.
+/// Builds the release binaries the integration tests run and every test binary
+/// of the workspace (release, as `cargo xtask test`), and lists the latter from
+/// cargo's JSON messages rather than by path, so it does not matter which package
+/// holds the integration tests (today the `portwatch-tests` member at tests/,
+/// outside default-members: `--workspace` picks it up). The kernel crate only
+/// builds for the BPF target (portwatch's build.rs builds it) and xtask is this
+/// tool: both are left out.
 fn build_tests() -> Result<Vec<TestBin>> {
+    // The integration tests find target/release/portwatch by path (baked in at
+    // compile time); `cargo test` builds only test executables.
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "portwatch"]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .args(["test", "--release", "--no-run", "--workspace", "--exclude", "portwatch-ebpf", "--exclude", "xtask"])
