@@ -1,7 +1,9 @@
-//! Build and test orchestration: `cargo xtask <setup|demo|test|bench>`.
+//! Build and test orchestration: `cargo xtask <setup|demo|test|bench|vmtest>`.
 //!
 //! `setup` makes a fresh machine ready (rust-src for nightly, bpf-linker 0.10.4,
 //! tracefs/bpffs mounted, release build) and is cheap when everything is there.
+//! `vmtest` runs the test binaries in qemu guests on Debian's stock kernels
+//! (vmtest.rs).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -9,6 +11,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+
+mod vmtest;
 
 /// bpf-linker must match the LLVM of the machine's nightly (LLVM 22): 0.10.4 does.
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -24,12 +28,51 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what the eBPF build needs, mount tracefs/bpffs, build release.
-    Setup,
+    Setup {
+        /// Also make `vmtest` ready: qemu, busybox-static, cpio, kmod, xz-utils
+        /// and the default kernels (vmtest installs these itself when missing).
+        #[arg(long)]
+        vm: bool,
+    },
     /// Setup, then show portwatch catching a throwaway server on a real port.
     Demo,
     /// Setup, lint, then run every test: unit tests and the privileged kernel tests.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the test binaries in qemu guests on Debian's stock kernels (6.1, 6.12),
+    /// one report per kernel; exit non-zero if any test failed or a guest did not
+    /// finish. Throughput tests stay on the host (the report names them).
+    Vmtest {
+        /// Kernel series: 6.1, 6.12, a comma list, or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// CPU accelerator: auto (KVM only where a probe boot shows it runs stock
+        /// kernels), kvm or tcg.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: vmtest::AccelChoice,
+        /// Instead of the tests, run this shell command in each guest (console on
+        /// the terminal; exit status is the command's).
+        #[arg(long, conflicts_with = "init")]
+        shell: Option<String>,
+        /// Instead of the tests, exec this program of the host's root as the
+        /// guest's PID 1 (e.g. /lib/systemd/systemd); the guest runs until it
+        /// powers off or the timeout.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// More kernel command line (e.g. systemd.unit=... with --init).
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Seconds a guest may run before qemu is killed.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Seconds one test binary may run in the guest before it is killed.
+        #[arg(long, default_value_t = 240)]
+        test_timeout: u64,
+        /// Extra arguments for every test binary (after `--`), e.g. a filter or
+        /// --test-threads=1.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -253,10 +296,19 @@ fn bench(which: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Setup => setup(),
+        Cmd::Setup { vm } => {
+            setup()?;
+            if vm {
+                vmtest::setup_vm()?;
+            }
+            Ok(())
+        }
         Cmd::Demo => demo(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => bench(&which),
         Cmd::Lint => lint(),
+        Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, args } => {
+            vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args })
+        }
     }
 }
