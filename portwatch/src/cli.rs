@@ -123,6 +123,10 @@ pub struct CheckArgs {
     /// Print nothing; only the exit code.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Free only if a bind without SO_REUSEADDR would succeed (default: free if a
+    /// server that sets SO_REUSEADDR, as most do, could bind it on every address).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,14 @@ fn main() -> ExitCode {
             };
         }
     };
+    // One-shot commands end quietly when their reader goes away (`| head`), as
+    // every Unix tool does: the default SIGPIPE action. The agent and `run` keep
+    // ignoring it (a client closing the control socket must not kill the agent);
+    // `watch` ends on the write error itself.
+    if !matches!(cli.command, Command::Agent(_) | Command::Run(_) | Command::Watch(_)) {
+        // SAFETY: restoring a signal's default action before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match execute(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

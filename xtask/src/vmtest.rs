@@ -600,6 +600,11 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
         _ => None,
     };
     let finished = matches!(b.init, Init::Script(_)) && results.join("done").exists();
+    // The guest saved its kernel's BTF: keep it beside the kernel's packages, where
+    // portwatch's unit tests resolve offsets against every saved kernel.
+    if let Some(dir) = results.parent() {
+        let _ = fs::copy(results.join("vmlinux.btf"), dir.join("vmlinux.btf"));
+    }
     Ok(Outcome { finished, timed_out, aborted, elapsed, console: console_path, qemu_status, other_cpus })
 }
 

@@ -35,6 +35,9 @@ if [ -n "${VMTEST_MODULES:-}" ] && [ -d "$VMTEST_MODULES" ]; then
 fi
 hostname vmtest
 ip link set lo up
+# This kernel's BTF, kept next to its packages on the host: the unit tests resolve
+# portwatch's offsets against every kernel saved there.
+cp /sys/kernel/btf/vmlinux "$dir/vmlinux.btf" 2>/dev/null
 ulimit -n 20000
 
 now() { date +%s%N; }

@@ -177,37 +177,63 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `addr` until the task is dropped.
+/// Connections the metrics endpoint serves at once; more wait in the backlog.
+const MAX_SCRAPES: usize = 8;
+/// A scrape must send its request within this long.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `GET`/`HEAD /metrics` on `addr` until the task is dropped. Any local user
+/// can reach it: requests are read with a deadline and a size limit, and only a
+/// few are served at once.
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.map_err(|e| Error::io(format!("metrics listener on {addr}"), e))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { continue };
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+            let mut conn = match listener.accept().await {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    // Out of fds: back off rather than spin.
+                    tracing::warn!(error = %e, "metrics: accept failed; backing off");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             let registry = registry.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let mut buf = vec![0u8; 8192];
                 let mut n = 0;
-                while n < buf.len() {
-                    match conn.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k,
+                let read = async {
+                    while n < buf.len() {
+                        match conn.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
                     }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
+                };
+                if tokio::time::timeout(READ_TIMEOUT, read).await.is_err() {
+                    return;
                 }
                 let head = String::from_utf8_lossy(&buf[..n]);
-                let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (status, ctype, body) = if head.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&registry))
-                } else {
-                    ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string())
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let is_metrics = path == "/metrics" || path.starts_with("/metrics?");
+                let (status, ctype, body) = match (method, is_metrics) {
+                    ("GET" | "HEAD", true) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&registry)),
+                    ("GET" | "HEAD", false) => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
+                    _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".to_string()),
                 };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
+                let mut resp =
+                    format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                if method != "HEAD" {
+                    resp.push_str(&body);
+                }
+                let _ = tokio::time::timeout(READ_TIMEOUT, conn.write_all(resp.as_bytes())).await;
             });
         }
     }))

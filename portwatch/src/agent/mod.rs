@@ -36,6 +36,7 @@ use crate::{
     },
     error::{Error, Result},
     model::{event::Record, plan::PortReport, verdict::Verdict},
+    output::esc,
     service::{
         events::Pipeline,
         judge::{self, Sampler, Streaks},
@@ -59,13 +60,16 @@ fn log_record(r: &Record) {
     match &r.error {
         Some(e) => {
             let holder_pid = r.held_by.as_ref().and_then(|h| h.pids.first().copied());
-            let holder_comm = r.held_by.as_ref().and_then(|h| h.comm.clone());
-            warn!(event = "bind_failed", error = e.name(), pid = r.pid, comm = r.comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, holder_pid, holder_comm = holder_comm.as_deref(), "socket event")
+            // Names are chosen by processes: escaped, so none can forge a log line.
+            let holder_comm = r.held_by.as_ref().and_then(|h| h.comm.as_deref()).map(|c| esc(c).into_owned());
+            let comm = r.comm.as_deref().map(|c| esc(c).into_owned());
+            warn!(event = "bind_failed", error = e.name(), pid = r.pid, comm = comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, holder_pid, holder_comm = holder_comm.as_deref(), "socket event")
         }
         // Every event is in the history and the metrics; logging each one would flood
         // the log pipeline in a bind storm (RUST_LOG=portwatch=debug shows them).
         None => {
-            tracing::debug!(event = r.event.name(), pid = r.pid, comm = r.comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, "socket event")
+            let comm = r.comm.as_deref().map(|c| esc(c).into_owned());
+            tracing::debug!(event = r.event.name(), pid = r.pid, comm = comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, "socket event")
         }
     }
 }
@@ -78,7 +82,7 @@ fn verdict_fields(v: &Verdict) -> (String, String) {
 
 fn log_reap(rep: &PortReport) {
     match (&rep.plan.refused, &rep.outcome) {
-        (Some(why), _) => warn!(port = rep.port, reason = %why, "refused to reap"),
+        (Some(why), _) => warn!(port = rep.port, reason = %esc(&why.to_string()), "refused to reap"),
         (None, None) => {
             let targets: Vec<i32> = rep.plan.targets.iter().map(|t| t.proc.pid).collect();
             info!(port = rep.port, targets = ?targets, steps = ?rep.plan.steps, "dry run: would reap")
@@ -94,11 +98,24 @@ fn log_reap(rep: &PortReport) {
     }
 }
 
+/// Lifts the soft limit on open files to the hard one: the agent holds a socket
+/// per control or metrics client, pidfds while reaping, and files while sampling
+/// (the connection limits keep clients well below it).
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 /// The long-running agent.
 pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     if cfg.ports.is_empty() {
         return Err(Error::Usage("no ports to watch: give --port or `ports` in the config".into()));
     }
+    raise_nofile();
     // One loader for the observer and the `who` iterators the sampler reads: kernel
     // BTF is read once, and its memory is given back before the agent settles.
     let loader = Loader::new()?;
@@ -176,6 +193,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     }
                 }
                 guard.clear_ready();
+                pipeline.note_lost(obs.lost());
                 for ev in events {
                     for r in pipeline.push(ev) {
                         log_record(&r);
@@ -184,6 +202,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
+                pipeline.note_lost(obs.lost());
                 for r in pipeline.expire(mono_ns()) {
                     log_record(&r);
                     recorder.event(&r);

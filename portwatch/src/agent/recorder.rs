@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     model::{
-        event::{Activity, Record},
+        event::{Activity, ErrorSource, Record},
         plan::PortReport,
         process::ProcDetails,
         time::{fmt_time, WallNs},
@@ -91,9 +91,15 @@ impl Recorder {
     /// A socket event or a failed bind, as the event pipeline produced it.
     pub fn event(&mut self, rec: &Record) {
         if let Some(m) = &self.metrics {
-            m.event(if rec.error.is_some() { "bind_failed" } else { rec.event.name() });
+            m.event(match (&rec.error, rec.outcome_unknown()) {
+                (Some(_), true) => "bind_unknown",
+                (Some(_), false) => "bind_failed",
+                (None, _) => rec.event.name(),
+            });
         }
-        if rec.event == Activity::Accept {
+        // An accept is a count, not a row; a bind whose outcome is unknown (events
+        // were lost meanwhile) is not a failure.
+        if rec.event == Activity::Accept || rec.error_source == Some(ErrorSource::LostEvents) {
             return;
         }
         let kind = match (rec.event, rec.error) {
@@ -113,6 +119,9 @@ impl Recorder {
         r.addr = Some(rec.addr);
         r.cookie = Some(rec.cookie);
         r.error = rec.error.map(|e| e.name().to_string());
+        if rec.error_source == Some(ErrorSource::OtherNetns) {
+            r.detail = Some(format!("in another network namespace (cookie {})", rec.netns_cookie));
+        }
         if let Some(h) = &rec.held_by {
             let mut d = match (h.pids.first(), &h.comm) {
                 (Some(pid), Some(comm)) => format!("held by pid {pid} ({comm})"),

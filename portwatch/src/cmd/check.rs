@@ -4,16 +4,15 @@ use crate::{
     error::{exit, Result},
     model::ports,
     output::{to_json, who::render_check},
-    service::holders::{self, WhoOptions},
+    service::holders::{self, Strictness},
 };
 
 pub fn run(a: CheckArgs) -> Result<u8> {
     let ports = ports::merge(&a.ports);
-    let opts = WhoOptions { tcp: a.tcp || !a.udp, udp: a.udp, prefetch: true, ..Default::default() };
-    let r = holders::gather(&ports, opts)?;
-    let st = holders::port_status(&ports, &r);
+    let strict = if a.strict { Strictness::Strict } else { Strictness::ReuseAddr };
+    let (st, notes) = holders::check(&ports, a.tcp || !a.udp, a.udp, strict)?;
     if !a.quiet {
-        crate::cmd::notes(&r.notes);
+        crate::cmd::notes(&notes);
         if a.json {
             println!("{}", to_json(&st)?);
         } else {

@@ -92,6 +92,7 @@ async fn watch(ports: PortSet, json: bool, duration: Option<Duration>, count: Op
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
+                    pipeline.note_lost(obs.lost());
                     let rb = guard.get_inner_mut();
                     while let Some(item) = rb.next() {
                         match decode(&item) {
@@ -103,6 +104,7 @@ async fn watch(ports: PortSet, json: bool, duration: Option<Duration>, count: Op
                     p.out.flush()?;
                 }
                 _ = tick.tick() => {
+                    pipeline.note_lost(obs.lost());
                     for r in pipeline.expire(mono_ns()) { p.emit(r)?; }
                     p.out.flush()?;
                 }

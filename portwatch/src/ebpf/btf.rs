@@ -354,6 +354,24 @@ mod tests {
         std::fs::read(VMLINUX).ok()
     }
 
+    /// Kernel BTF saved from other kernels (`cargo xtask vmtest` saves each guest's
+    /// as target/vmtest/RELEASE/vmlinux.btf): the offsets every hook needs resolve
+    /// on each.
+    #[test]
+    fn resolves_offsets_on_saved_kernels() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/vmtest");
+        let Ok(entries) = std::fs::read_dir(dir) else { return eprintln!("no {dir}: no saved kernels") };
+        for e in entries.flatten() {
+            let path = e.path().join("vmlinux.btf");
+            let Ok(raw) = std::fs::read(&path) else { continue };
+            let btf = Btf::parse(&raw).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let o: KernelOffsets = resolve(&btf);
+            assert!(o.state_hook_ready() && o.iterator_ready(), "{}: {:?}", path.display(), listing(&o));
+            let h: HolderOffsets = resolve(&btf);
+            assert!(h.tcp_ready(), "{}: {h:?}", path.display());
+        }
+    }
+
     /// Reads the running kernel's BTF (a file, no privilege needed).
     #[test]
     fn resolves_offsets_on_this_kernel() {

@@ -108,6 +108,14 @@ impl BindError {
 pub enum ErrorSource {
     /// Deduced from what was on the port (the kernel reports no failed bind).
     Inferred,
+    /// Not known: kernel events were lost while the attempt was pending (its success
+    /// may have been among them), so it is not counted as a failure.
+    #[serde(rename = "lost_events")]
+    LostEvents,
+    /// Not known: the attempt was made in another network namespace, whose sockets
+    /// portwatch does not see.
+    #[serde(rename = "other_netns")]
+    OtherNetns,
 }
 
 /// What `watch` prints for one event (and the agent records).
@@ -193,6 +201,11 @@ impl Record {
             cgroup_id: t.map(|t| t.cgroup_id),
             netns_cookie: ev.netns_cookie,
         }
+    }
+
+    /// A failure that is not known to be one (see [`ErrorSource`]).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self.error_source, Some(ErrorSource::LostEvents | ErrorSource::OtherNetns))
     }
 
     /// A `listen()` without `bind()`: the port was not known when the event fired.

@@ -40,6 +40,8 @@ pub struct Caller {
     /// portwatch's own pid and its ancestors.
     pub portwatch: i32,
     pub portwatch_ancestors: HashSet<i32>,
+    /// portwatch cannot see every process (it runs in a nested pid namespace).
+    pub hidden_pids: bool,
     /// The requesting process and its ancestors, when it is not portwatch itself
     /// (a client of the agent's control socket).
     pub client: Option<i32>,
@@ -101,8 +103,11 @@ pub enum Refusal {
         pid: i32,
         comm: String,
     },
-    /// Sockets are on the port, but no visible process holds them.
-    NoHolder,
+    /// Sockets are on the port, but no visible process holds them: `hidden` when the
+    /// caller cannot see every process (a nested pid namespace).
+    NoHolder {
+        hidden: bool,
+    },
     /// A refusal as the agent reported it.
     Relayed {
         kind: RefusalKind,
@@ -142,7 +147,13 @@ impl fmt::Display for Refusal {
                 "denied: uid {caller_uid} may not signal pid {pid} ({comm}): it runs as uid {ruid} (saved uid {suid}), as kill(2) would refuse"
             ),
             Self::Unverifiable { pid, comm } => write!(f, "pid {pid} ({comm}): its credentials could not be read"),
-            Self::NoHolder => write!(f, "no process found holding it (another pid namespace, or not visible)"),
+            Self::NoHolder { hidden: true } => {
+                write!(f, "no process found holding it: portwatch runs in a nested pid namespace and cannot see the holder")
+            }
+            Self::NoHolder { hidden: false } => write!(
+                f,
+                "no process holds it through a file descriptor: it is in flight over a unix socket (SCM_RIGHTS) or held by the kernel, and closes when that reference goes"
+            ),
             Self::Relayed { reason, .. } => f.write_str(reason),
         }
     }
@@ -159,7 +170,7 @@ impl Refusal {
                 RefusalKind::Protected
             }
             Self::NotPermitted { .. } | Self::Unverifiable { .. } => RefusalKind::Denied,
-            Self::NoHolder => RefusalKind::NoHolder,
+            Self::NoHolder { .. } => RefusalKind::NoHolder,
             Self::Relayed { kind, .. } => *kind,
         }
     }
@@ -411,7 +422,7 @@ pub fn plan(
     let targets: Vec<Target> = by_pid.into_values().collect();
     let mut refused = targets.iter().find_map(|t| refusal(t, caller, protect));
     if refused.is_none() && targets.is_empty() && !sockets.is_empty() {
-        refused = Some(Refusal::NoHolder);
+        refused = Some(Refusal::NoHolder { hidden: caller.hidden_pids });
     }
     let steps = if refused.is_none() && !targets.is_empty() { describe(&targets, seq) } else { Vec::new() };
     let addrs = sockets.iter().map(|s| (s.proto, s.addr)).collect();
@@ -536,7 +547,8 @@ mod tests {
         assert_eq!(p(holder(40, 1, "x", 'S'), &none), None);
         // A socket nobody visible holds cannot be freed.
         let orphan = plan(5050, &[&sock(vec![])], &root(), &none, FORCE, &ci_details);
-        assert_eq!(orphan.refused, Some(Refusal::NoHolder));
+        assert_eq!(orphan.refused, Some(Refusal::NoHolder { hidden: false }));
+        assert!(orphan.refused.unwrap().to_string().contains("SCM_RIGHTS"));
     }
 
     #[test]

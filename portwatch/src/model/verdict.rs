@@ -15,6 +15,8 @@ use std::{
 
 use serde::Serialize;
 
+use std::net::IpAddr;
+
 use super::socket::SockState;
 
 /// One holder of a socket, as sampled.
@@ -33,6 +35,8 @@ pub struct SockSample {
     pub port: u16,
     pub tcp: bool,
     pub state: SockState,
+    /// The local address it is bound to (a probe judges only what it reaches).
+    pub addr: IpAddr,
     pub backlog: u32,
     pub max_backlog: u32,
     pub holders: Vec<HolderSample>,
@@ -45,8 +49,46 @@ pub struct Sample {
     pub sockets: Vec<SockSample>,
     /// Cumulative per-port count of connections completed into accept queues.
     pub queued: HashMap<u16, u64>,
-    /// Per-port consecutive probe failures and the last error.
-    pub probe_failures: HashMap<u16, (u32, String)>,
+    /// Per-port consecutive probe failures.
+    pub probe_failures: HashMap<u16, ProbeStreak>,
+}
+
+/// Consecutive failures of a port's health probe, the last error, and the address
+/// the probe connected to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeStreak {
+    pub failures: u32,
+    pub error: String,
+    /// `None` when the probe did not get as far as an address.
+    pub target: Option<IpAddr>,
+}
+
+/// Which of `listeners` (cookie, bound address) a connection to `target` reaches:
+/// those bound to the target address itself, or, when there are none, the wildcard
+/// ones of a family that takes it (an IPv6 wildcard also takes IPv4, unless an IPv4
+/// listener is on the port). A probe condemns only those.
+pub fn reached(listeners: &[(u64, IpAddr)], target: IpAddr) -> Vec<u64> {
+    let norm = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let target = norm(target);
+    let exact: Vec<u64> = listeners.iter().filter(|(_, a)| norm(*a) == target).map(|(c, _)| *c).collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    let wild = |v4: bool| listeners.iter().filter(move |(_, a)| a.is_unspecified() && a.is_ipv4() == v4).map(|(c, _)| *c);
+    match target {
+        IpAddr::V4(_) => {
+            let v4: Vec<u64> = wild(true).collect();
+            if v4.is_empty() {
+                wild(false).collect()
+            } else {
+                v4
+            }
+        }
+        IpAddr::V6(_) => wild(false).collect(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -140,6 +182,17 @@ impl Engine {
             *pt = PortTrack { queued: q, backlog: b, seen: true };
         }
 
+        // Which listeners each failing probe reached.
+        let mut probed: HashMap<u64, &ProbeStreak> = HashMap::new();
+        for (port, streak) in &s.probe_failures {
+            let listeners: Vec<(u64, IpAddr)> =
+                s.sockets.iter().filter(|k| k.port == *port && k.state == SockState::Listen).map(|k| (k.cookie, k.addr)).collect();
+            let hit = match streak.target {
+                Some(ip) => reached(&listeners, ip),
+                None => listeners.iter().map(|(c, _)| *c).collect(),
+            };
+            probed.extend(hit.into_iter().map(|c| (c, streak)));
+        }
         let live: HashSet<u64> = s.sockets.iter().map(|k| k.cookie).collect();
         self.socks.retain(|c, _| live.contains(c));
         let mut out = Vec::new();
@@ -207,15 +260,14 @@ impl Engine {
                 t.bound_since = None;
             }
 
-            if sock.state == SockState::Listen {
-                if let Some((n, err)) = s.probe_failures.get(&sock.port) {
-                    let need = self.probe_failures.get(&sock.port).copied().unwrap_or(3);
-                    if *n >= need {
-                        reasons.push(Reason {
-                            kind: ReasonKind::ProbeFailing,
-                            evidence: format!("health probe failed {n} times in a row: {err}"),
-                        });
-                    }
+            if let Some(streak) = probed.get(&sock.cookie) {
+                let need = self.probe_failures.get(&sock.port).copied().unwrap_or(3);
+                if streak.failures >= need {
+                    let at = streak.target.map(|t| format!(" (probing {t})")).unwrap_or_default();
+                    reasons.push(Reason {
+                        kind: ReasonKind::ProbeFailing,
+                        evidence: format!("health probe failed {} times in a row{at}: {}", streak.failures, streak.error),
+                    });
                 }
             }
 
@@ -253,6 +305,7 @@ mod tests {
             port: 5050,
             tcp: true,
             state: SockState::Listen,
+            addr: "127.0.0.1".parse().unwrap(),
             backlog,
             max_backlog: 128,
             holders: vec![HolderSample { pid: 10, ppid: 5, state }, HolderSample { pid: 11, ppid: 10, state }],
@@ -320,14 +373,39 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_reaches_the_exact_address_else_the_wildcards() {
+        let l = |c: u64, a: &str| (c, a.parse::<IpAddr>().unwrap());
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        let both = [l(1, "127.0.0.1"), l(2, "::1")];
+        assert_eq!(reached(&both, ip("127.0.0.1")), vec![1]);
+        assert_eq!(reached(&both, ip("::1")), vec![2]);
+        let wild = [l(3, "0.0.0.0"), l(4, "::")];
+        assert_eq!(reached(&wild, ip("127.0.0.1")), vec![3]);
+        assert_eq!(reached(&wild, ip("::1")), vec![4]);
+        assert_eq!(reached(&[l(4, "::")], ip("127.0.0.1")), vec![4], "a dual-stack wildcard takes IPv4");
+        assert_eq!(reached(&[l(5, "::ffff:127.0.0.1")], ip("127.0.0.1")), vec![5]);
+        assert!(reached(&[l(6, "10.0.0.1")], ip("127.0.0.1")).is_empty());
+    }
+
+    #[test]
     fn probes_and_leftovers() {
         let mut e = Engine::new(STALL, HashMap::from([(5050, 2)]), true);
         let mut s = sample(0, vec![listener(0, 'S')], 0);
-        s.probe_failures.insert(5050, (1, "HTTP 503".into()));
+        let streak = |n| ProbeStreak { failures: n, error: "HTTP 503".into(), target: Some("127.0.0.1".parse().unwrap()) };
+        s.probe_failures.insert(5050, streak(1));
         assert!(e.update(&s).is_empty());
         s.at = Duration::from_secs(1);
-        s.probe_failures.insert(5050, (2, "HTTP 503".into()));
+        s.probe_failures.insert(5050, streak(2));
         assert_eq!(kinds(&e.update(&s)), vec![ReasonKind::ProbeFailing]);
+        // Another listener on the port, on ::1, that the probe of 127.0.0.1 did not
+        // reach: not judged by it.
+        let mut v6 = listener(0, 'S');
+        v6.cookie = 9;
+        v6.addr = "::1".parse().unwrap();
+        s.sockets.push(v6);
+        s.at = Duration::from_secs(2);
+        let v = e.update(&s);
+        assert_eq!(v.iter().map(|v| v.cookie).collect::<Vec<_>>(), vec![1], "{v:?}");
 
         let mut orphan = listener(0, 'S');
         orphan.holders[0].ppid = 1;

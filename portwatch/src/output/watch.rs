@@ -1,7 +1,7 @@
 //! `watch` records: an aligned table or JSON lines.
 use crate::{
     model::{
-        event::{Activity, Record},
+        event::{Activity, ErrorSource, Record},
         socket::endpoint,
     },
     output::esc,
@@ -14,6 +14,8 @@ pub const HEADER: &str = "TIME          EVENT   PID      COMM             PROTO 
 pub fn human_line(r: &Record, clock: &WallClock) -> String {
     let proto = format!("{}{}", r.proto.map_or("other", |p| p.name()), r.family.digit());
     let result = match (&r.error, r.event) {
+        (Some(_), _) if r.error_source == Some(ErrorSource::LostEvents) => "unknown (events were lost meanwhile)".to_string(),
+        (Some(_), _) if r.error_source == Some(ErrorSource::OtherNetns) => "unknown (another network namespace)".to_string(),
         (Some(e), _) => {
             let mut s = e.name().to_string();
             if let Some(h) = &r.held_by {

@@ -92,11 +92,14 @@ pub fn render_check(st: &[PortStatus]) -> String {
         if s.free {
             out.push_str(&format!("{}: free\n", s.port));
         } else if s.holders.is_empty() {
-            out.push_str(&format!("{}: held (no process found; run `portwatch who {}`)\n", s.port, s.port));
+            out.push_str(&format!("{}: held\n", s.port));
         } else {
             let who: Vec<String> =
                 s.holders.iter().map(|h| format!("{} ({}, {} {})", h.pid, esc(&h.comm), h.proto.name(), h.state.name())).collect();
             out.push_str(&format!("{}: held by {}\n", s.port, who.join(", ")));
+        }
+        for n in &s.notes {
+            out.push_str(&format!("  note: {}\n", esc(n)));
         }
     }
     out
@@ -110,7 +113,7 @@ mod tests {
             process::{Holder, ProcInfo},
             socket::{Family, Proto, SockState},
         },
-        service::holders::port_status,
+        service::holders::{BriefHolder, PortStatus},
     };
 
     fn sock(port: u16, pids: &[i32], comm: &str) -> Socket {
@@ -157,12 +160,16 @@ mod tests {
         assert!(text.contains("port 5050: 1 socket, 2 processes"), "{text}");
         assert!(text.contains("port 5051: free"));
         assert!(text.contains("2/128") && text.contains("gunicorn") && text.contains("90s"));
-        let st = port_status(&ports, &r);
-        assert!(!st[0].free && st[1].free);
-        assert_eq!(st[0].holders.len(), 2);
+        let held = |pids: &[i32]| {
+            pids.iter().map(|&pid| BriefHolder { pid, comm: "gunicorn".into(), proto: Proto::Tcp, state: SockState::Listen }).collect()
+        };
+        let st = vec![
+            PortStatus { port: 5050, free: false, holders: held(&[10, 11]), notes: vec![] },
+            PortStatus { port: 5051, free: true, holders: vec![], notes: vec!["1 time-wait".into()] },
+        ];
         let c = render_check(&st);
         assert!(c.contains("5050: held by 10 (gunicorn, tcp listen), 11 (gunicorn, tcp listen)"), "{c}");
-        assert!(c.contains("5051: free"));
+        assert!(c.contains("5051: free\n  note: 1 time-wait"));
     }
 
     #[test]
@@ -171,7 +178,13 @@ mod tests {
         let r = WhoResult { sockets: vec![sock(5050, &[10], "x\nport 5050: free\n\x1b]0;pwned\x07")], ..Default::default() };
         let text = render(&ports, &r, Width::Wide);
         assert!(!text.contains('\x1b') && !text.lines().any(|l| l == "port 5050: free"), "{text}");
-        let c = render_check(&port_status(&ports, &r));
+        let st = [PortStatus {
+            port: 5050,
+            free: false,
+            holders: vec![BriefHolder { pid: 10, comm: "x\nport 5050: free".into(), proto: Proto::Tcp, state: SockState::Listen }],
+            notes: vec![],
+        }];
+        let c = render_check(&st);
         assert_eq!(c.lines().count(), 1, "{c}");
     }
 }

@@ -7,7 +7,7 @@ use portwatch_common::tcp_state;
 
 use crate::{
     model::{
-        event::{infer_failure, Activity, BindTracker, Record, SockEvent, Step},
+        event::{infer_failure, Activity, BindError, BindTracker, ErrorSource, EventKind, Record, SockEvent, Step},
         ports::PortSet,
         socket::{Family, Proto},
     },
@@ -28,6 +28,13 @@ pub struct Pipeline {
     unpriv_start: u16,
     /// Socket cookie -> (pid, comm) of the task that bound it or made it listen.
     binders: HashMap<u64, (u32, String)>,
+    /// Kernel events lost so far (the ring buffer was full), as last told.
+    lost: u64,
+    /// Pending attempt (socket cookie) -> events lost when it arrived.
+    lost_at_attempt: HashMap<u64, u64>,
+    /// This process's network namespace cookie (0 when the kernel cannot tell):
+    /// sock_diag answers only for it.
+    netns: u64,
 }
 
 impl Default for Pipeline {
@@ -38,11 +45,30 @@ impl Default for Pipeline {
 
 impl Pipeline {
     pub fn new() -> Self {
-        Self { tracker: BindTracker::new(BIND_WINDOW.as_nanos() as u64), unpriv_start: unprivileged_port_start(), binders: HashMap::new() }
+        Self {
+            tracker: BindTracker::new(BIND_WINDOW.as_nanos() as u64),
+            unpriv_start: unprivileged_port_start(),
+            binders: HashMap::new(),
+            lost: 0,
+            lost_at_attempt: HashMap::new(),
+            netns: crate::sys::netns::own_cookie().unwrap_or(0),
+        }
+    }
+
+    /// How many kernel events have been lost so far (the observer's counter): a bind
+    /// attempt pending while events were lost has an unknown outcome.
+    pub fn note_lost(&mut self, lost: u64) {
+        self.lost = lost;
     }
 
     /// The records an event completes (none while a bind attempt awaits its outcome).
     pub fn push(&mut self, ev: SockEvent) -> Vec<Record> {
+        if ev.kind == EventKind::BindAttempt {
+            if self.lost_at_attempt.len() >= BindTracker::MAX_PENDING {
+                self.lost_at_attempt.clear();
+            }
+            self.lost_at_attempt.insert(ev.cookie, self.lost);
+        }
         let steps = self.tracker.push(ev);
         steps.into_iter().map(|s| self.resolve(s)).collect()
     }
@@ -57,6 +83,7 @@ impl Pipeline {
         match step {
             Step::Emit(r) => {
                 let mut r = *r;
+                self.lost_at_attempt.remove(&r.cookie);
                 if r.is_autobound_listen() {
                     resolve_autobound(&mut r);
                 }
@@ -82,8 +109,25 @@ impl Pipeline {
         }
     }
 
-    /// A failed bind: its errno from what is on the port now, and who holds it.
+    /// A failed bind: its errno from what is on the port now, and who holds it; or an
+    /// unknown outcome, when its success may have been lost or it happened in
+    /// another network namespace.
     fn failed(&mut self, attempt: &SockEvent) -> Record {
+        let lost_then = self.lost_at_attempt.remove(&attempt.cookie).unwrap_or(self.lost);
+        let unknown = if self.lost > lost_then {
+            Some(ErrorSource::LostEvents)
+        } else if self.netns != 0 && attempt.netns_cookie != 0 && attempt.netns_cookie != self.netns {
+            Some(ErrorSource::OtherNetns)
+        } else {
+            None
+        };
+        if let Some(source) = unknown {
+            let mut rec = Record::from_event(attempt);
+            rec.requested_port = Some(attempt.req_port);
+            rec.error = Some(BindError::Unknown);
+            rec.error_source = Some(source);
+            return rec;
+        }
         let q = Query { tcp: attempt.proto == Some(Proto::Tcp), udp: attempt.proto == Some(Proto::Udp), connections: false };
         let on_port = sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
         let mut rec = infer_failure(attempt, &on_port, self.unpriv_start);
@@ -131,4 +175,40 @@ fn resolve_autobound(r: &mut Record) {
 
 fn unprivileged_port_start() -> u16 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::event::tests::ev;
+
+    #[test]
+    fn a_failure_while_events_were_lost_is_unknown_not_a_failure() {
+        let mut p = Pipeline::new();
+        p.note_lost(5);
+        assert!(p.push(ev(EventKind::BindAttempt, 10, 1, 7, 100)).is_empty());
+        p.note_lost(6);
+        let r = p.expire(u64::MAX);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].error, r[0].error_source), (Some(BindError::Unknown), Some(ErrorSource::LostEvents)));
+        assert!(r[0].held_by.is_none());
+    }
+
+    #[test]
+    fn a_failure_in_another_network_namespace_is_not_blamed_on_ours() {
+        let mut p = Pipeline::new();
+        if p.netns == 0 {
+            return eprintln!("no SO_NETNS_COOKIE on this kernel");
+        }
+        let mut a = ev(EventKind::BindAttempt, 10, 1, 8, 100);
+        a.netns_cookie = p.netns + 1;
+        p.push(a);
+        let r = p.expire(u64::MAX);
+        assert_eq!(r[0].error_source, Some(ErrorSource::OtherNetns));
+        // In our own namespace the errno is inferred as before.
+        let mut b = ev(EventKind::BindAttempt, 10, 1, 9, 100);
+        b.netns_cookie = p.netns;
+        p.push(b);
+        assert_eq!(p.expire(u64::MAX)[0].error_source, Some(ErrorSource::Inferred));
+    }
 }

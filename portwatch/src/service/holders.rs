@@ -55,6 +55,9 @@ pub struct WhoOptions {
     pub tcp: bool,
     pub udp: bool,
     pub clients: bool,
+    /// Also TCP sockets in other states on the ports (established, closing...): the
+    /// server side of accepted connections, and clients bound to the port.
+    pub connections: bool,
     pub method: Method,
     /// Read the pinned iterator in a second thread while sock_diag runs (one-shot
     /// commands: less wall time; the agent leaves it off to spend no CPU on idle ports).
@@ -63,7 +66,7 @@ pub struct WhoOptions {
 
 impl WhoOptions {
     /// TCP sockets only, no prefetch: what policy (free, the agent) asks for.
-    pub const TCP: Self = Self { tcp: true, udp: false, clients: false, method: Method::Auto, prefetch: false };
+    pub const TCP: Self = Self { tcp: true, udp: false, clients: false, connections: false, method: Method::Auto, prefetch: false };
 }
 
 #[derive(Clone, Debug, Default)]
@@ -141,7 +144,7 @@ fn holders_for(fds: &[FdHolder], inode: u64, cache: &mut HashMap<i32, Option<Pro
 pub fn gather(ports: &PortSet, opts: WhoOptions) -> Result<WhoResult> {
     let list: Vec<u16> = ports.iter().collect();
     let both = !opts.tcp && !opts.udp;
-    let q = Query { tcp: opts.tcp || both, udp: opts.udp || both, connections: false };
+    let q = Query { tcp: opts.tcp || both, udp: opts.udp || both, connections: opts.connections };
     if matches!(opts.method, Method::Auto | Method::Holders) {
         if let Some(r) = gather_fast(&list, q, opts.clients, opts.method == Method::Holders)? {
             return Ok(r);
@@ -195,7 +198,7 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
         return Ok(None);
     }
     let mut clock = Phases::default();
-    let tcp_states = (1 << tcp_state::LISTEN) | (1 << tcp_state::CLOSE);
+    let tcp_states = if q.connections { !0 } else { (1 << tcp_state::LISTEN) | (1 << tcp_state::CLOSE) };
     let scan = match iter::holders_on_ports(list, q.tcp, q.udp, tcp_states) {
         Ok(Some(scan)) => scan,
         Ok(None) => return Ok(None),
@@ -212,7 +215,10 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
         let Some(family) = Family::from_af(u16::from(s.family)) else { return Ok(None) };
         let d = match (Proto::from_ipproto(u16::from(s.proto)), s.state) {
             (Some(Proto::Tcp), tcp_state::LISTEN) => (Proto::Tcp, family, 1 << tcp_state::LISTEN),
-            (Some(Proto::Tcp), _) => (Proto::Tcp, family, (1 << tcp_state::CLOSE) | (1 << tcp_state::BOUND_INACTIVE)),
+            (Some(Proto::Tcp), tcp_state::CLOSE | tcp_state::BOUND_INACTIVE) => {
+                (Proto::Tcp, family, (1 << tcp_state::CLOSE) | (1 << tcp_state::BOUND_INACTIVE))
+            }
+            (Some(Proto::Tcp), state) => (Proto::Tcp, family, 1 << state),
             (Some(Proto::Udp), _) => (Proto::Udp, family, u32::MAX),
             (None, _) => return Ok(None),
         };
@@ -301,6 +307,10 @@ pub struct PortStatus {
     pub port: u16,
     pub free: bool,
     pub holders: Vec<BriefHolder>,
+    /// Sockets on the port that did not decide the answer but may matter
+    /// (connections and TIME_WAIT that a bind without SO_REUSEADDR runs into).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -311,26 +321,105 @@ pub struct BriefHolder {
     pub state: SockState,
 }
 
-/// Whether each port is free, and who holds those that are not.
-pub fn port_status(ports: &PortSet, r: &WhoResult) -> Vec<PortStatus> {
-    ports
-        .iter()
-        .map(|port| {
-            let socks: Vec<&Socket> = r.on_port(port).collect();
-            let mut holders: Vec<BriefHolder> = socks
-                .iter()
-                .flat_map(|s| {
-                    s.holders.iter().map(move |h| BriefHolder {
-                        pid: h.proc.pid,
-                        comm: h.proc.comm.clone(),
-                        proto: s.proto,
-                        state: s.state,
-                    })
-                })
-                .collect();
-            holders.sort();
-            holders.dedup();
-            PortStatus { port, free: socks.is_empty(), holders }
-        })
-        .collect()
+/// What "free" means for `check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strictness {
+    /// A server that sets SO_REUSEADDR (gunicorn, uvicorn, node, most servers) could
+    /// bind the port on every address.
+    ReuseAddr,
+    /// A bind without SO_REUSEADDR would succeed (TIME_WAIT connections block it).
+    Strict,
+}
+
+/// Whether a fresh server socket could bind `port` on every address (the IPv6
+/// wildcard, dual-stack, meets every socket on the port, IPv4 included), as the
+/// kernel answers it. `None` when the test cannot be made (a privileged port
+/// without privilege, no IPv6 and no IPv4...).
+pub fn test_bind(proto: Proto, port: u16, strict: Strictness) -> Option<bool> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use socket2::{Domain, Socket, Type};
+    let ty = if proto == Proto::Tcp { Type::STREAM } else { Type::DGRAM };
+    let try_bind = |addr: IpAddr| -> std::io::Result<()> {
+        let s = Socket::new(if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, ty, None)?;
+        s.set_reuse_address(strict == Strictness::ReuseAddr)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(false)?;
+        }
+        s.bind(&SocketAddr::new(addr, port).into())
+    };
+    let answer = |r: std::io::Result<()>| match r {
+        Ok(()) => Some(true),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Some(false),
+        Err(_) => None,
+    };
+    answer(try_bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED))).or_else(|| answer(try_bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+}
+
+/// `check`: whether each port is free (as [`Strictness`] defines it, asked of the
+/// kernel with a test bind), and who holds those that are not.
+pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Result<(Vec<PortStatus>, Vec<String>)> {
+    let protos: Vec<Proto> = [(tcp, Proto::Tcp), (udp, Proto::Udp)].into_iter().filter(|(on, _)| *on).map(|(_, p)| p).collect();
+    // Held ports (or ports the test cannot decide) get one look at what is on them.
+    let mut verdict: Vec<(u16, Option<bool>)> = Vec::new();
+    for port in ports.iter() {
+        let answers: Vec<Option<bool>> = protos.iter().map(|p| test_bind(*p, port, strict)).collect();
+        let free = if answers.contains(&Some(false)) {
+            Some(false)
+        } else if answers.iter().all(|a| *a == Some(true)) {
+            Some(true)
+        } else {
+            None
+        };
+        verdict.push((port, free));
+    }
+    let look: PortSet = verdict.iter().filter(|(_, f)| *f != Some(true)).map(|(p, _)| *p).collect();
+    // Connections on the ports (TIME_WAIT included, which no process holds): they
+    // matter to a bind without SO_REUSEADDR, and say why a port nobody holds is held.
+    let all: Vec<u16> = ports.iter().collect();
+    let lingering = if tcp {
+        sockdiag::sockets_on_ports(&all, Query { tcp: true, udp: false, connections: true }).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let who = if look.is_empty() {
+        WhoResult::default()
+    } else {
+        gather(&look, WhoOptions { tcp, udp, connections: true, prefetch: true, ..WhoOptions::default() })?
+    };
+    let mut out = Vec::new();
+    for (port, free) in verdict {
+        let socks: Vec<&Socket> = who.on_port(port).collect();
+        // Undecided by the test: held when something that blocks a server is there.
+        let blocking = |s: &&Socket| s.proto == Proto::Udp || matches!(s.state, SockState::Listen | SockState::Bound);
+        let free = free.unwrap_or_else(|| !socks.iter().any(blocking));
+        let mut holders: Vec<BriefHolder> = socks
+            .iter()
+            .flat_map(|s| {
+                s.holders.iter().map(move |h| BriefHolder { pid: h.proc.pid, comm: h.proc.comm.clone(), proto: s.proto, state: s.state })
+            })
+            .collect();
+        holders.sort();
+        holders.dedup();
+        let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
+        for s in lingering.iter().filter(|s| s.port == port && !matches!(s.sock_state(), SockState::Listen | SockState::Bound)) {
+            *by_state.entry(s.sock_state().name()).or_default() += 1;
+        }
+        let conns: Vec<String> = by_state.iter().map(|(st, n)| format!("{n} {st}")).collect();
+        let mut notes = Vec::new();
+        match (free, holders.is_empty(), conns.is_empty()) {
+            (true, _, false) => notes.push(format!(
+                "{} connection(s) on the port: a server that sets SO_REUSEADDR can bind it, a bind without it may fail (check --strict)",
+                conns.join(", ")
+            )),
+            (false, true, false) => notes.push(format!(
+                "no process holds it: {} connection(s) on the port block a bind without SO_REUSEADDR; they end by themselves",
+                conns.join(", ")
+            )),
+            (false, true, true) => notes.push(format!("no process found holding it; run `portwatch who {port}`")),
+            _ => {}
+        }
+        out.push(PortStatus { port, free, holders: if free { Vec::new() } else { holders }, notes });
+    }
+    Ok((out, who.notes))
 }

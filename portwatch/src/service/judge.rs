@@ -18,7 +18,7 @@ use crate::{
         ports::PortSet,
         process::Holder,
         socket::{SockState, Socket},
-        verdict::{Engine, HolderSample, Sample, SockSample, Verdict},
+        verdict::{Engine, HolderSample, ProbeStreak, Sample, SockSample, Verdict},
     },
     service::{
         holders::{self, WhoOptions, WhoResult},
@@ -32,8 +32,8 @@ use crate::{
     },
 };
 
-/// Per-port consecutive probe failures and the last error.
-pub type Streaks = HashMap<u16, (u32, String)>;
+/// Per-port consecutive probe failures.
+pub type Streaks = HashMap<u16, ProbeStreak>;
 
 /// Samples the TCP sockets on the ports, with holders and the kernel's counters.
 /// sock_diag runs every tick; the holder search (the holders pass, plus /proc
@@ -84,6 +84,7 @@ impl Sampler {
                 port: s.port,
                 tcp: true,
                 state: s.state,
+                addr: s.addr,
                 backlog: s.accept_queue.unwrap_or(0),
                 max_backlog: s.backlog.unwrap_or(0),
                 holders: s.holders.iter().map(|h| HolderSample { pid: h.proc.pid, ppid: h.proc.ppid, state: h.proc.state }).collect(),
@@ -110,15 +111,16 @@ pub fn engine(cfg: &Config) -> Engine {
 /// Runs every configured probe once, concurrently, and updates the failure streaks.
 pub async fn run_probes(cfg: &Config, streaks: &mut Streaks) {
     let results = join_all(cfg.probes.iter().map(|p| async move { (p.port, probe::run(p).await) }).collect()).await;
-    for (port, r) in results {
+    for (port, (target, r)) in results {
         match r {
             Ok(()) => {
                 streaks.remove(&port);
             }
-            Err(e) => {
-                let entry = streaks.entry(port).or_insert((0, String::new()));
-                entry.0 += 1;
-                entry.1 = e;
+            Err(error) => {
+                let entry = streaks.entry(port).or_default();
+                entry.failures += 1;
+                entry.error = error;
+                entry.target = target;
             }
         }
     }

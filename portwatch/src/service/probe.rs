@@ -1,7 +1,10 @@
 //! Health probes: HTTP GET with an expected status, or TCP send/expect. Both need
 //! the application to answer, unlike a bare connect, which a wedged listener's
 //! accept queue completes on the application's behalf.
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -17,9 +20,22 @@ use crate::{
 /// Why a probe failed, in words for logs and `wait`.
 pub type ProbeError = String;
 
+/// Connects to `host:port`, remembering the address tried (for the verdict: a probe
+/// judges only the listener it reached).
+async fn connect(host: &str, port: u16, reached: &mut Option<IpAddr>) -> Result<TcpStream, ProbeError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.map_err(|e| format!("resolve {host}: {e}"))?.collect();
+    let addr = *addrs.first().ok_or_else(|| format!("resolve {host}: no address"))?;
+    *reached = Some(addr.ip());
+    TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))
+}
+
 pub async fn http_get_status(t: &HttpTarget, limit: Duration) -> Result<u16, ProbeError> {
+    http_get(t, limit, &mut None).await
+}
+
+async fn http_get(t: &HttpTarget, limit: Duration, reached: &mut Option<IpAddr>) -> Result<u16, ProbeError> {
     let fut = async {
-        let mut s = TcpStream::connect((t.host.as_str(), t.port)).await.map_err(|e| format!("connect: {e}"))?;
+        let mut s = connect(&t.host, t.port, reached).await?;
         let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portwatch\r\nConnection: close\r\n\r\n", t.path, t.host);
         s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut buf = vec![0u8; 256];
@@ -36,16 +52,23 @@ pub async fn http_get_status(t: &HttpTarget, limit: Duration) -> Result<u16, Pro
     timeout(limit, fut).await.map_err(|_| format!("no answer within {}", humantime::format_duration(limit)))?
 }
 
-/// Runs one probe; `Ok(())` when healthy.
-pub async fn run(p: &Probe) -> Result<(), ProbeError> {
+/// Runs one probe: `Ok(())` when healthy; and the address it connected to.
+pub async fn run(p: &Probe) -> (Option<IpAddr>, Result<(), ProbeError>) {
+    let mut reached = None;
+    let r = probe(p, &mut reached).await;
+    (reached, r)
+}
+
+async fn probe(p: &Probe, reached: &mut Option<IpAddr>) -> Result<(), ProbeError> {
     if let Some(url) = &p.http {
         let t = HttpTarget::parse(url)?;
-        let status = http_get_status(&t, p.timeout).await?;
+        let status = http_get(&t, p.timeout, reached).await?;
         return if status == p.expect_status { Ok(()) } else { Err(format!("HTTP {status}, expected {}", p.expect_status)) };
     }
     let send = p.send.clone().unwrap_or_default();
     let expect = p.expect.clone().unwrap_or_default();
     let port = p.port;
+    *reached = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let fut = async move {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
         s.write_all(send.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
@@ -95,8 +118,8 @@ mod tests {
             timeout: Duration::from_millis(300),
             failures: 1,
         };
-        assert_eq!(run(&probe(ok_port)).await, Ok(()));
-        let err = run(&probe(silent_port)).await.unwrap_err();
+        assert_eq!(run(&probe(ok_port)).await, (Some("127.0.0.1".parse().unwrap()), Ok(())));
+        let err = run(&probe(silent_port)).await.1.unwrap_err();
         assert!(err.contains("no answer"), "{err}");
         drop(silent);
     }

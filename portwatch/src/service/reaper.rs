@@ -53,6 +53,7 @@ pub fn caller_self() -> Caller {
         root: e == 0,
         portwatch: pid,
         portwatch_ancestors: proc::ancestors(pid).into_iter().map(|(p, _)| p).collect(),
+        hidden_pids: proc::in_nested_pid_namespace(),
         client: None,
         client_ancestors: Default::default(),
     }

@@ -4,6 +4,7 @@ pub mod caps;
 pub mod clock;
 pub mod mmap;
 pub mod mounts;
+pub mod netns;
 pub mod pidfd;
 pub mod proc;
 pub mod sockdiag;

@@ -195,12 +195,52 @@ pub enum FdCheck {
 }
 
 pub fn fd_check(pid: i32, fd: i32, inode: u64) -> FdCheck {
-    match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+    match fd_link_check(&format!("/proc/{pid}/fd/{fd}"), inode) {
+        // The thread-group leader has exited while other threads live on: its fd
+        // table is gone from /proc/PID/fd, but theirs are in /proc/PID/task/TID/fd.
+        FdCheck::Gone if leader_exited(pid) => task_fd_dirs(pid)
+            .into_iter()
+            .map(|dir| fd_link_check(&format!("{dir}/{fd}"), inode))
+            .find(|c| *c != FdCheck::Gone)
+            .unwrap_or(FdCheck::Gone),
+        c => c,
+    }
+}
+
+fn fd_link_check(path: &str, inode: u64) -> FdCheck {
+    match std::fs::read_link(path) {
         Ok(l) if l.as_os_str().as_encoded_bytes() == format!("socket:[{inode}]").as_bytes() => FdCheck::Holds,
         Ok(_) => FdCheck::Gone,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => FdCheck::Unknown,
         Err(_) => FdCheck::Gone,
     }
+}
+
+/// Whether `pid`'s main thread has exited (a zombie leader) while the process
+/// lives on in other threads.
+pub fn leader_exited(pid: i32) -> bool {
+    start_and_state(pid).is_some_and(|(_, state)| state == 'Z') && task_fd_dirs(pid).len() > 1
+}
+
+/// The (fd, socket inode) pairs of an fd directory.
+fn socket_fds(dir: &str) -> Vec<(i32, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            let ino = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
+            Some((fd, ino))
+        })
+        .collect()
+}
+
+/// `/proc/PID/task/TID/fd` of each thread of `pid`.
+fn task_fd_dirs(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().map(|t| format!("{}/fd", t.path().display())).collect())
+        .unwrap_or_default()
 }
 
 /// One (process, fd) holding a socket.
@@ -221,20 +261,26 @@ pub fn walk_socket_holders(inodes: &HashSet<u64>) -> (Vec<FdHolder>, usize) {
     };
     for p in all.flatten() {
         let pid = p.pid;
-        match p.fd() {
-            Ok(fds) => {
-                for fd in fds.flatten() {
-                    if let FDTarget::Socket(ino) = fd.target {
-                        if inodes.contains(&ino) {
-                            out.push(FdHolder { pid, fd: fd.fd, inode: ino });
-                        }
-                    }
-                }
-            }
-            Err(_) => denied += 1,
+        let fds: Option<Vec<(i32, u64)>> = match p.fd() {
+            Ok(fds) => Some(
+                fds.flatten()
+                    .filter_map(|fd| match fd.target {
+                        FDTarget::Socket(ino) => Some((fd.fd, ino)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            // A process whose main thread exited shows its fds under its threads.
+            Err(_) if leader_exited(pid) => Some(task_fd_dirs(pid).iter().flat_map(|d| socket_fds(d)).collect()),
+            Err(_) => None,
+        };
+        match fds {
+            Some(fds) => out.extend(fds.into_iter().filter(|(_, ino)| inodes.contains(ino)).map(|(fd, inode)| FdHolder { pid, fd, inode })),
+            None => denied += 1,
         }
     }
     out.sort();
+    out.dedup();
     (out, denied)
 }
 
