@@ -256,6 +256,8 @@ pub mod holders {
     pub const READ_FAILED: u32 = 3;
     /// An fd table had more entries than the program walks.
     pub const FD_TABLE_TOO_BIG: u32 = 4;
+    /// `bpf_loop` refused to run.
+    pub const LOOP_FAILED: u32 = 5;
 }
 
 /// One query of the holders iterator (value of `HOLDER_QUERY`). User space fills
@@ -319,6 +321,9 @@ pub struct HolderRecord {
     pub fd: u32,
     /// Status: the [`holders`] status. Sockets: the local port.
     pub aux: u32,
+    // A status record after the socket walk also says where it stopped: `tgid` =
+    // steps in the last hash chain, `fd` = the port's index, `state` = the walk's
+    // phase, `family` = sockets found, `ino` = bpf_loop's iterations (for doctor).
     /// Sockets and holders: the socket's inode number.
     pub ino: u64,
 }

@@ -110,6 +110,10 @@ pub fn chain_text(e: &dyn std::error::Error) -> String {
 }
 
 fn summarize_verifier(s: &str) -> String {
+    // PORTWATCH_VERIFIER_LOG=full keeps the whole log (for porting to a kernel).
+    if std::env::var_os("PORTWATCH_VERIFIER_LOG").is_some_and(|v| v == "full") {
+        return s.to_string();
+    }
     let Some((head, log)) = s.split_once("Verifier output:") else {
         return s.to_string();
     };

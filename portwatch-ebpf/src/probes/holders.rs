@@ -11,6 +11,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::seq_file,
     helpers::generated::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_loop, bpf_probe_read_kernel, bpf_seq_write},
+    macros::map,
+    maps::PerCpuArray,
 };
 use portwatch_common::{holders::*, probe, tcp_state, HolderQuery, HolderRecord, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -65,11 +67,12 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
     // SAFETY: q points into the map value, valid while the program runs.
     let q = unsafe { &mut *q };
     if q.status == 0 {
-        q.status = resolve(q).unwrap_or(READ_FAILED);
+        let rec = resolve(q).unwrap_or(HolderRecord { kind: REC_STATUS, aux: READ_FAILED, ..HolderRecord::default() });
+        q.status = rec.aux;
         if q.status == READ_FAILED {
             count_error(probe::HOLDERS);
         }
-        emit(seq, &HolderRecord { kind: REC_STATUS, aux: q.status, ..HolderRecord::default() });
+        emit(seq, &rec);
         for i in 0..MAX_TARGETS {
             if i as u32 >= q.ntargets {
                 break;
@@ -125,14 +128,14 @@ fn scan_task(q: &mut HolderQuery, seq: *mut seq_file, task: u64) -> Result<u32, 
     let arr: u64 = rd(fdt, off!(fdt_fd))?;
     let open_fds: u64 = rd(fdt, off!(fdt_open_fds))?;
     let chunks = max_fds.div_ceil(64);
-    let mut walk = FdWalk { q: q as *mut HolderQuery, seq, arr, open_fds, tgid: tgid as u32, status: OK };
     if chunks > MAX_FD_CHUNKS {
-        walk.status = FD_TABLE_TOO_BIG;
-    } else {
-        // SAFETY: the callback and its context follow bpf_loop's contract.
-        unsafe { bpf_loop(chunks, fd_chunk as *mut c_void, (&mut walk as *mut FdWalk).cast(), 0) };
+        return Ok(FD_TABLE_TOO_BIG);
     }
-    Ok(walk.status)
+    set_fd_status(OK);
+    let mut walk = FdWalk { q: q as *mut HolderQuery, seq, arr, open_fds, tgid: tgid as u32, _pad: 0 };
+    // SAFETY: the callback and its context follow bpf_loop's contract.
+    unsafe { bpf_loop(chunks, fd_chunk as *mut c_void, (&mut walk as *mut FdWalk).cast(), 0) };
+    Ok(HOLDER_FD_STATUS.get(0).copied().unwrap_or(READ_FAILED))
 }
 
 #[inline(always)]
@@ -143,10 +146,14 @@ fn emit(seq: *mut seq_file, rec: &HolderRecord) {
     }
 }
 
-/// State of a bucket walk, shared with the `bpf_loop` callbacks.
+/// State of the walk over the asked ports' hash chains, advanced by the one
+/// `bpf_loop` callback. It lives in a per-CPU map, not on the stack: verifiers
+/// before 6.7 check a callback once, with the caller's stack as it was at the call,
+/// and treat what they know of it as fixed; on Debian's 6.1 the walk's state on the
+/// stack then never changed as far as the program was concerned. The callback's
+/// stack context carries only the query pointer.
 #[repr(C)]
-struct Walk {
-    q: *mut HolderQuery,
+pub struct Walk {
     net: u64,
     /// Cursors: the next bind bucket, the next bind2 bucket, the next socket node.
     tb: u64,
@@ -155,11 +162,35 @@ struct Walk {
     port: u32,
     mix: u32,
     status: u32,
-    _pad: u32,
+    /// Which asked port, which walk of it ([`Phase`]), and steps of that walk.
+    index: u32,
+    phase: u32,
+    steps: u32,
+    /// The last read attempted (where a READ_FAILED happened, for doctor).
+    stage: u32,
 }
 
-/// Finds the sockets on the asked ports; returns a status.
-fn resolve(q: &mut HolderQuery) -> Result<u32, ()> {
+#[map]
+static HOLDER_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the walk's callback is handed on the stack: only what does not change.
+#[repr(C)]
+struct WalkCtx {
+    q: *mut HolderQuery,
+}
+
+/// Where the walk is, for one port: about to start, in the TCP bind hash, about
+/// to start the UDP hash, in it.
+mod phase {
+    pub const START: u32 = 0;
+    pub const TCP: u32 = 1;
+    pub const UDP_START: u32 = 2;
+    pub const UDP: u32 = 3;
+}
+
+/// Finds the sockets on the asked ports; returns the status record (which also
+/// says where the walk stopped: steps, port index, phase, sockets found).
+fn resolve(q: &mut HolderQuery) -> Result<HolderRecord, ()> {
     // SAFETY: helper without arguments.
     let current = unsafe { bpf_get_current_task() };
     let nsproxy: u64 = rd(current, off!(task_nsproxy))?;
@@ -168,81 +199,44 @@ fn resolve(q: &mut HolderQuery) -> Result<u32, ()> {
     q.min_file = u64::MAX;
     q.max_file = 0;
     let nports = q.nports.min(MAX_PORTS as u32);
-    let mut w = Walk { q: q as *mut HolderQuery, net, tb: 0, tb2: 0, sk: 0, port: 0, mix, status: OK, _pad: 0 };
+    let w = HOLDER_WALK.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU value, ours while the program runs (migration disabled).
+    let w = unsafe { &mut *w };
+    *w = Walk { net, tb: 0, tb2: 0, sk: 0, port: 0, mix, status: OK, index: 0, phase: phase::START, steps: 0, stage: 0 };
+    let mut ctx = WalkCtx { q: q as *mut HolderQuery };
+    // Each port: a start, at most MAX_WALK_STEPS in each hash, and a start of the UDP walk.
+    let iterations = nports * (2 * MAX_WALK_STEPS + 2) + 1;
     // SAFETY: the callback and its context follow bpf_loop's contract.
-    unsafe { bpf_loop(nports, resolve_port as *mut c_void, (&mut w as *mut Walk).cast(), 0) };
-    Ok(w.status)
+    let r = unsafe { bpf_loop(iterations, resolve_step as *mut c_void, (&mut ctx as *mut WalkCtx).cast(), 0) };
+    let status = if r < 0 {
+        LOOP_FAILED
+    } else if w.status == OK && w.index < nports {
+        // The walk ran out of steps.
+        TOO_MANY
+    } else {
+        w.status
+    };
+    Ok(HolderRecord {
+        kind: REC_STATUS,
+        aux: status,
+        tgid: w.steps,
+        fd: w.index,
+        state: w.phase as u8,
+        family: q.ntargets as u8,
+        proto: w.stage as u8,
+        ino: w.sk,
+    })
 }
 
-/// Finds the sockets on the `i`th asked port.
-extern "C" fn resolve_port(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the caller's `Walk`.
-    let w = unsafe { &mut *ctx.cast::<Walk>() };
-    if resolve_port_inner(w, i as usize).is_err() {
-        w.status = READ_FAILED;
-    }
-    i64::from(w.status != OK)
-}
-
-#[inline(always)]
-fn resolve_port_inner(w: &mut Walk, i: usize) -> Result<(), ()> {
-    // SAFETY: w.q points into the map value, valid while the program runs.
-    let q = unsafe { &*w.q };
-    if i >= MAX_PORTS {
-        return Err(());
-    }
-    w.port = u32::from(q.ports[i]);
-    let (net, mix, protos) = (w.net, w.mix, q.protos);
-    if protos & PROTO_TCP != 0 {
-        let hashinfo: u64 = rd(net, off!(net_tcp_hashinfo))?;
-        let bhash: u64 = rd(hashinfo, off!(hashinfo_bhash))?;
-        let size: u32 = rd(hashinfo, off!(hashinfo_bhash_size))?;
-        if size == 0 {
-            return Err(());
-        }
-        // inet_bhashfn(): (port + net_hash_mix(net)) & (bhash_size - 1)
-        let slot = (w.port.wrapping_add(mix) & (size - 1)) as u64;
-        let bucket = bhash + slot * u64::from(off!(bhb_size));
-        w.tb = rd(bucket + u64::from(off!(bhb_chain)), off!(hlist_first))?;
-        w.tb2 = 0;
-        w.sk = 0;
-        // SAFETY: the callback and its context follow bpf_loop's contract.
-        unsafe { bpf_loop(MAX_WALK_STEPS, tcp_step as *mut c_void, (w as *mut Walk).cast(), 0) };
-        if w.status == OK && (w.tb | w.tb2 | w.sk) != 0 {
-            w.status = TOO_MANY;
-        }
-    }
-    if w.status == OK && protos & PROTO_UDP != 0 {
-        // `net->ipv4.udp_table` from 6.2; the global `udp_table` before.
-        let table: u64 = if off!(net_udp_table) != u32::MAX { rd(net, off!(net_udp_table))? } else { udp_table_global() };
-        let hash: u64 = rd(table, off!(udp_table_hash))?;
-        let mask: u32 = rd(table, off!(udp_table_mask))?;
-        // udp_hashfn(): (port + net_hash_mix(net)) & mask
-        let slot = (w.port.wrapping_add(mix) & mask) as u64;
-        let hslot = hash + slot * u64::from(off!(udp_hslot_size));
-        w.sk = rd(hslot + u64::from(off!(udp_hslot_head)), off!(hlist_first))?;
-        // SAFETY: as above.
-        unsafe { bpf_loop(MAX_WALK_STEPS, udp_step as *mut c_void, (w as *mut Walk).cast(), 0) };
-        if w.status == OK && w.sk != 0 {
-            w.status = TOO_MANY;
-        }
-    }
-    Ok(())
-}
-
-/// One step of the TCP walk: bind buckets in the port's `bhash` chain, then (6.8+)
-/// each bucket's per-address `bind2` buckets, then the sockets that own them.
-extern "C" fn tcp_step(_i: u64, ctx: *mut c_void) -> i64 {
-    walk_step(ctx, tcp_step_inner)
-}
-
-/// Runs one walk step for `bpf_loop`: 0 to go on, 1 to stop (done or failed).
-#[inline(always)]
-fn walk_step(ctx: *mut c_void, step: fn(&mut Walk) -> Result<bool, ()>) -> i64 {
-    // SAFETY: ctx is the caller's `Walk`.
-    let w = unsafe { &mut *ctx.cast::<Walk>() };
-    match step(w) {
-        Ok(more) => i64::from(!more),
+/// One step of the walk: 0 to go on, 1 to stop (done or failed).
+extern "C" fn resolve_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the caller's `WalkCtx`; its query points into the map value.
+    let q = unsafe { &mut *(*ctx.cast::<WalkCtx>()).q };
+    let Some(w) = HOLDER_WALK.get_ptr_mut(0) else { return 1 };
+    // SAFETY: the per-CPU value, ours while the program runs.
+    let w = unsafe { &mut *w };
+    match resolve_step_inner(w, q) {
+        Ok(more) => i64::from(!more || w.status != OK),
         Err(()) => {
             w.status = READ_FAILED;
             1
@@ -251,11 +245,90 @@ fn walk_step(ctx: *mut c_void, step: fn(&mut Walk) -> Result<bool, ()>) -> i64 {
 }
 
 #[inline(always)]
-fn tcp_step_inner(w: &mut Walk) -> Result<bool, ()> {
+fn resolve_step_inner(w: &mut Walk, q: &mut HolderQuery) -> Result<bool, ()> {
+    if w.index >= q.nports.min(MAX_PORTS as u32) {
+        return Ok(false);
+    }
+    match w.phase {
+        phase::START => {
+            // Below nports <= MAX_PORTS (checked above); the mask bounds it for
+            // verifiers that do not learn from comparing two registers (6.1).
+            const _: () = assert!(MAX_PORTS.is_power_of_two());
+            // SAFETY: a read of our own field; volatile, so LLVM keeps the mask.
+            let i = unsafe { core::ptr::read_volatile(&w.index) } as usize & (MAX_PORTS - 1);
+            w.port = u32::from(q.ports[i]);
+            w.steps = 0;
+            (w.tb, w.tb2, w.sk) = (0, 0, 0);
+            if q.protos & PROTO_TCP != 0 {
+                w.stage = 1;
+                let hashinfo: u64 = rd(w.net, off!(net_tcp_hashinfo))?;
+                w.stage = 2;
+                let bhash: u64 = rd(hashinfo, off!(hashinfo_bhash))?;
+                w.stage = 3;
+                let size: u32 = rd(hashinfo, off!(hashinfo_bhash_size))?;
+                w.stage = 4;
+                if size == 0 {
+                    return Err(());
+                }
+                // inet_bhashfn(): (port + net_hash_mix(net)) & (bhash_size - 1)
+                let slot = (w.port.wrapping_add(w.mix) & (size - 1)) as u64;
+                let bucket = bhash + slot * u64::from(off!(bhb_size));
+                w.tb = rd(bucket + u64::from(off!(bhb_chain)), off!(hlist_first))?;
+                w.phase = phase::TCP;
+            } else {
+                w.phase = phase::UDP_START;
+            }
+        }
+        phase::TCP => {
+            w.steps += 1;
+            if w.steps > MAX_WALK_STEPS {
+                w.status = TOO_MANY;
+                return Ok(false);
+            }
+            if !tcp_step_inner(w, q)? {
+                w.phase = phase::UDP_START;
+            }
+        }
+        phase::UDP_START => {
+            w.steps = 0;
+            if q.protos & PROTO_UDP != 0 {
+                // `net->ipv4.udp_table` from 6.2; the global `udp_table` before.
+                let table: u64 = if off!(net_udp_table) != u32::MAX { rd(w.net, off!(net_udp_table))? } else { udp_table_global() };
+                let hash: u64 = rd(table, off!(udp_table_hash))?;
+                let mask: u32 = rd(table, off!(udp_table_mask))?;
+                // udp_hashfn(): (port + net_hash_mix(net)) & mask
+                let slot = (w.port.wrapping_add(w.mix) & mask) as u64;
+                let hslot = hash + slot * u64::from(off!(udp_hslot_size));
+                w.sk = rd(hslot + u64::from(off!(udp_hslot_head)), off!(hlist_first))?;
+                w.phase = phase::UDP;
+            } else {
+                w.index += 1;
+                w.phase = phase::START;
+            }
+        }
+        _ => {
+            w.steps += 1;
+            if w.steps > MAX_WALK_STEPS {
+                w.status = TOO_MANY;
+                return Ok(false);
+            }
+            if !udp_step_inner(w, q)? {
+                w.index += 1;
+                w.phase = phase::START;
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[inline(always)]
+fn tcp_step_inner(w: &mut Walk, q: &mut HolderQuery) -> Result<bool, ()> {
     if w.sk != 0 {
         let node = w.sk;
+        w.stage = 10;
         w.sk = rd(node, off!(hlist_next))?;
-        add_socket(w, node - u64::from(off!(skc_bind_node)), IPPROTO_TCP as u8)?;
+        w.stage = 11;
+        add_socket(w, q, node - u64::from(off!(skc_bind_node)), IPPROTO_TCP as u8)?;
         return Ok(w.status == OK);
     }
     if w.tb2 != 0 {
@@ -267,12 +340,16 @@ fn tcp_step_inner(w: &mut Walk) -> Result<bool, ()> {
     }
     if w.tb != 0 {
         let node = w.tb;
+        w.stage = 20;
         w.tb = rd(node, off!(hlist_next))?;
         let tb = node - u64::from(off!(tb_node));
+        w.stage = 21;
         let port: u16 = rd(tb, off!(tb_port))?;
+        w.stage = 22;
         let net: u64 = rd(tb, off!(tb_net))?;
         if u32::from(port) == w.port && net == w.net {
             if off!(tb_owners) != u32::MAX {
+                w.stage = 23;
                 w.sk = rd(tb + u64::from(off!(tb_owners)), off!(hlist_first))?;
             } else {
                 w.tb2 = rd(tb + u64::from(off!(tb_bhash2)), off!(hlist_first))?;
@@ -284,12 +361,8 @@ fn tcp_step_inner(w: &mut Walk) -> Result<bool, ()> {
 }
 
 /// One step of the UDP walk: the sockets in the port's `udp_table.hash` slot.
-extern "C" fn udp_step(_i: u64, ctx: *mut c_void) -> i64 {
-    walk_step(ctx, udp_step_inner)
-}
-
 #[inline(always)]
-fn udp_step_inner(w: &mut Walk) -> Result<bool, ()> {
+fn udp_step_inner(w: &mut Walk, q: &mut HolderQuery) -> Result<bool, ()> {
     if w.sk == 0 {
         return Ok(false);
     }
@@ -299,16 +372,14 @@ fn udp_step_inner(w: &mut Walk) -> Result<bool, ()> {
     let num: u16 = rd(sk, off!(skc_num))?;
     let net: u64 = rd(sk, off!(skc_net))?;
     if u32::from(num) == w.port && net == w.net {
-        add_socket(w, sk, IPPROTO_UDP as u8)?;
+        add_socket(w, q, sk, IPPROTO_UDP as u8)?;
     }
     Ok(w.status == OK)
 }
 
 /// Records a socket found on the port (if its state is asked for and it has a file).
 #[inline(always)]
-fn add_socket(w: &mut Walk, sk: u64, proto: u8) -> Result<(), ()> {
-    // SAFETY: w.q points into the map value, valid while the program runs.
-    let q = unsafe { &mut *w.q };
+fn add_socket(w: &mut Walk, q: &mut HolderQuery, sk: u64, proto: u8) -> Result<(), ()> {
     let state: u8 = rd(sk, off!(skc_state))?;
     if proto == IPPROTO_TCP as u8
         && (state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV || q.tcp_states & (1u32 << (state & 31)) == 0)
@@ -340,7 +411,9 @@ fn add_socket(w: &mut Walk, sk: u64, proto: u8) -> Result<(), ()> {
     Ok(())
 }
 
-/// State of one process's fd-table walk, shared with `fd_chunk`.
+/// What `fd_chunk` is handed on the stack: what does not change during one
+/// process's fd-table walk. Its status lives in `HOLDER_FD_STATUS` (see [`Walk`]
+/// for why loop state is not on the stack).
 #[repr(C)]
 struct FdWalk {
     q: *mut HolderQuery,
@@ -348,16 +421,28 @@ struct FdWalk {
     arr: u64,
     open_fds: u64,
     tgid: u32,
-    status: u32,
+    _pad: u32,
+}
+
+#[map]
+static HOLDER_FD_STATUS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sets this CPU's fd-walk status.
+#[inline(always)]
+fn set_fd_status(status: u32) {
+    if let Some(p) = HOLDER_FD_STATUS.get_ptr_mut(0) {
+        // SAFETY: the per-CPU value, ours while the program runs.
+        unsafe { *p = status };
+    }
 }
 
 /// Compares one chunk of 64 fd slots against the sockets' file pointers, reading
 /// only up to the chunk's highest open fd (the `open_fds` bitmap word says which).
 extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the caller's `FdWalk`.
-    let w = unsafe { &mut *ctx.cast::<FdWalk>() };
+    let w = unsafe { &*ctx.cast::<FdWalk>() };
     let Ok(word) = rd::<u64>(w.open_fds + i * 8, 0) else {
-        w.status = READ_FAILED;
+        set_fd_status(READ_FAILED);
         return 1;
     };
     if word == 0 {
@@ -365,7 +450,7 @@ extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
     }
     let used = 64 - word.leading_zeros() as u64;
     let Some(buf) = FD_CHUNK.get_ptr_mut(0) else {
-        w.status = READ_FAILED;
+        set_fd_status(READ_FAILED);
         return 1;
     };
     // 8..=512 bytes. The volatile read hides what LLVM knows about `used`, so the
@@ -377,12 +462,12 @@ extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: reads `used` slots of the fd array into the per-CPU scratch value.
     let r = unsafe { bpf_probe_read_kernel(buf.cast(), size, (w.arr + i * 512) as *const c_void) };
     if r != 0 {
-        w.status = READ_FAILED;
+        set_fd_status(READ_FAILED);
         return 1;
     }
     // SAFETY: both point into map values, valid while the program runs.
     let (buf, q) = unsafe { (&*buf, &*w.q) };
-    let (lo, hi, n) = (q.min_file, q.max_file, q.ntargets);
+    let (lo, hi) = (q.min_file, q.max_file);
     for j in 0..64 {
         if j as u64 >= used {
             break;
@@ -391,39 +476,19 @@ extern "C" fn fd_chunk(i: u64, ctx: *mut c_void) -> i64 {
         if f < lo || f > hi {
             continue;
         }
-        // In range: compare with each socket (a loop of its own keeps the verifier's
-        // work per slot small).
-        let mut m = Match { q: w.q, seq: w.seq, file: f, tgid: w.tgid, fd: (i * 64 + j as u64) as u32 };
-        // SAFETY: the callback and its context follow bpf_loop's contract.
-        unsafe { bpf_loop(n, match_target as *mut c_void, (&mut m as *mut Match).cast(), 0) };
-    }
-    0
-}
-
-#[repr(C)]
-struct Match {
-    q: *mut HolderQuery,
-    seq: *mut seq_file,
-    file: u64,
-    tgid: u32,
-    fd: u32,
-}
-
-/// Emits a holder record if fd slot `m.file` is the `k`th socket.
-extern "C" fn match_target(k: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the caller's `Match`; q points into the map value.
-    let (m, q) = unsafe {
-        let m = &*ctx.cast::<Match>();
-        (m, &*m.q)
-    };
-    let k = k as usize;
-    if k >= MAX_TARGETS {
-        return 1;
-    }
-    if q.files[k] == m.file {
-        let rec = HolderRecord { kind: REC_HOLDER, tgid: m.tgid, fd: m.fd, ino: q.inodes[k], ..HolderRecord::default() };
-        emit(m.seq, &rec);
-        return 1;
+        // In range: compare with each socket, at constant indexes (unused slots are 0
+        // and never equal a file pointer), which every verifier can follow.
+        let fd = (i * 64 + j as u64) as u32;
+        macro_rules! against {
+            ($($k:literal)*) => {$(
+                if q.files[$k] == f {
+                    emit(w.seq, &HolderRecord { kind: REC_HOLDER, tgid: w.tgid, fd, ino: q.inodes[$k], ..HolderRecord::default() });
+                    continue;
+                }
+            )*};
+        }
+        against!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        const _: () = assert!(MAX_TARGETS == 16, "one index above per target");
     }
     0
 }

@@ -67,10 +67,11 @@ fn log_record(r: &Record) {
         }
         // Every event is in the history and the metrics; logging each one would flood
         // the log pipeline in a bind storm (RUST_LOG=portwatch=debug shows them).
-        None => {
+        None if tracing::enabled!(tracing::Level::DEBUG) => {
             let comm = r.comm.as_deref().map(|c| esc(c).into_owned());
             tracing::debug!(event = r.event.name(), pid = r.pid, comm = comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, "socket event")
         }
+        None => {}
     }
 }
 
@@ -193,7 +194,6 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     }
                 }
                 guard.clear_ready();
-                pipeline.note_lost(obs.lost());
                 for ev in events {
                     for r in pipeline.push(ev) {
                         log_record(&r);

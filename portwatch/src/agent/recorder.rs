@@ -29,13 +29,13 @@ use crate::{
 /// an entry is re-validated (pid reuse) at most once a second.
 #[derive(Default)]
 pub struct DetailsCache {
-    map: HashMap<i32, (u64, Instant, Option<ProcDetails>)>,
+    map: HashMap<i32, (u64, Instant, Option<Arc<ProcDetails>>)>,
 }
 
 impl DetailsCache {
     const MAX: usize = 4096;
 
-    pub fn get(&mut self, pid: i32) -> Option<ProcDetails> {
+    pub fn get(&mut self, pid: i32) -> Option<Arc<ProcDetails>> {
         if let Some((_, checked, d)) = self.map.get(&pid) {
             if checked.elapsed() < Duration::from_secs(1) {
                 return d.clone();
@@ -54,7 +54,7 @@ impl DetailsCache {
         if self.map.len() >= Self::MAX {
             self.map.clear();
         }
-        let d = proc::details(pid);
+        let d = proc::details(pid).map(Arc::new);
         self.map.insert(pid, (start, Instant::now(), d.clone()));
         d
     }
@@ -79,11 +79,11 @@ impl Recorder {
         if let Some(d) = pid.and_then(|p| self.details.get(p)) {
             r.ppid = Some(d.proc.ppid);
             r.uid = Some(d.proc.uid);
-            r.comm = Some(d.proc.comm);
-            r.cmdline = Some(d.proc.cmdline);
-            r.cgroup = Some(d.proc.cgroup);
-            r.ancestry = Some(d.ancestry);
-            r.job = d.job;
+            r.comm = Some(d.proc.comm.clone());
+            r.cmdline = Some(d.proc.cmdline.clone());
+            r.cgroup = Some(d.proc.cgroup.clone());
+            r.ancestry = Some(d.ancestry.clone());
+            r.job = d.job.clone();
         }
         r
     }

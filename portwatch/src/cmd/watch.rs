@@ -92,7 +92,6 @@ async fn watch(ports: PortSet, json: bool, duration: Option<Duration>, count: Op
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    pipeline.note_lost(obs.lost());
                     let rb = guard.get_inner_mut();
                     while let Some(item) = rb.next() {
                         match decode(&item) {

@@ -368,6 +368,7 @@ mod tests {
             let o: KernelOffsets = resolve(&btf);
             assert!(o.state_hook_ready() && o.iterator_ready(), "{}: {:?}", path.display(), listing(&o));
             let h: HolderOffsets = resolve(&btf);
+            eprintln!("{}: {:?}", path.display(), listing(&h));
             assert!(h.tcp_ready(), "{}: {h:?}", path.display());
         }
     }

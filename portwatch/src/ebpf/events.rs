@@ -72,6 +72,7 @@ pub fn from_raw(ev: &Event) -> Result<SockEvent, DecodeError> {
         peer_port: d.peer_port,
         old_state: d.old_state,
         new_state: d.new_state,
+        lost_before: 0,
     })
 }
 

@@ -63,10 +63,10 @@ pub struct HolderScan {
 }
 
 /// The sockets on `ports` (TCP ones in `tcp_states`) and their holders, from the
-/// `iter/task` program: one pass over the tasks per 16 ports. `Ok(None)` when it
-/// cannot answer exactly here (kernel layout not supported, more sockets than it
-/// tracks, another pid namespace): the caller then uses [`all_socket_fds`].
-pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> Result<Option<HolderScan>> {
+/// `iter/task` program: one pass over the tasks per 16 ports. `Err(why)` inside
+/// when it cannot answer exactly here (kernel layout not supported, more sockets
+/// than it tracks, another pid namespace): the caller then uses [`all_socket_fds`].
+pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> Result<std::result::Result<HolderScan, String>> {
     if !pinned() {
         // Loads and pins both iterators (the first run on a host, or a new build).
         load_and_pin(&Loader::new()?, &pin_path())?;
@@ -74,7 +74,8 @@ pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) ->
     let dir = pin_dir();
     let link = dir.join(HOLDERS_PIN);
     if !link.exists() {
-        return Ok(None);
+        return Ok(Err(self_check_failure()
+            .map_or_else(|| "it is not pinned on this host (see portwatch doctor)".into(), |w| format!("its self-check failed: {w}"))));
     }
     let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
     let mut map: BpfHashMap<MapData, u64, HolderQuery> =
@@ -82,16 +83,16 @@ pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) ->
     let mut scan = HolderScan::default();
     for chunk in ports.chunks(holders::MAX_PORTS) {
         match query_once(&mut map, &link, chunk, tcp, udp, tcp_states)? {
-            Some(part) => {
+            Ok(part) => {
                 scan.sockets.extend(part.sockets);
                 scan.holders.extend(part.holders);
             }
-            None => return Ok(None),
+            Err(status) => return Ok(Err(format!("it gave no complete answer: {}", status_name(status)))),
         }
     }
     scan.holders.sort();
     scan.holders.dedup();
-    Ok(Some(scan))
+    Ok(Ok(scan))
 }
 
 fn query_once(
@@ -101,7 +102,7 @@ fn query_once(
     tcp: bool,
     udp: bool,
     tcp_states: u32,
-) -> Result<Option<HolderScan>> {
+) -> Result<std::result::Result<HolderScan, Option<u32>>> {
     let mut q = HolderQuery::EMPTY;
     q.nports = ports.len() as u32;
     q.ports[..ports.len()].copy_from_slice(ports);
@@ -117,11 +118,52 @@ fn query_once(
     });
     let _ = map.remove(&key);
     let buf = read.map_err(|e| Error::io("reading the holders iterator", e))?;
-    Ok(parse_holder_records(&buf))
+    Ok(parse_holder_status(&buf))
+}
+
+/// Why the holders pass is not used on this host, when its self-check failed here.
+pub fn self_check_failure() -> Option<String> {
+    SELF_CHECK.get().cloned()
+}
+
+static SELF_CHECK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Why the holders pass gave no complete answer, in words.
+pub fn status_name(status: Option<u32>) -> &'static str {
+    match status {
+        None => "no status record",
+        Some(holders::TOO_MANY) => "too many sockets or a hash chain too long",
+        Some(holders::READ_FAILED) => "a kernel read failed",
+        Some(holders::FD_TABLE_TOO_BIG) => "an fd table too big",
+        Some(holders::LOOP_FAILED) => "bpf_loop refused to run",
+        Some(_) => "an unknown status",
+    }
 }
 
 /// Parses the holders iterator's output; `None` unless it reports a complete answer.
 pub fn parse_holder_records(buf: &[u8]) -> Option<HolderScan> {
+    parse_holder_status(buf).ok()
+}
+
+/// Where the walk stopped, from the first status record (for messages).
+fn walk_detail(buf: &[u8]) -> String {
+    buf.chunks_exact(core::mem::size_of::<HolderRecord>())
+        .map(|c| {
+            // SAFETY: exact-size chunk of a POD type.
+            unsafe { core::ptr::read_unaligned::<HolderRecord>(c.as_ptr().cast()) }
+        })
+        .find(|r| r.kind == holders::REC_STATUS)
+        .map(|r| {
+            format!(
+                " (walk: {} steps in port #{}'s chain, phase {}, read {}, {} sockets, cursor {:#x})",
+                r.tgid, r.fd, r.state, r.proto, r.family, r.ino
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Parses the holders iterator's output: the answer, or the status it ended with.
+fn parse_holder_status(buf: &[u8]) -> std::result::Result<HolderScan, Option<u32>> {
     let mut scan = HolderScan::default();
     let mut status = None;
     for c in buf.chunks_exact(core::mem::size_of::<HolderRecord>()) {
@@ -134,10 +176,14 @@ pub fn parse_holder_records(buf: &[u8]) -> Option<HolderScan> {
                 scan.sockets.push(ScannedSocket { proto: r.proto, family: r.family, state: r.state, port: r.aux as u16, inode: r.ino })
             }
             holders::REC_HOLDER => scan.holders.push(FdHolder { pid: r.tgid as i32, fd: r.fd as i32, inode: r.ino }),
-            _ => return None,
+            _ => return Err(None),
         }
     }
-    (status == Some(holders::OK)).then_some(scan)
+    if status == Some(holders::OK) {
+        Ok(scan)
+    } else {
+        Err(status)
+    }
 }
 
 /// Every (process, fd, inode) for every socket on the host.
@@ -202,6 +248,7 @@ fn load_and_pin(loader: &Loader, path: &Path) -> Result<Option<File>> {
         if !crate::sys::proc::in_nested_pid_namespace() {
             if let Err(why) = self_check(dir) {
                 tracing::warn!("holders pass failed its self-check ({why}); who uses the task_file pass");
+                let _ = SELF_CHECK.set(why);
                 let _ = fs::remove_file(dir.join(HOLDERS_PIN));
                 let _ = fs::remove_file(dir.join(QUERY_PIN));
             }
@@ -225,9 +272,11 @@ fn self_check(dir: &Path) -> std::result::Result<(), String> {
     let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| e.to_string())?;
     let mut map: BpfHashMap<MapData, u64, HolderQuery> = BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| e.to_string())?;
     let states = 1 << portwatch_common::tcp_state::LISTEN;
-    let scan = query_once(&mut map, &dir.join(HOLDERS_PIN), &[pt, pu], true, true, states)
-        .map_err(|e| e.to_string())?
-        .ok_or("no complete answer")?;
+    // TCP and UDP apart first, so a failure says which walk failed.
+    for (what, ports, protos) in [("TCP", vec![pt], holders::PROTO_TCP), ("UDP", vec![pu], holders::PROTO_UDP)] {
+        run_query(&mut map, dir, &ports, protos, states).map_err(|e| format!("{what}: {e}"))?;
+    }
+    let scan = run_query(&mut map, dir, &[pt, pu], holders::PROTO_TCP | holders::PROTO_UDP, states)?;
     let me = std::process::id() as i32;
     let want_sockets = [(6u8, pt, it), (17u8, pu, iu)];
     for (proto, port, inode) in want_sockets {
@@ -241,6 +290,30 @@ fn self_check(dir: &Path) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One query of the pinned holders pass, for the self-check.
+fn run_query(
+    map: &mut BpfHashMap<MapData, u64, HolderQuery>,
+    dir: &Path,
+    ports: &[u16],
+    protos: u32,
+    states: u32,
+) -> std::result::Result<HolderScan, String> {
+    let mut q = HolderQuery::EMPTY;
+    q.nports = ports.len() as u32;
+    q.ports[..ports.len()].copy_from_slice(ports);
+    q.protos = protos;
+    q.tcp_states = states;
+    let key = (u64::from(std::process::id()) << 32) | u64::from(nix::unistd::gettid().as_raw() as u32);
+    map.insert(key, q, 0).map_err(|e| e.to_string())?;
+    let read = File::open(dir.join(HOLDERS_PIN)).and_then(|mut f| {
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map(|_| buf)
+    });
+    let _ = map.remove(&key);
+    let buf = read.map_err(|e| e.to_string())?;
+    parse_holder_status(&buf).map_err(|st| format!("no complete answer: {}{}", status_name(st), walk_detail(&buf)))
 }
 
 /// Removes the pins of other builds.

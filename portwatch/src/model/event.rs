@@ -8,6 +8,7 @@
 //! [`infer_failure`]) and marked as inferred.
 use std::{
     collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -35,7 +36,35 @@ pub struct SockEvent {
     pub peer_port: u16,
     pub old_state: u8,
     pub new_state: u8,
+    /// Kernel events lost (ring buffer full) before this one was read, as last told:
+    /// a bind attempt's outcome is unknown if more were lost while it was pending.
+    pub lost_before: u64,
 }
+
+/// Hashes a socket cookie (or any u64 id) with one multiplication: the maps keyed
+/// by cookies are updated for every event in a storm, where SipHash shows.
+#[derive(Default, Clone, Copy)]
+pub struct CookieHasher(u64);
+
+impl Hasher for CookieHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the high bits, which hashbrown uses, depend on every bit.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by socket cookies.
+pub type CookieMap<V> = HashMap<u64, V, BuildHasherDefault<CookieHasher>>;
 
 /// The task an event happened in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,7 +257,7 @@ pub enum Step {
 /// succeed).
 #[derive(Debug)]
 pub struct BindTracker {
-    pending: HashMap<u64, SockEvent>,
+    pending: CookieMap<SockEvent>,
     window_ns: u64,
 }
 
@@ -236,7 +265,7 @@ impl BindTracker {
     pub const MAX_PENDING: usize = 65_536;
 
     pub fn new(window_ns: u64) -> Self {
-        Self { pending: HashMap::new(), window_ns }
+        Self { pending: CookieMap::default(), window_ns }
     }
 
     pub fn pending(&self) -> usize {
@@ -348,6 +377,7 @@ pub(crate) mod tests {
             peer_port: 0,
             old_state: 0,
             new_state: 0,
+            lost_before: 0,
         }
     }
 

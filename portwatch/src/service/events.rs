@@ -1,13 +1,13 @@
 //! From kernel events to records (`watch` prints them, the agent stores them): bind
 //! attempts paired with their outcome, failures explained by what holds the port
 //! (and by whom), implicit-bind listens given their port.
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use portwatch_common::tcp_state;
 
 use crate::{
     model::{
-        event::{infer_failure, Activity, BindError, BindTracker, ErrorSource, EventKind, Record, SockEvent, Step},
+        event::{infer_failure, Activity, BindError, BindTracker, CookieMap, ErrorSource, Record, SockEvent, Step},
         ports::PortSet,
         socket::{Family, Proto},
     },
@@ -26,12 +26,10 @@ const MAX_BINDERS: usize = 65_536;
 pub struct Pipeline {
     tracker: BindTracker,
     unpriv_start: u16,
-    /// Socket cookie -> (pid, comm) of the task that bound it or made it listen.
-    binders: HashMap<u64, (u32, String)>,
+    /// Socket cookie -> the pid of the task that bound it or made it listen.
+    binders: CookieMap<u32>,
     /// Kernel events lost so far (the ring buffer was full), as last told.
     lost: u64,
-    /// Pending attempt (socket cookie) -> events lost when it arrived.
-    lost_at_attempt: HashMap<u64, u64>,
     /// This process's network namespace cookie (0 when the kernel cannot tell):
     /// sock_diag answers only for it.
     netns: u64,
@@ -48,27 +46,22 @@ impl Pipeline {
         Self {
             tracker: BindTracker::new(BIND_WINDOW.as_nanos() as u64),
             unpriv_start: unprivileged_port_start(),
-            binders: HashMap::new(),
+            binders: CookieMap::default(),
             lost: 0,
-            lost_at_attempt: HashMap::new(),
             netns: crate::sys::netns::own_cookie().unwrap_or(0),
         }
     }
 
-    /// How many kernel events have been lost so far (the observer's counter): a bind
-    /// attempt pending while events were lost has an unknown outcome.
+    /// How many kernel events have been lost so far (the observer's counter, read
+    /// once per tick, before [`Pipeline::expire`]): a bind attempt pending while
+    /// events were lost has an unknown outcome.
     pub fn note_lost(&mut self, lost: u64) {
         self.lost = lost;
     }
 
     /// The records an event completes (none while a bind attempt awaits its outcome).
-    pub fn push(&mut self, ev: SockEvent) -> Vec<Record> {
-        if ev.kind == EventKind::BindAttempt {
-            if self.lost_at_attempt.len() >= BindTracker::MAX_PENDING {
-                self.lost_at_attempt.clear();
-            }
-            self.lost_at_attempt.insert(ev.cookie, self.lost);
-        }
+    pub fn push(&mut self, mut ev: SockEvent) -> Vec<Record> {
+        ev.lost_before = self.lost;
         let steps = self.tracker.push(ev);
         steps.into_iter().map(|s| self.resolve(s)).collect()
     }
@@ -83,7 +76,6 @@ impl Pipeline {
         match step {
             Step::Emit(r) => {
                 let mut r = *r;
-                self.lost_at_attempt.remove(&r.cookie);
                 if r.is_autobound_listen() {
                     resolve_autobound(&mut r);
                 }
@@ -95,12 +87,12 @@ impl Pipeline {
     }
 
     fn remember(&mut self, r: &Record) {
-        match (r.event, r.pid, &r.comm) {
-            (Activity::Bind | Activity::Listen, Some(pid), Some(comm)) if r.cookie != 0 => {
+        match (r.event, r.pid) {
+            (Activity::Bind | Activity::Listen, Some(pid)) if r.cookie != 0 => {
                 if self.binders.len() >= MAX_BINDERS && !self.binders.contains_key(&r.cookie) {
                     self.binders.clear();
                 }
-                self.binders.insert(r.cookie, (pid, comm.clone()));
+                self.binders.insert(r.cookie, pid);
             }
             (Activity::Close, ..) => {
                 self.binders.remove(&r.cookie);
@@ -113,8 +105,7 @@ impl Pipeline {
     /// unknown outcome, when its success may have been lost or it happened in
     /// another network namespace.
     fn failed(&mut self, attempt: &SockEvent) -> Record {
-        let lost_then = self.lost_at_attempt.remove(&attempt.cookie).unwrap_or(self.lost);
-        let unknown = if self.lost > lost_then {
+        let unknown = if self.lost > attempt.lost_before {
             Some(ErrorSource::LostEvents)
         } else if self.netns != 0 && attempt.netns_cookie != 0 && attempt.netns_cookie != self.netns {
             Some(ErrorSource::OtherNetns)
@@ -132,9 +123,10 @@ impl Pipeline {
         let on_port = sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
         let mut rec = infer_failure(attempt, &on_port, self.unpriv_start);
         if let Some(h) = rec.held_by.as_mut() {
-            if let Some((pid, comm)) = self.binders.get(&h.cookie) {
-                h.pids = vec![*pid as i32];
-                h.comm = Some(comm.clone());
+            let binder = self.binders.get(&h.cookie).and_then(|&pid| Some((pid, crate::sys::proc::comm(pid as i32)?)));
+            if let Some((pid, comm)) = binder {
+                h.pids = vec![pid as i32];
+                h.comm = Some(comm);
             } else {
                 // Bound before we watched: one holders pass for this port.
                 let ports: PortSet = std::iter::once(attempt.port).collect();
@@ -180,7 +172,7 @@ fn unprivileged_port_start() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::event::tests::ev;
+    use crate::model::event::{tests::ev, EventKind};
 
     #[test]
     fn a_failure_while_events_were_lost_is_unknown_not_a_failure() {

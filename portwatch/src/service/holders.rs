@@ -200,8 +200,14 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     let mut clock = Phases::default();
     let tcp_states = if q.connections { !0 } else { (1 << tcp_state::LISTEN) | (1 << tcp_state::CLOSE) };
     let scan = match iter::holders_on_ports(list, q.tcp, q.udp, tcp_states) {
-        Ok(Some(scan)) => scan,
-        Ok(None) => return Ok(None),
+        Ok(Ok(scan)) => scan,
+        Ok(Err(why)) if strict => {
+            return Err(Error::unsupported(
+                format!("the holders pass cannot answer this query: {why}"),
+                "use --method auto (falls back to the task_file pass)",
+            ));
+        }
+        Ok(Err(_)) => return Ok(None),
         Err(e) if strict => return Err(e),
         Err(e) => {
             tracing::debug!("holders iterator: {e}");
@@ -270,8 +276,8 @@ fn clients_fast(list: &[u16]) -> Result<Option<(Vec<SockEntry>, Vec<FdHolder>)>>
         return Ok(None);
     }
     let scan = match iter::holders_on_ports(&locals, true, false, 1 << tcp_state::ESTABLISHED) {
-        Ok(Some(scan)) => scan,
-        Ok(None) => return Ok(None),
+        Ok(Ok(scan)) => scan,
+        Ok(Err(_)) => return Ok(None),
         Err(e) => {
             tracing::debug!("holders iterator (clients): {e}");
             return Ok(None);

@@ -85,6 +85,11 @@ pub fn info(pid: i32) -> Option<ProcInfo> {
     })
 }
 
+/// A process's command name (`/proc/PID/comm`).
+pub fn comm(pid: i32) -> Option<String> {
+    read_small(&format!("/proc/{pid}/comm"), 64).ok().map(|c| String::from_utf8_lossy(&c).trim_end().to_string())
+}
+
 /// A process's user ids (`/proc/PID/status`), as `kill(2)` judges them.
 pub fn creds(pid: i32) -> Option<Creds> {
     let text = read_small(&format!("/proc/{pid}/status"), 16 * 1024).ok()?;
