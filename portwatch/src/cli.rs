@@ -49,8 +49,9 @@ pub enum Command {
     /// The recorded timeline of watched ports (written by the agent): binds, failed
     /// binds with their holder, listens, closes, verdicts, signals.
     History(HistoryArgs),
-    /// Wait until targets really serve: tcp://HOST:PORT (accepted by the application,
-    /// not just queued by the kernel), http:// URLs (2xx), or a bare port.
+    /// Wait until targets really serve: HOST:PORT or tcp://HOST:PORT (accepted by the
+    /// application, not just queued by the kernel), http:// URLs (2xx), or a bare
+    /// port; then, with `-- COMMAND`, run COMMAND.
     Wait(WaitArgs),
     /// Run a service: optionally free its ports first, start COMMAND, wait until its
     /// ports and health URLs are ready, forward SIGINT/SIGTERM, exit with its status.
@@ -257,12 +258,24 @@ pub struct WaitArgs {
     /// First retry delay (doubles up to 2s).
     #[arg(long, value_parser = parse_duration, default_value = "100ms")]
     pub interval: Duration,
-    /// HTTP status that counts as ready (default: any 2xx).
-    #[arg(long)]
-    pub expect_status: Option<u16>,
+    /// HTTP status(es) that count as ready: 200, or 200,204,302; repeatable
+    /// (default: any 2xx).
+    #[arg(long, value_name = "CODES", value_delimiter = ',', value_parser = parse_status_code)]
+    pub expect_status: Vec<u16>,
     /// JSON result on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Run this once every target is ready, and exit with its status (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// An HTTP status code, 100 to 599.
+fn parse_status_code(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(c) if (100..=599).contains(&c) => Ok(c),
+        _ => Err(format!("'{s}' is not an HTTP status code (100 to 599)")),
+    }
 }
 
 #[derive(Debug, Args)]

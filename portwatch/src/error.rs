@@ -20,6 +20,10 @@ pub mod exit {
     pub const REFUSED: u8 = 6;
     /// A bug or an unexpected system error.
     pub const INTERNAL: u8 = 70;
+    /// The command (`run`, `wait -- COMMAND`) is not executable, as shells say it.
+    pub const NOT_EXECUTABLE: u8 = 126;
+    /// The command (`run`, `wait -- COMMAND`) was not found, as shells say it.
+    pub const NOT_FOUND: u8 = 127;
 }
 
 #[derive(Debug, thiserror::Error)]

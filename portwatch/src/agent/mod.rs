@@ -181,7 +181,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_every = judge::probe_every(&cfg);
     let mut ticks: u64 = 0;
-    info!(ports = ?list, existing_sockets = seeded, stall = %humantime::format_duration(cfg.stall), grace = %humantime::format_duration(cfg.grace), reap = cfg.reap, dry_run, "agent started");
+    info!(ports = ?list, existing_sockets = seeded, stall = %crate::model::time::human(cfg.stall), grace = %crate::model::time::human(cfg.grace), reap = cfg.reap, dry_run, "agent started");
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {

@@ -17,7 +17,7 @@ pub fn run(a: CleanupArgs) -> Result<u8> {
     // Say what is missing before announcing the observation.
     loader::preflight()?;
     if !a.json {
-        eprintln!("portwatch: observing {} port(s) for {}", cfg.ports.len(), humantime::format_duration(cfg.stall));
+        eprintln!("portwatch: observing {} port(s) for {}", cfg.ports.len(), crate::model::time::human(cfg.stall));
     }
     let report = crate::cmd::runtime()?.block_on(judge::cleanup(&cfg, a.force, a.dry_run))?;
     if a.json {

@@ -436,7 +436,7 @@ fn describe(targets: &[Target], seq: Sequence) -> Vec<String> {
     if stopped > 0 {
         steps.push(format!("SIGCONT to the {stopped} stopped, so they act on SIGTERM"));
     }
-    let grace = humantime::format_duration(seq.grace);
+    let grace = crate::model::time::human(seq.grace);
     steps.push(if seq.force {
         format!("after {grace}: SIGKILL to any still alive")
     } else {

@@ -36,6 +36,26 @@ impl ProcInfo {
     pub fn is_stopped(&self) -> bool {
         matches!(self.state, 'T' | 't')
     }
+
+    /// `pid 4242 gunicorn (T stopped)`: who, in a message.
+    pub fn brief(&self) -> String {
+        format!("pid {} {} ({} {})", self.pid, self.comm, self.state, state_word(self.state))
+    }
+}
+
+/// What a `/proc/PID/stat` state letter means.
+pub fn state_word(state: char) -> &'static str {
+    match state {
+        'R' => "running",
+        'S' => "sleeping",
+        'D' => "uninterruptible",
+        'T' => "stopped",
+        't' => "traced",
+        'Z' => "zombie",
+        'X' => "dead",
+        'I' => "idle",
+        _ => "unknown",
+    }
 }
 
 /// A process holding a socket through one fd (in JSON: the process's fields and

@@ -19,6 +19,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration as people read it, rounded to the millisecond ("3s 999ms", "250ms").
+pub fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
 /// Wall-clock nanoseconds since the epoch, as the history stores times.
 pub type WallNs = i64;
 

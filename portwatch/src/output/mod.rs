@@ -86,7 +86,7 @@ pub fn fmt_ms(ms: u64) -> String {
 
 /// A duration as people read it, to the millisecond.
 pub fn fmt_duration(d: std::time::Duration) -> String {
-    humantime::format_duration(std::time::Duration::from_millis(d.as_millis() as u64)).to_string()
+    crate::model::time::human(d)
 }
 
 /// The house table: no borders, columns aligned, every cell escaped, each line

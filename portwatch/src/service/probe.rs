@@ -14,7 +14,10 @@ use tokio::{
 
 use crate::{
     config::Probe,
-    model::target::{parse_status, HttpTarget},
+    model::{
+        target::{HttpTarget, Response},
+        time::human,
+    },
 };
 
 /// Why a probe failed, in words for logs and `wait`.
@@ -29,27 +32,40 @@ async fn connect(host: &str, port: u16, reached: &mut Option<IpAddr>) -> Result<
     TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))
 }
 
-pub async fn http_get_status(t: &HttpTarget, limit: Duration) -> Result<u16, ProbeError> {
-    http_get(t, limit, &mut None).await
+/// The request `wait` and the probes send: `Host:` with the port, no keep-alive.
+pub fn request(t: &HttpTarget) -> String {
+    format!("GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portwatch\r\nAccept: */*\r\nConnection: close\r\n\r\n", t.path, t.host_header())
 }
 
-async fn http_get(t: &HttpTarget, limit: Duration, reached: &mut Option<IpAddr>) -> Result<u16, ProbeError> {
+/// The most of a response head read: enough for the status line and a Location.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// Reads a response head into `buf` (kept across calls: a read cut short by a
+/// timeout resumes where it stopped). `Ok(true)` once the head is complete or the
+/// peer closed, or `MAX_HEAD` bytes arrived.
+pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<bool, ProbeError> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD {
+            return Ok(true);
+        }
+        let k = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if k == 0 {
+            return Ok(true);
+        }
+        buf.extend_from_slice(&chunk[..k.min(MAX_HEAD - buf.len())]);
+    }
+}
+
+async fn http_get(t: &HttpTarget, limit: Duration, reached: &mut Option<IpAddr>) -> Result<Response, ProbeError> {
     let fut = async {
         let mut s = connect(&t.host, t.port, reached).await?;
-        let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portwatch\r\nConnection: close\r\n\r\n", t.path, t.host);
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        let mut buf = vec![0u8; 256];
-        let mut n = 0;
-        while n < 12 {
-            let k = s.read(&mut buf[n..]).await.map_err(|e| format!("read: {e}"))?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        parse_status(&buf[..n]).ok_or_else(|| "no HTTP status line in the reply".to_string())
+        s.write_all(request(t).as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::new();
+        read_head(&mut s, &mut buf).await?;
+        Response::parse(&buf).ok_or_else(|| "no HTTP status line in the reply".to_string())
     };
-    timeout(limit, fut).await.map_err(|_| format!("no answer within {}", humantime::format_duration(limit)))?
+    timeout(limit, fut).await.map_err(|_| format!("no answer within {}", human(limit)))?
 }
 
 /// Runs one probe: `Ok(())` when healthy; and the address it connected to.
@@ -62,8 +78,8 @@ pub async fn run(p: &Probe) -> (Option<IpAddr>, Result<(), ProbeError>) {
 async fn probe(p: &Probe, reached: &mut Option<IpAddr>) -> Result<(), ProbeError> {
     if let Some(url) = &p.http {
         let t = HttpTarget::parse(url)?;
-        let status = http_get(&t, p.timeout, reached).await?;
-        return if status == p.expect_status { Ok(()) } else { Err(format!("HTTP {status}, expected {}", p.expect_status)) };
+        let r = http_get(&t, p.timeout, reached).await?;
+        return if r.status == p.expect_status { Ok(()) } else { Err(format!("{}, expected {}", r.describe(), p.expect_status)) };
     }
     let send = p.send.clone().unwrap_or_default();
     let expect = p.expect.clone().unwrap_or_default();
@@ -86,7 +102,7 @@ async fn probe(p: &Probe, reached: &mut Option<IpAddr>) -> Result<(), ProbeError
         }
         Err(format!("reply did not contain {expect:?}"))
     };
-    timeout(p.timeout, fut).await.map_err(|_| format!("no answer within {}", humantime::format_duration(p.timeout)))?
+    timeout(p.timeout, fut).await.map_err(|_| format!("no answer within {}", human(p.timeout)))?
 }
 
 #[cfg(test)]

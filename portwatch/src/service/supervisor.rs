@@ -168,7 +168,7 @@ pub async fn run(opts: RunOptions, say: Say<'_>) -> Result<u8> {
 
     let mut targets: Vec<Target> = opts.ports.iter().map(|p| Target::Tcp { host: "127.0.0.1".into(), port: p }).collect();
     targets.extend(opts.health.iter().cloned());
-    let wopts = WaitOptions { timeout: opts.timeout, interval: Duration::from_millis(100), expect_status: None };
+    let wopts = WaitOptions { timeout: opts.timeout, interval: Duration::from_millis(100), expect_status: Vec::new(), claim: None };
     let started = std::time::Instant::now();
     let ready = async {
         if targets.is_empty() {
@@ -347,4 +347,23 @@ pub fn stop(pidfile: &std::path::Path, grace: Duration, say: Say<'_>) -> Result<
         say(&format!("supervisor {pid} did not stop in time"));
         Ok(exit::CONDITION)
     }
+}
+
+/// Why a command could not be started, and the exit code shells give for it: 127
+/// not found, 126 not executable.
+pub fn start_failure(prog: &str, e: &std::io::Error) -> (u8, String) {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => (exit::NOT_FOUND, format!("{prog}: command not found")),
+        std::io::ErrorKind::PermissionDenied => (exit::NOT_EXECUTABLE, format!("{prog}: not executable ({e})")),
+        _ => (exit::NOT_EXECUTABLE, format!("{prog}: cannot start: {e}")),
+    }
+}
+
+/// Replaces portwatch with `command` (`wait -- COMMAND`): its exit status is then
+/// the command's own. Returns only when it could not be started.
+pub fn exec(command: &[String]) -> (u8, String) {
+    use std::os::unix::process::CommandExt;
+    let Some((prog, args)) = command.split_first() else { return (exit::USAGE, "no command given".into()) };
+    let e = std::process::Command::new(prog).args(args).exec();
+    start_failure(prog, &e)
 }

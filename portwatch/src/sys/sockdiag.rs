@@ -179,6 +179,13 @@ pub fn sockets_on_ports(ports: &[u16], q: Query) -> io::Result<Vec<SockEntry>> {
     Ok(out)
 }
 
+/// The TCP listeners on `port`, both families.
+pub fn listeners(port: u16) -> io::Result<Vec<SockEntry>> {
+    let mut out = dump(Proto::Tcp, Family::Ipv4, 1 << LISTEN, &[port])?;
+    out.extend(dump(Proto::Tcp, Family::Ipv6, 1 << LISTEN, &[port])?);
+    Ok(out)
+}
+
 /// Every established TCP connection (both families), for `who --clients`.
 pub fn dump_all_connections() -> io::Result<Vec<SockEntry>> {
     let mut out = dump(Proto::Tcp, Family::Ipv4, 1 << ESTABLISHED, &[])?;
