@@ -3,7 +3,7 @@
 //! `setup` makes a fresh machine ready (rust-src for nightly, bpf-linker 0.10.4,
 //! tracefs/bpffs mounted, release build) and is cheap when everything is there.
 //! `vmtest` runs the test binaries in qemu guests on Debian's stock kernels
-//! (vmtest.rs).
+//! (vmtest.rs). Python runs in a virtual environment, target/venv (python.rs).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -12,6 +12,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod python;
 mod vmtest;
 
 /// bpf-linker must match the LLVM of the machine's nightly (LLVM 22): 0.10.4 does.
@@ -36,7 +37,8 @@ enum Cmd {
     },
     /// Setup, then show portwatch catching a throwaway server on a real port.
     Demo,
-    /// Setup, lint, then run every test: unit tests and the privileged kernel tests.
+    /// Setup, lint, then run every test: unit tests, the privileged kernel tests (the
+    /// action's scripts among them), the pytest plugin and example.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -186,7 +188,9 @@ fn ensure_promtool() -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     prepare()?;
     lint()?;
-    ensure_python_packages()?;
+    // flask, gunicorn, pytest and the pytest plugin, in target/venv: Debian 12's
+    // system python is externally managed. The tests find this python3 first on PATH.
+    let venv = python::venv()?;
     ensure_promtool()?;
     // The integration tests (the `portwatch-tests` crate) run the release binaries;
     // `cargo test` builds only test executables, so build those first.
@@ -194,14 +198,15 @@ fn test(args: &[String]) -> Result<()> {
     let mut cmd = Command::new("cargo");
     // Every member but the kernel crate, whose programs only build for the BPF target
     // (`portwatch/build.rs` builds and embeds them).
-    cmd.current_dir(root()).args(["test", "--release", "--workspace", "--exclude", "portwatch-ebpf"]);
+    cmd.current_dir(root()).args(["test", "--release", "--workspace", "--exclude", "portwatch-ebpf"]).env("PATH", venv.path_env());
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
     run(&mut cmd)?;
     if args.is_empty() {
         unit_tests_unprivileged()?;
-        pytest_example()?;
+        pytest_example(&venv)?;
+        python::plugin_tests(&venv, &root().join("target/release/portwatch"))?;
     }
     Ok(())
 }
@@ -248,11 +253,13 @@ fn lint() -> Result<()> {
     ]))
 }
 
-/// The copyable pytest example (examples/pytest) must pass against the built binary.
-fn pytest_example() -> Result<()> {
+/// The copyable pytest example (examples/pytest, on the plugin) must pass against
+/// the built binary.
+fn pytest_example(venv: &python::Venv) -> Result<()> {
     let port = free_port_below_ephemeral()?;
     let bin = root().join("target/release/portwatch");
-    run(Command::new("python3")
+    run(venv
+        .python()
         .current_dir(root())
         .args(["-m", "pytest", "-q", "examples/pytest"])
         .env("PORTWATCH", bin)
@@ -269,8 +276,8 @@ fn free_port_below_ephemeral() -> Result<u16> {
     bail!("no free port in 18000-19000")
 }
 
-/// gunicorn (the seed story's server), flask and pytest, for the integration tests
-/// and the pytest example.
+/// gunicorn (the seed story's server), flask and pytest in the python3 on PATH, for
+/// the test binaries vmtest runs in guests (`test` and `bench` use target/venv).
 fn ensure_python_packages() -> Result<()> {
     let have = Command::new("python3").args(["-c", "import gunicorn, flask, pytest"]).stderr(Stdio::null()).status()?;
     if !have.success() {
@@ -290,8 +297,8 @@ fn ensure_python_packages() -> Result<()> {
 
 fn bench(which: &str) -> Result<()> {
     setup()?;
-    ensure_python_packages()?;
-    run(Command::new("bash").current_dir(root()).arg("bench/run.sh").arg(which))
+    let venv = python::venv()?;
+    run(Command::new("bash").current_dir(root()).arg("bench/run.sh").arg(which).env("PATH", venv.path_env()))
 }
 
 fn main() -> Result<()> {
