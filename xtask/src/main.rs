@@ -1,9 +1,11 @@
-//! Build and test orchestration: `cargo xtask <setup|demo|test|bench|vmtest>`.
+//! Build and test orchestration: `cargo xtask <setup|demo|test|dist|bench|vmtest>`.
 //!
 //! `setup` makes a fresh machine ready (rust-src for nightly, bpf-linker 0.10.4,
-//! tracefs/bpffs mounted, release build) and is cheap when everything is there.
-//! `vmtest` runs the test binaries in qemu guests on Debian's stock kernels
-//! (vmtest.rs). Python runs in a virtual environment, target/venv (python.rs).
+//! tracefs/bpffs mounted, the musl target and musl-tools for `dist`, release build)
+//! and is cheap when everything is there. `dist` builds and tests the release
+//! bundle (dist.rs). `vmtest` runs the test binaries in qemu guests on Debian's
+//! stock kernels (vmtest.rs). Python runs in a virtual environment, target/venv
+//! (python.rs).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -12,6 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod dist;
 mod python;
 mod vmtest;
 
@@ -38,7 +41,7 @@ enum Cmd {
     /// Setup, then show portwatch catching a throwaway server on a real port.
     Demo,
     /// Setup, lint, then run every test: unit tests, the privileged kernel tests (the
-    /// action's scripts among them), the pytest plugin and example.
+    /// action's scripts among them), the pytest plugin and example, the release bundle.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -86,6 +89,14 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy with warnings denied.
     Lint,
+    /// Build the release bundle, target/dist/portwatch-VERSION-TARGET.tar.gz (and
+    /// .sha256): a static binary, completions, man pages, systemd files, licenses;
+    /// then test it.
+    Dist {
+        /// Only test the bundle already built.
+        #[arg(long)]
+        check_only: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -115,6 +126,9 @@ fn is_mounted(point: &str) -> bool {
 
 fn setup() -> Result<()> {
     prepare()?;
+    // What `dist` needs, said now when it cannot be had (dist then builds static glibc).
+    let sb = dist::prepare_static();
+    eprintln!("xtask: `cargo xtask dist` will build for {}", sb.target);
     run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
 }
 
@@ -207,6 +221,7 @@ fn test(args: &[String]) -> Result<()> {
         unit_tests_unprivileged()?;
         pytest_example(&venv)?;
         python::plugin_tests(&venv, &root().join("target/release/portwatch"))?;
+        dist::dist()?;
     }
     Ok(())
 }
@@ -314,6 +329,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => bench(&which),
         Cmd::Lint => lint(),
+        Cmd::Dist { check_only: false } => dist::dist().map(|_| ()),
+        Cmd::Dist { check_only: true } => dist::check(&dist::built_archive()?),
         Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, args } => {
             vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args })
         }
