@@ -41,7 +41,12 @@ pub struct StaticBuild {
 /// Makes the musl build possible (the rustup target, musl-gcc from musl-tools), or
 /// says why it is not and chooses static glibc.
 pub fn prepare_static() -> StaticBuild {
-    match prepare_musl() {
+    static_build(false)
+}
+
+fn static_build(glibc: bool) -> StaticBuild {
+    let musl = if glibc { Err(anyhow::anyhow!("--glibc asked for static glibc")) } else { prepare_musl() };
+    match musl {
         Ok(()) => StaticBuild { target: MUSL, env: vec![("CC_x86_64_unknown_linux_musl".into(), "musl-gcc".into())], fallback: None },
         Err(why) => {
             let why = format!("{why:#}");
@@ -106,10 +111,11 @@ fn source_date_epoch() -> String {
         .unwrap_or_else(|| "0".into())
 }
 
-/// Builds the bundle; returns the archive's path. Then tests it (`check`).
-pub fn dist() -> Result<PathBuf> {
+/// Builds the bundle (static glibc with `glibc`); returns the archive's path. Then
+/// tests it (`check`).
+pub fn dist(glibc: bool) -> Result<PathBuf> {
     crate::prepare()?;
-    let sb = prepare_static();
+    let sb = static_build(glibc);
     let mut build = Command::new("cargo");
     build.current_dir(root()).args(["build", "--release", "--locked", "-p", "portwatch", "--target", sb.target]);
     build.envs(sb.env.iter().map(|(k, v)| (k, v)));

@@ -96,6 +96,10 @@ enum Cmd {
         /// Only test the bundle already built.
         #[arg(long)]
         check_only: bool,
+        /// Build static against glibc (x86_64-unknown-linux-gnu, +crt-static) even
+        /// where musl is available: the fallback, on purpose.
+        #[arg(long, conflicts_with = "check_only")]
+        glibc: bool,
     },
 }
 
@@ -221,7 +225,7 @@ fn test(args: &[String]) -> Result<()> {
         unit_tests_unprivileged()?;
         pytest_example(&venv)?;
         python::plugin_tests(&venv, &root().join("target/release/portwatch"))?;
-        dist::dist()?;
+        dist::dist(false)?;
     }
     Ok(())
 }
@@ -329,8 +333,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => bench(&which),
         Cmd::Lint => lint(),
-        Cmd::Dist { check_only: false } => dist::dist().map(|_| ()),
-        Cmd::Dist { check_only: true } => dist::check(&dist::built_archive()?),
+        Cmd::Dist { check_only: true, .. } => dist::check(&dist::built_archive()?),
+        Cmd::Dist { check_only: false, glibc } => dist::dist(glibc).map(|_| ()),
         Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, args } => {
             vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args })
         }
