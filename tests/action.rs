@@ -212,3 +212,36 @@ fn summary_names_what_held_freed_reaped_and_leaked() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("Nothing: no process of this job is left, and the ports are free."), "{}", text(&out));
 }
+
+/// action.yml runs scripts that exist, with inputs it declares, through variables
+/// the scripts read.
+#[test]
+fn action_yml_matches_its_scripts() {
+    use std::os::unix::fs::PermissionsExt;
+    let yml = std::fs::read_to_string(repo().join("action.yml")).expect("action.yml");
+    let section =
+        |from: &str, to: &str| -> String { yml.split(from).nth(1).and_then(|s| s.split(to).next()).unwrap_or_default().to_string() };
+    let declared: Vec<String> = section("\ninputs:\n", "\noutputs:\n")
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
+        .map(|l| l.trim().trim_end_matches(':').to_string())
+        .collect();
+    assert!(declared.contains(&"ports".to_string()) && declared.contains(&"fail-on-leak".to_string()), "{declared:?}");
+    for used in yml.split("inputs.").skip(1) {
+        let name: String = used.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        assert!(declared.contains(&name), "inputs.{name} is used but not declared");
+    }
+    let scripts: String = ["common.sh", "install.sh", "start.sh", "summary.sh", "summary.py"]
+        .iter()
+        .map(|f| std::fs::read_to_string(repo().join("action").join(f)).expect("script"))
+        .collect();
+    for run in yml.split("$GITHUB_ACTION_PATH/action/").skip(1) {
+        let script: String = run.chars().take_while(|c| *c != '"').collect();
+        let mode = std::fs::metadata(repo().join("action").join(&script)).expect(&script).permissions().mode();
+        assert!(mode & 0o111 != 0, "action/{script} is not executable");
+    }
+    for var in yml.split_whitespace().filter(|w| w.starts_with("PORTWATCH_") && w.ends_with(':')) {
+        let var = var.trim_end_matches(':');
+        assert!(scripts.contains(&format!("${{{var}")), "{var} is set by action.yml but no script reads it");
+    }
+}
