@@ -28,7 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-CI_VARS = ("GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT", "GITHUB_JOB", "GITHUB_WORKFLOW", "CI_JOB_ID", "BUILD_ID")
+# The variables, in the order, that the agent records as a process's job
+# (portwatch/src/model/process.rs), so both read the same.
+CI_VARS = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "CI_PIPELINE_ID", "BUILD_ID", "BUILD_NUMBER", "BUILDKITE_JOB_ID", "JOB_NAME")
 TAKES_PORT = ("observed", "bind", "listen")
 REAPING = ("stuck", "signal", "reaped", "refused")
 
@@ -83,7 +85,8 @@ def environ(pid):
 
 
 def job_of_env(env):
-    return " ".join(e for e in env if e.split("=", 1)[0] in CI_VARS)
+    values = dict(e.split("=", 1) for e in env if "=" in e)
+    return " ".join(f"{var}={values[var]}" for var in CI_VARS if values.get(var))
 
 
 def ancestors_of_self():

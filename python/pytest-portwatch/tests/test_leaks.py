@@ -85,14 +85,19 @@ def test_without_the_option_nothing_is_checked(pytester, free_port):
 
 
 def test_the_ini_option_turns_it_on(pytester):
+    pidfile = str(pytester.path / "leaked.pids")
     pytester.makeini("[pytest]\nportwatch_leaks = true\n")
     pytester.makepyfile(
-        test_inner="""
+        test_inner=f"""
 import subprocess
 def test_leaks():
-    subprocess.Popen(["sleep", "7"], start_new_session=True)
+    p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    open({pidfile!r}, "w").write(str(p.pid))
 """
     )
-    result = pytester.runpytest_subprocess()
-    assert result.ret == 1
-    result.stdout.fnmatch_lines(["process * (sleep, parent *) still running: sleep 7"])
+    try:
+        result = pytester.runpytest_subprocess()
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["process * (sleep, parent *) still running: sleep 60"])
+    finally:
+        kill_all(pidfile)
