@@ -102,7 +102,7 @@ fn dist_dir() -> PathBuf {
 }
 
 /// SOURCE_DATE_EPOCH, else the last commit's time: the man pages' date and the
-/// archive's mtimes, so two builds of one commit give the same bundle contents.
+/// archive's mtimes (not the build's wall clock).
 fn source_date_epoch() -> String {
     std::env::var("SOURCE_DATE_EPOCH")
         .ok()
