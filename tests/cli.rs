@@ -25,6 +25,10 @@ fn bad_ports_exit_2_with_one_line() {
     one_line_error(&["watch", "--port", "x"], 2, "not a number");
     one_line_error(&["watch", "--duration", "soon"], 2, "invalid duration");
     one_line_error(&["frobnicate"], 2, "unrecognized subcommand");
+    // clap's tips survive, on the same line.
+    one_line_error(&["whoo", "5050"], 2, "unrecognized subcommand 'whoo' (tip: a similar subcommand exists: 'who')");
+    one_line_error(&["who", "--jsn", "5050"], 2, "a similar argument exists: '--json'");
+    one_line_error(&["completions", "tcsh"], 2, "invalid value 'tcsh'");
 }
 
 #[test]
@@ -86,4 +90,42 @@ fn doctor_reports_hooks_as_json() {
             assert!(h["error"].as_str().is_some_and(|e| !e.is_empty()), "{h}");
         }
     }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definitions() {
+    for (shell, needle) in [("bash", "complete -F _portwatch"), ("zsh", "#compdef portwatch"), ("fish", "complete -c portwatch")] {
+        let out = portwatch(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(needle) && text.contains("detach-ready") && text.contains("wide"), "{shell}: {text}");
+        assert!(!text.contains("out-dir"), "{shell}: the hidden man command is not completed");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = portwatch(&["man", "--out-dir", dir.path().to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["portwatch.1", "portwatch-who.1", "portwatch-run.1", "portwatch-completions.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") && text.contains(".TH"), "{page}");
+    }
+    assert!(!dir.path().join("portwatch-man.1").exists(), "the hidden command has no page");
+}
+
+/// On a terminal the help is styled; NO_COLOR turns every colour off (clap's help
+/// and errors; the agent's log is tested with the agent).
+#[test]
+fn no_color_is_honoured_on_a_terminal() {
+    let on_tty = |no_color: bool| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec", &format!("{} --help", portwatch_tests::bin()), "/dev/null"]).env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().expect("script(1) from util-linux");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(on_tty(false).contains("\x1b["), "styled help on a terminal");
+    let plain = on_tty(true);
+    assert!(plain.contains("Usage:") && !plain.contains("\x1b["), "{plain:?}");
 }

@@ -225,3 +225,53 @@ fn run_reports_a_command_that_ends_before_ready() {
     let _g = PidGuard(bg);
     assert!(!portwatch_tests::alive(bg), "the setsid sleep did not survive run");
 }
+
+#[test]
+fn run_detach_ready_json_report() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("svc.pid");
+    let pf = pidfile.to_str().expect("utf8");
+    let p = port.to_string();
+    // The command's own `--json` and `--log` stay its own, not run's.
+    let script = format!(
+        "import sys, http.server as h\nassert sys.argv[1:] == ['--json', '--log', 'x'], sys.argv\n\
+         h.ThreadingHTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler).serve_forever()"
+    );
+    let out = portwatch(&[
+        "run",
+        "--detach-ready",
+        "--json",
+        "--pid-file",
+        pf,
+        "--port",
+        &p,
+        "--timeout",
+        "10s",
+        "--",
+        "python3",
+        "-c",
+        &script,
+        "--json",
+        "--log",
+        "x",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let supervisor = v["supervisor_pid"].as_i64().expect("supervisor_pid") as i32;
+    let _guard = PidGuard(supervisor);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(v["pid_file"], pf);
+    assert_eq!(v["log"], dir.path().join("svc.log").to_str().expect("utf8"));
+    assert!(v["elapsed_ms"].as_u64().is_some() && v.get("error").is_none(), "{v}");
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(portwatch(&["run", "--stop", pf]).status.code(), Some(0));
+
+    // Not ready: exit 1 and the reason, still one JSON object.
+    let out = portwatch(&["run", "--detach-ready", "--json", "--pid-file", pf, "--port", &p, "--timeout", "1s", "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ready"], false);
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("not ready after 1s") && e.contains("refused")), "{v}");
+}

@@ -13,12 +13,26 @@ use crate::{
     service::holders::Method,
 };
 
+/// The exit codes, for `--help` and the man page (README.md has the same table).
+const EXIT_STATUS: &str = "Exit status:
+  0   success; check: every port is free
+  1   the answer is \"no\": check found a port held; free/cleanup left a port held; wait/run: not ready
+  2   bad input: a port of 0 or 70000, a word for a number, a bad range or duration, an unknown command
+  3   unreadable or invalid configuration
+  4   missing privilege (root, or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN)
+  5   the host lacks something needed (BPF, BTF, cgroup v2)
+  6   refused to act on a protected process
+  70  internal error
+
+Environment: NO_COLOR (no colours), RUST_LOG (agent log filter), PORTWATCH_SOCKET (the agent's control socket).";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "portwatch",
     version,
     about = "Who grabbed this port, is it actually serving, and can I get it back safely?",
-    long_about = None
+    long_about = None,
+    after_long_help = EXIT_STATUS
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -60,6 +74,12 @@ pub enum Command {
     /// Show what this host supports (privileges, BTF, cgroup v2, each hook type,
     /// tried for real) and what portwatch will use.
     Doctor(DoctorArgs),
+    /// Print the shell completion script for SHELL on stdout, e.g.
+    /// `portwatch completions bash > /etc/bash_completion.d/portwatch`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (portwatch.1, portwatch-COMMAND.1) into a directory.
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -163,7 +183,8 @@ pub struct CleanupArgs {
     /// Port(s) to judge; repeatable. Default: the config's `ports`.
     #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::clap_port_spec)]
     pub ports: Vec<PortSet>,
-    #[arg(long)]
+    /// Configuration file (TOML): ports, stall, grace, protect list, probes.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// How long a condition must last (default 10s).
     #[arg(long, value_parser = parse_duration)]
@@ -177,19 +198,23 @@ pub struct CleanupArgs {
     /// Print verdicts and plans; signal nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// JSON report (verdicts, plans, outcomes) instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    #[arg(long)]
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Port(s) to watch; repeatable. Added to the config's.
     #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::clap_port_spec)]
     pub ports: Vec<PortSet>,
+    /// How long a condition must last before a listener is stuck (default 10s).
     #[arg(long, value_parser = parse_duration)]
     pub stall: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when reaping (default 5s).
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
     /// How often to sample sockets and holders (default 500ms).
@@ -241,6 +266,7 @@ pub struct HistoryArgs {
     /// Who held PORT at this moment.
     #[arg(long, requires = "port")]
     pub at: Option<String>,
+    /// JSON array of rows instead of text.
     #[arg(long)]
     pub json: bool,
     /// History database (default /var/lib/portwatch/history.db).
@@ -250,6 +276,8 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
+    /// What to wait for: tcp://HOST:PORT, http://HOST:PORT/PATH, or a bare port
+    /// (tcp://127.0.0.1:PORT).
     #[arg(required = true, value_name = "TARGET", value_parser = clap_target)]
     pub targets: Vec<Target>,
     /// Give up after this long.
@@ -305,6 +333,10 @@ pub struct RunArgs {
     /// With --detach-ready: the service's output (default: PIDFILE.log).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// With --detach-ready: print the readiness report as one JSON object on stdout
+    /// (ready, supervisor_pid, pid_file, log, elapsed_ms, error).
+    #[arg(long, requires = "detach_ready")]
+    pub json: bool,
     /// Stop a service started with --detach-ready: SIGTERM its supervisor, which
     /// ends every process under it, and wait.
     #[arg(long, value_name = "PIDFILE", conflicts_with_all = ["detach_ready", "command"])]
@@ -322,6 +354,20 @@ pub struct DoctorArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
 }
 
 #[cfg(test)]
@@ -343,5 +389,44 @@ mod tests {
         assert!(Cli::try_parse_from(["portwatch", "check"]).is_err());
         assert!(Cli::try_parse_from(["portwatch", "who", "70000"]).is_err());
         assert!(Cli::try_parse_from(["portwatch", "who", "5050-5052", "8080"]).is_ok());
+    }
+
+    /// Every argument a user can give has help text (the man pages and completions
+    /// are generated from it); only hidden ones and `run`'s trailing command are
+    /// exempt.
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "command" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "portwatch", &mut missing);
+        assert!(missing.is_empty(), "arguments without help text: {missing:?}");
+        cmd.debug_assert();
+    }
+
+    #[test]
+    fn parses_completions_and_man() {
+        let cli = Cli::try_parse_from(["portwatch", "completions", "zsh"]).unwrap();
+        assert!(matches!(cli.command, Command::Completions(CompletionsArgs { shell: clap_complete::Shell::Zsh })));
+        assert!(Cli::try_parse_from(["portwatch", "completions", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["portwatch", "man", "--out-dir", "/tmp/x"]).is_ok());
     }
 }

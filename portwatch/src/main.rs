@@ -20,7 +20,28 @@ fn execute(command: Command) -> Result<u8> {
         Command::Wait(a) => cmd::wait::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
+        Command::Completions(a) => cmd::completions::run(a),
+        Command::Man(a) => cmd::man::run(a),
     }
+}
+
+/// Bad input is one line: clap's first line without its "error: " prefix, and its
+/// tips ("a similar subcommand exists: 'who'") in parentheses after it.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut line = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    // "the following required arguments were not provided:" names them next.
+    if line.ends_with(':') {
+        if let Some(next) = lines.next() {
+            line.push(' ');
+            line.push_str(next);
+        }
+    }
+    let tips: Vec<&str> = lines.filter_map(|l| l.strip_prefix("tip: ")).collect();
+    if !tips.is_empty() {
+        line.push_str(&format!(" (tip: {})", tips.join("; ")));
+    }
+    line
 }
 
 fn main() -> ExitCode {
@@ -37,18 +58,7 @@ fn main() -> ExitCode {
                     ExitCode::from(exit::USAGE)
                 }
                 _ => {
-                    // One line: clap's first line, without its "error: " prefix.
-                    let text = e.render().to_string();
-                    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-                    let mut line = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
-                    // "the following required arguments were not provided:" names them next.
-                    if line.ends_with(':') {
-                        if let Some(next) = lines.next() {
-                            line.push(' ');
-                            line.push_str(next);
-                        }
-                    }
-                    eprintln!("portwatch: {line}");
+                    eprintln!("portwatch: {}", one_line(&e.render().to_string()));
                     ExitCode::from(exit::USAGE)
                 }
             };

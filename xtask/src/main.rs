@@ -1,9 +1,11 @@
-//! Build and test orchestration: `cargo xtask <setup|demo|test|bench|vmtest>`.
+//! Build and test orchestration: `cargo xtask <setup|demo|test|dist|bench|vmtest>`.
 //!
 //! `setup` makes a fresh machine ready (rust-src for nightly, bpf-linker 0.10.4,
-//! tracefs/bpffs mounted, release build) and is cheap when everything is there.
-//! `vmtest` runs the test binaries in qemu guests on Debian's stock kernels
-//! (vmtest.rs).
+//! tracefs/bpffs mounted, the musl target and musl-tools for `dist`, release build)
+//! and is cheap when everything is there. `dist` builds and tests the release
+//! bundle (dist.rs). `vmtest` runs the test binaries in qemu guests on Debian's
+//! stock kernels (vmtest.rs). Python runs in a virtual environment, target/venv
+//! (python.rs).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -12,6 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod dist;
+mod python;
 mod vmtest;
 
 /// bpf-linker must match the LLVM of the machine's nightly (LLVM 22): 0.10.4 does.
@@ -36,7 +40,8 @@ enum Cmd {
     },
     /// Setup, then show portwatch catching a throwaway server on a real port.
     Demo,
-    /// Setup, lint, then run every test: unit tests and the privileged kernel tests.
+    /// Setup, lint, then run every test: unit tests, the privileged kernel tests (the
+    /// action's scripts among them), the pytest plugin and example, the release bundle.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -84,6 +89,18 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy with warnings denied.
     Lint,
+    /// Build the release bundle, target/dist/portwatch-VERSION-TARGET.tar.gz (and
+    /// .sha256): a static binary, completions, man pages, systemd files, licenses;
+    /// then test it.
+    Dist {
+        /// Only test the bundle already built.
+        #[arg(long)]
+        check_only: bool,
+        /// Build static against glibc (x86_64-unknown-linux-gnu, +crt-static) even
+        /// where musl is available: the fallback, on purpose.
+        #[arg(long, conflicts_with = "check_only")]
+        glibc: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -113,6 +130,9 @@ fn is_mounted(point: &str) -> bool {
 
 fn setup() -> Result<()> {
     prepare()?;
+    // What `dist` needs, said now when it cannot be had (dist then builds static glibc).
+    let sb = dist::prepare_static();
+    eprintln!("xtask: `cargo xtask dist` will build for {}", sb.target);
     run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
 }
 
@@ -186,7 +206,9 @@ fn ensure_promtool() -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     prepare()?;
     lint()?;
-    ensure_python_packages()?;
+    // flask, gunicorn, pytest and the pytest plugin, in target/venv: Debian 12's
+    // system python is externally managed. The tests find this python3 first on PATH.
+    let venv = python::venv()?;
     ensure_promtool()?;
     // The integration tests (the `portwatch-tests` crate) run the release binaries;
     // `cargo test` builds only test executables, so build those first.
@@ -194,14 +216,16 @@ fn test(args: &[String]) -> Result<()> {
     let mut cmd = Command::new("cargo");
     // Every member but the kernel crate, whose programs only build for the BPF target
     // (`portwatch/build.rs` builds and embeds them).
-    cmd.current_dir(root()).args(["test", "--release", "--workspace", "--exclude", "portwatch-ebpf"]);
+    cmd.current_dir(root()).args(["test", "--release", "--workspace", "--exclude", "portwatch-ebpf"]).env("PATH", venv.path_env());
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
     run(&mut cmd)?;
     if args.is_empty() {
         unit_tests_unprivileged()?;
-        pytest_example()?;
+        pytest_example(&venv)?;
+        python::plugin_tests(&venv, &root().join("target/release/portwatch"))?;
+        dist::dist(false)?;
     }
     Ok(())
 }
@@ -248,11 +272,13 @@ fn lint() -> Result<()> {
     ]))
 }
 
-/// The copyable pytest example (examples/pytest) must pass against the built binary.
-fn pytest_example() -> Result<()> {
+/// The copyable pytest example (examples/pytest, on the plugin) must pass against
+/// the built binary.
+fn pytest_example(venv: &python::Venv) -> Result<()> {
     let port = free_port_below_ephemeral()?;
     let bin = root().join("target/release/portwatch");
-    run(Command::new("python3")
+    run(venv
+        .python()
         .current_dir(root())
         .args(["-m", "pytest", "-q", "examples/pytest"])
         .env("PORTWATCH", bin)
@@ -269,8 +295,8 @@ fn free_port_below_ephemeral() -> Result<u16> {
     bail!("no free port in 18000-19000")
 }
 
-/// gunicorn (the seed story's server), flask and pytest, for the integration tests
-/// and the pytest example.
+/// gunicorn (the seed story's server), flask and pytest in the python3 on PATH, for
+/// the test binaries vmtest runs in guests (`test` and `bench` use target/venv).
 fn ensure_python_packages() -> Result<()> {
     let have = Command::new("python3").args(["-c", "import gunicorn, flask, pytest"]).stderr(Stdio::null()).status()?;
     if !have.success() {
@@ -290,8 +316,8 @@ fn ensure_python_packages() -> Result<()> {
 
 fn bench(which: &str) -> Result<()> {
     setup()?;
-    ensure_python_packages()?;
-    run(Command::new("bash").current_dir(root()).arg("bench/run.sh").arg(which))
+    let venv = python::venv()?;
+    run(Command::new("bash").current_dir(root()).arg("bench/run.sh").arg(which).env("PATH", venv.path_env()))
 }
 
 fn main() -> Result<()> {
@@ -307,6 +333,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => bench(&which),
         Cmd::Lint => lint(),
+        Cmd::Dist { check_only: true, .. } => dist::check(&dist::built_archive()?),
+        Cmd::Dist { check_only: false, glibc } => dist::dist(glibc).map(|_| ()),
         Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, args } => {
             vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args })
         }

@@ -11,9 +11,11 @@ use crate::{
 pub mod agent;
 pub mod check;
 pub mod cleanup;
+pub mod completions;
 pub mod doctor;
 pub mod free;
 pub mod history;
+pub mod man;
 pub mod run;
 pub mod wait;
 pub mod watch;

@@ -1,9 +1,9 @@
 //! `portwatch run`.
 use crate::{
     cli::RunArgs,
-    error::{Error, Result},
+    error::{exit, Error, Result},
     model::ports,
-    output::esc,
+    output::{esc, to_json},
     service::supervisor::{self, RunOptions},
 };
 
@@ -17,7 +17,20 @@ pub fn run(a: RunArgs) -> Result<u8> {
     }
     if a.detach_ready {
         let pidfile = a.pid_file.ok_or_else(|| Error::Usage("--detach-ready needs --pid-file".into()))?;
-        return supervisor::detach(&pidfile, a.log.as_deref(), &say);
+        let d = supervisor::detach(&pidfile, a.log.as_deref())?;
+        if a.json {
+            println!("{}", to_json(&d)?);
+        } else if let Some(why) = &d.error {
+            say(&format!("{why} (output in {})", d.log.display()));
+        } else {
+            let p = d.pid_file.display();
+            say(&format!(
+                "ready; supervisor pid {} (pid file {p}, output {}); stop with: portwatch run --stop {p}",
+                d.supervisor_pid,
+                d.log.display()
+            ));
+        }
+        return Ok(if d.ready { exit::OK } else { exit::CONDITION });
     }
     let opts = RunOptions {
         ports: ports::merge(&a.ports),

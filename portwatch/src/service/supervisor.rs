@@ -262,10 +262,27 @@ fn notify(fd: Option<i32>, line: &str) {
     }
 }
 
+/// What `run --detach-ready` found: `cmd::run` prints it as a line of text or as
+/// one JSON object (`--json`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Detached {
+    /// The service is ready and left running under the supervisor.
+    pub ready: bool,
+    pub supervisor_pid: u32,
+    pub pid_file: std::path::PathBuf,
+    /// The service's (and the supervisor's) output.
+    pub log: std::path::PathBuf,
+    /// From starting the supervisor to its report.
+    pub elapsed_ms: u64,
+    /// Why it is not ready (`None` when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `run --detach-ready`: starts `portwatch run` (the same arguments, minus the
-/// detaching ones) as a background supervisor in its own session, waits for its
-/// readiness report on a pipe, and exits 0 when ready (1 when not).
-pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>, say: Say<'_>) -> Result<u8> {
+/// detaching ones) as a background supervisor in its own session and waits for its
+/// readiness report on a pipe.
+pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>) -> Result<Detached> {
     use std::{
         io::BufRead,
         os::{fd::AsRawFd, unix::process::CommandExt as _},
@@ -274,20 +291,7 @@ pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>, say: Say
     let log_path = log.map_or_else(|| pidfile.with_extension("log"), std::path::Path::to_path_buf);
     let log_file = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
     let (rd, wr) = nix::unistd::pipe().map_err(|e| Error::io("pipe", e.into()))?;
-    let mut args: Vec<String> = Vec::new();
-    let mut skip = false;
-    for a in std::env::args().skip(1) {
-        if skip {
-            skip = false;
-            continue;
-        }
-        match a.as_str() {
-            "--detach-ready" => {}
-            "--log" => skip = true,
-            _ if a.starts_with("--log=") => {}
-            _ => args.push(a),
-        }
-    }
+    let mut args = supervisor_args(std::env::args().skip(1));
     // Insert the readiness fd before `--`.
     let pos = args.iter().position(|a| a == "--").unwrap_or(args.len());
     let wr_fd = wr.as_raw_fd();
@@ -304,25 +308,51 @@ pub fn detach(pidfile: &std::path::Path, log: Option<&std::path::Path>, say: Say
             Ok(())
         });
     }
+    let started = std::time::Instant::now();
     let child = cmd.spawn().map_err(|e| Error::io("starting the supervisor", e))?;
     drop(wr);
     let mut line = String::new();
     let _ = std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut line);
-    let line = line.trim().to_string();
-    if line == "ready" {
-        say(&format!(
-            "ready; supervisor pid {} (pid file {}, output {}); stop with: portwatch run --stop {}",
-            child.id(),
-            pidfile.display(),
-            log_path.display(),
-            pidfile.display()
-        ));
-        Ok(exit::OK)
-    } else {
-        let why = line.strip_prefix("not-ready: ").unwrap_or("the supervisor exited before it was ready");
-        say(&format!("{why} (output in {})", log_path.display()));
-        Ok(exit::CONDITION)
+    let line = line.trim();
+    let error =
+        (line != "ready").then(|| line.strip_prefix("not-ready: ").unwrap_or("the supervisor exited before it was ready").to_string());
+    Ok(Detached {
+        ready: error.is_none(),
+        supervisor_pid: child.id(),
+        pid_file: pidfile.to_path_buf(),
+        log: log_path,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        error,
+    })
+}
+
+/// The supervisor's arguments: ours without the detaching ones (`--detach-ready`,
+/// `--log`, `--json`); the command after `--` is passed as it is.
+fn supervisor_args(ours: impl Iterator<Item = String>) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    let mut command = false;
+    for a in ours {
+        if command {
+            args.push(a);
+            continue;
+        }
+        if skip {
+            skip = false;
+            continue;
+        }
+        match a.as_str() {
+            "--" => {
+                command = true;
+                args.push(a);
+            }
+            "--detach-ready" | "--json" => {}
+            "--log" => skip = true,
+            _ if a.starts_with("--log=") => {}
+            _ => args.push(a),
+        }
     }
+    args
 }
 
 /// `run --stop PIDFILE`: SIGTERM the supervisor named in the pid file (after checking
@@ -366,4 +396,18 @@ pub fn exec(command: &[String]) -> (u8, String) {
     let Some((prog, args)) = command.split_first() else { return (exit::USAGE, "no command given".into()) };
     let e = std::process::Command::new(prog).args(args).exec();
     start_failure(prog, &e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervisor_args_drop_the_detaching_flags_but_not_the_commands() {
+        let v = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let args = supervisor_args(v("run --detach-ready --json --log /tmp/l --pid-file /tmp/p -p 5050 -- srv --json --log x").into_iter());
+        assert_eq!(args, v("run --pid-file /tmp/p -p 5050 -- srv --json --log x"));
+        let args = supervisor_args(v("run --log=/tmp/l --detach-ready --pid-file /tmp/p -- srv --detach-ready").into_iter());
+        assert_eq!(args, v("run --pid-file /tmp/p -- srv --detach-ready"));
+    }
 }

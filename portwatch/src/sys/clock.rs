@@ -51,7 +51,9 @@ pub fn wall_ns(clock: &WallClock, mono_ns: u64) -> i64 {
 /// The local time zone's offset from UTC (seconds east) at wall time `ns`
 /// (`localtime_r`, which reads TZ and /etc/localtime).
 pub fn local_offset_secs(ns: i64) -> i64 {
-    let t: libc::time_t = (ns / 1_000_000_000) as libc::time_t;
+    // `as _` is libc's time_t (64-bit on x86_64, musl included) without naming the
+    // alias libc deprecates for musl targets.
+    let t = (ns / 1_000_000_000) as _;
     // SAFETY: an all-zero `tm` is a valid value to be overwritten.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the call; localtime_r is thread-safe.
