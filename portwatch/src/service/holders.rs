@@ -241,6 +241,14 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     if sockets.iter().any(|s| !seen.contains(&s.inode)) {
         return Ok(None);
     }
+    // Bound, never-listening TCP sockets are in sock_diag only from Linux 6.8: before,
+    // ask the socket itself, through its holder.
+    let described: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+    for s in scan.sockets.iter().filter(|s| !described.contains(&s.inode) && s.state == tcp_state::CLOSE) {
+        if let Some(e) = scan.holders.iter().filter(|h| h.inode == s.inode).find_map(|h| unlisted_socket(s, h)) {
+            sockets.push(e);
+        }
+    }
     clock.lap("sock_diag");
     let mut holders = scan.holders;
     let mut client_socks = Vec::new();
@@ -258,6 +266,26 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     clock.lap("/proc details");
     r.phases = clock.0;
     Ok(Some(r))
+}
+
+/// A socket the holders pass found and sock_diag does not list, described through a
+/// duplicate of its holder's fd.
+fn unlisted_socket(s: &iter::ScannedSocket, h: &FdHolder) -> Option<SockEntry> {
+    let (addr, cookie, uid) = crate::sys::pidfd::peek_socket(h.pid, h.fd).ok()?;
+    Some(SockEntry {
+        proto: Proto::from_ipproto(u16::from(s.proto))?,
+        family: Family::from_af(u16::from(s.family))?,
+        state: s.state,
+        addr: addr.ip(),
+        port: s.port,
+        peer: if addr.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() },
+        peer_port: 0,
+        inode: s.inode,
+        uid,
+        cookie,
+        recv_q: 0,
+        send_q: 0,
+    })
 }
 
 /// Local clients connected to `list` and their holders, from a holders pass over
