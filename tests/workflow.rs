@@ -75,12 +75,13 @@ fn wait_refused_then_ready_when_the_server_starts() {
 }
 
 #[test]
-fn run_leaves_nothing_behind_even_a_setsid_daemon() {
+fn run_forking_leaves_nothing_behind_even_a_setsid_daemon() {
     require_root();
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("daemon.pid");
-    // The command double-forks a setsid daemon that listens, then exits at once.
+    // The command double-forks a setsid daemon that listens, then exits at once: a
+    // launcher, so --forking.
     let script = format!(
         r#"
 import os, socket, time
@@ -98,7 +99,7 @@ os._exit(0)
         pidfile = pidfile.display()
     );
     let mut run = Command::new(portwatch_tests::bin())
-        .args(["run", "--port", &port.to_string(), "--timeout", "10s", "--grace", "1s", "--", "python3", "-c", &script])
+        .args(["run", "--forking", "--port", &port.to_string(), "--timeout", "10s", "--grace", "1s", "--", "python3", "-c", &script])
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
@@ -137,8 +138,8 @@ fn run_exits_with_the_command_status() {
     let out = portwatch(&["run", "--", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3));
     let out = portwatch(&["run", "--", "/nonexistent/cmd"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start"));
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
 }
 
 #[test]
@@ -273,5 +274,5 @@ fn run_detach_ready_json_report() {
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["ready"], false);
-    assert!(v["error"].as_str().is_some_and(|e| e.contains("not ready after 1s") && e.contains("refused")), "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("not ready after 1s") && e.contains("no listener")), "{v}");
 }

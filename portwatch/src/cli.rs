@@ -201,6 +201,10 @@ pub struct CleanupArgs {
     /// JSON report (verdicts, plans, outcomes) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Only end what killed `run`s left behind (their cgroups); no ports needed.
+    /// Without it, cleanup does this first and then judges the ports.
+    #[arg(long, conflicts_with_all = ["ports", "stall"])]
+    pub runs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +321,11 @@ pub struct RunArgs {
     /// Free the ports first (TERM, grace, KILL), as `free --force`.
     #[arg(long)]
     pub free: bool,
+    /// The command is a launcher that daemonizes (systemd's Type=forking): its exit
+    /// with status 0 hands the service over to what it started, and the run lasts
+    /// until none of that is left. Without it, the command's exit ends the run.
+    #[arg(long)]
+    pub forking: bool,
     /// How long to wait for readiness.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub timeout: Duration,

@@ -28,7 +28,6 @@ pub fn bin() -> &'static str {
     })
 }
 
-/// The kernel tests need root; failing loudly beats passing without testing.
 /// Whether the running kernel is at least `major.minor`.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -36,6 +35,7 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (major, minor)
 }
 
+/// The kernel tests need root; failing loudly beats passing without testing.
 pub fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "these tests load eBPF programs and must run as root (cargo xtask test does, in CI)");
 }

@@ -41,6 +41,7 @@ use crate::{
         events::Pipeline,
         judge::{self, Sampler, Streaks},
         reaper,
+        supervisor::tree,
     },
     sys::{
         clock::mono_ns,
@@ -80,6 +81,9 @@ fn verdict_fields(v: &Verdict) -> (String, String) {
     let evidence: Vec<&str> = v.reasons.iter().map(|r| r.evidence.as_str()).collect();
     (reasons.join(","), evidence.join("; "))
 }
+
+/// How often the agent looks for cgroups of killed runs.
+const RUNS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn log_reap(rep: &PortReport) {
     match (&rep.plan.refused, &rep.outcome) {
@@ -182,8 +186,25 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let probe_every = judge::probe_every(&cfg);
     let mut ticks: u64 = 0;
     info!(ports = ?list, existing_sockets = seeded, stall = %crate::model::time::human(cfg.stall), grace = %crate::model::time::human(cfg.grace), reap = cfg.reap, dry_run, "agent started");
+    // Runs killed before they ended their processes leave a cgroup behind: looked for
+    // now and then, ended with --reap (one search at a time, off the loop).
+    let mut runs_tick = tokio::time::interval(RUNS_EVERY);
+    runs_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let runs_busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
+            _ = runs_tick.tick(), if cfg.reap && !runs_busy.load(std::sync::atomic::Ordering::Relaxed) => {
+                runs_busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                let (cfg, me, busy) = (cfg.clone(), me.clone(), runs_busy.clone());
+                tokio::task::spawn_blocking(move || {
+                    for run in tree::end_abandoned(&me, &cfg.protect, cfg.grace, dry_run) {
+                        let pids: Vec<i32> = run.leftovers.iter().map(|l| l.proc.pid).collect();
+                        let signals: Vec<String> = run.ending.outcome.signals.iter().map(|s| format!("{} {}", s.signal.name(), s.pid)).collect();
+                        warn!(cgroup = %esc(&run.run.dir.display().to_string()), supervisor = run.run.owner.pid, pids = ?pids, signals = ?signals, removed = run.removed, dry_run, "ended what a killed run left");
+                    }
+                    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("ring buffer", e))?;
                 let rb = guard.get_inner_mut();

@@ -1,14 +1,69 @@
 //! `portwatch run`.
+use std::time::Duration;
+
 use crate::{
+    agent::control::{client, proto::Request},
     cli::RunArgs,
     error::{exit, Error, Result},
-    model::ports,
-    output::{esc, to_json},
-    service::supervisor::{self, RunOptions},
+    model::{
+        plan::{Ending, PortReport},
+        ports,
+        process::Leftover,
+        socket::Socket,
+    },
+    output::{self, esc, progress::Progress, to_json},
+    service::supervisor::{self, Report, RunOptions},
 };
 
 fn say(line: &str) {
     eprintln!("portwatch: {}", esc(line));
+}
+
+/// Lines on stderr, the live display while waiting.
+struct Console {
+    progress: Progress,
+}
+
+impl Report for Console {
+    fn say(&self, line: &str) {
+        say(line);
+    }
+
+    fn progress(&self, i: usize, msg: &str) {
+        self.progress.update(i, msg);
+    }
+
+    fn settled(&self) {
+        self.progress.finish();
+    }
+
+    fn in_the_way(&self, sockets: &[Socket]) {
+        // The agent's history knows which job bound each socket; ask it when one runs.
+        let mut sockets = sockets.to_vec();
+        let req = Request::Who { ports: sockets.iter().map(|s| s.port).collect() };
+        if let Some(Ok(reply)) = client::request(&client::socket_path(), &req).map(client::ok) {
+            for known in reply.sockets.unwrap_or_default() {
+                if let Some(s) = sockets.iter_mut().find(|s| s.cookie == known.cookie && known.job.is_some()) {
+                    s.job = known.job;
+                }
+            }
+        }
+        for line in output::run::in_the_way(&sockets) {
+            eprintln!("portwatch: {line}");
+        }
+    }
+
+    fn freed(&self, reports: &[PortReport], grace: Duration) {
+        for line in output::free::render(reports, true, grace).lines() {
+            eprintln!("portwatch: --free: {line}");
+        }
+    }
+
+    fn ended(&self, why: &str, leftovers: &[Leftover], ending: &Ending) {
+        for line in output::run::ended(why, leftovers, ending) {
+            eprintln!("portwatch: {line}");
+        }
+    }
 }
 
 pub fn run(a: RunArgs) -> Result<u8> {
@@ -32,15 +87,20 @@ pub fn run(a: RunArgs) -> Result<u8> {
         }
         return Ok(if d.ready { exit::OK } else { exit::CONDITION });
     }
+    let ports = ports::merge(&a.ports);
+    let mut labels: Vec<String> = ports.iter().map(|p| format!("port {p}")).collect();
+    labels.extend(a.health.iter().map(|t| t.label()));
+    let console = Console { progress: Progress::new(labels, false) };
     let opts = RunOptions {
-        ports: ports::merge(&a.ports),
+        ports,
         health: a.health,
         free: a.free,
+        forking: a.forking,
         timeout: a.timeout,
         grace: a.grace,
         command: a.command,
         pid_file: a.pid_file,
         ready_fd: a.ready_fd,
     };
-    crate::cmd::runtime()?.block_on(supervisor::run(opts, &say))
+    crate::cmd::runtime()?.block_on(supervisor::run(opts, &console))
 }

@@ -315,6 +315,16 @@ impl Outcome {
     }
 }
 
+/// What ending a set of processes did: who was planned, who was refused and why,
+/// and the signals.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ending {
+    pub targets: Vec<Target>,
+    /// The processes left alone, with why.
+    pub refused: Vec<(i32, Refusal)>,
+    pub outcome: Outcome,
+}
+
 /// One port's plan and, unless it was a dry run or refused, its outcome.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PortReport {

@@ -6,8 +6,25 @@ use crate::{
     service::judge::CleanupReport,
 };
 
-pub fn render(r: &CleanupReport, force: bool, grace: Duration) -> String {
+pub fn render(r: &CleanupReport, force: bool, grace: Duration, runs_only: bool) -> String {
     let mut s = String::new();
+    for run in &r.runs {
+        let why = format!("{} (its supervisor, pid {}, is gone)", run.run.dir.display(), run.run.owner.pid);
+        if run.leftovers.is_empty() {
+            s.push_str(&format!("killed run {}: nothing left\n", esc(&why)));
+        } else {
+            for line in super::run::ended(&format!("killed run {why}"), &run.leftovers, &run.ending) {
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+    }
+    if runs_only {
+        if r.runs.is_empty() {
+            s.push_str("no killed runs left anything\n");
+        }
+        return s;
+    }
     if r.verdicts.is_empty() {
         s.push_str("no stuck listeners\n");
     }

@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod free;
 pub mod history;
 pub mod progress;
+pub mod run;
 pub mod watch;
 pub mod who;
 

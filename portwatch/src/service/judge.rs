@@ -24,6 +24,7 @@ use crate::{
         holders::{self, WhoOptions, WhoResult},
         join_all, probe,
         reaper::{self, FreeOptions},
+        supervisor::tree::Abandoned,
     },
     sys::{
         clock::mono_ns,
@@ -142,6 +143,8 @@ pub struct CleanupReport {
     pub reaped: Vec<PortReport>,
     /// Listeners on the ports judged healthy and left alone.
     pub healthy: Vec<u16>,
+    /// Runs killed before they could end their processes, and what was done.
+    pub runs: Vec<Abandoned>,
 }
 
 /// `cleanup`: observe the ports for `stall`, then reap what is stuck.
@@ -176,5 +179,5 @@ pub async fn cleanup(cfg: &Config, force: bool, dry_run: bool) -> Result<Cleanup
     let mut healthy: Vec<u16> = who.sockets.iter().map(|s| s.port).filter(|p| !stuck_ports.contains(p)).collect();
     healthy.sort_unstable();
     healthy.dedup();
-    Ok(CleanupReport { verdicts, reaped, healthy })
+    Ok(CleanupReport { verdicts, reaped, healthy, runs: Vec::new() })
 }

@@ -13,7 +13,9 @@ use std::{
 use crate::{
     error::{exit, Error, Result},
     model::{
-        plan::{self, Caller, FreeStatus, HeldFd, Outcome, PortPlan, PortReport, Protect, Sequence, Signal, SignalSent, Skipped, Target},
+        plan::{
+            self, Caller, Ending, FreeStatus, HeldFd, Outcome, PortPlan, PortReport, Protect, Sequence, Signal, SignalSent, Skipped, Target,
+        },
         ports::PortSet,
         process::{may_signal, Creds},
         socket::{Proto, Socket},
@@ -100,15 +102,15 @@ pub fn still_holds(pid: i32, fds: &[HeldFd]) -> bool {
 }
 
 /// Why a pinned target must not be signalled after all, if so: the pidfd must name
-/// the planned process (same start time), which must still hold the socket and
-/// still be one the caller may signal.
-fn recheck(t: &Target, fd: &PidFd, caller: &Caller) -> Option<&'static str> {
+/// the planned process (same start time), which must still be `ours` (hold the
+/// socket; be part of the run) and still be one the caller may signal.
+fn recheck(t: &Target, fd: &PidFd, caller: &Caller, ours: &dyn Fn(&Target) -> Option<&'static str>) -> Option<&'static str> {
     match proc::start_and_state(t.proc.pid) {
         Some((start, _)) if start == t.proc.start_ticks => {}
         _ => return Some("the pid now names another process (it was reused)"),
     }
-    if !still_holds(t.proc.pid, &t.fds) {
-        return Some("no longer holds the socket (closed, or the pid was reused)");
+    if let Some(why) = ours(t) {
+        return Some(why);
     }
     if !caller.root && !proc::creds(t.proc.pid).is_some_and(|c| may_signal(caller.creds, c)) {
         return Some("its credentials changed since the plan: the caller may no longer signal it");
@@ -120,6 +122,10 @@ fn recheck(t: &Target, fd: &PidFd, caller: &Caller) -> Option<&'static str> {
     None
 }
 
+fn holds_its_socket(t: &Target) -> Option<&'static str> {
+    (!still_holds(t.proc.pid, &t.fds)).then_some("no longer holds the socket (closed, or the pid was reused)")
+}
+
 fn to_nix(sig: Signal) -> nix::sys::signal::Signal {
     use nix::sys::signal::Signal as S;
     match sig {
@@ -129,19 +135,22 @@ fn to_nix(sig: Signal) -> nix::sys::signal::Signal {
     }
 }
 
-/// Carries out a plan, and nothing beyond it. `free_check` says whether the port is
-/// free now (sock_diag).
-pub fn execute(plan: &PortPlan, caller: &Caller, free_check: &dyn Fn(u16) -> bool) -> Outcome {
+/// Pins each target with a pidfd, re-checks it (`ours` says whether it is still
+/// the process the plan meant), then SIGTERM (and SIGCONT to stopped ones), up to
+/// `grace`, and SIGKILL what is alive with `force`. Returns the pinned pidfds.
+fn signal_sequence(
+    targets: &[Target],
+    caller: &Caller,
+    seq: Sequence,
+    ours: &dyn Fn(&Target) -> Option<&'static str>,
+    out: &mut Outcome,
+) -> Vec<PidFd> {
     let start = Instant::now();
-    let mut out = Outcome { port: plan.port, ..Outcome::default() };
-    if plan.refused.is_some() {
-        return out;
-    }
     // Pin each target first, then verify that the pinned process is the planned one.
     let mut live: Vec<(PidFd, &Target)> = Vec::new();
-    for t in &plan.targets {
+    for t in targets {
         match PidFd::open(t.proc.pid) {
-            Ok(fd) => match recheck(t, &fd, caller) {
+            Ok(fd) => match recheck(t, &fd, caller, ours) {
                 None => live.push((fd, t)),
                 Some(why) => out.skipped.push(Skipped { pid: t.proc.pid, why: why.into() }),
             },
@@ -153,14 +162,13 @@ pub fn execute(plan: &PortPlan, caller: &Caller, free_check: &dyn Fn(u16) -> boo
         out.signals.push(SignalSent { pid: fd.pid, signal: sig, ok });
     };
     for (fd, _) in &live {
-        send(fd, Signal::Term, &mut out);
+        send(fd, Signal::Term, out);
     }
     for (fd, t) in &live {
         if t.proc.is_stopped() {
-            send(fd, Signal::Cont, &mut out);
+            send(fd, Signal::Cont, out);
         }
     }
-    let seq = plan.sequence;
     let deadline = start + seq.grace;
     while Instant::now() < deadline && !live.iter().all(|(fd, _)| fd.exited()) {
         std::thread::sleep(Duration::from_millis(10));
@@ -168,13 +176,47 @@ pub fn execute(plan: &PortPlan, caller: &Caller, free_check: &dyn Fn(u16) -> boo
     let remaining: Vec<&(PidFd, &Target)> = live.iter().filter(|(fd, _)| !fd.exited()).collect();
     if seq.force && !remaining.is_empty() {
         for (fd, _) in &remaining {
-            send(fd, Signal::Kill, &mut out);
+            send(fd, Signal::Kill, out);
         }
         for (fd, _) in &remaining {
             fd.wait_exit(Duration::from_secs(5));
         }
     }
-    out.survivors = live.iter().filter(|(fd, _)| !fd.exited()).map(|(fd, _)| fd.pid).collect();
+    live.into_iter().map(|(fd, _)| fd).collect()
+}
+
+/// Ends processes that are not a port's holders (a run's leftovers, an abandoned
+/// run's cgroup) by the same rules as a port: each authorized for `caller`, pinned,
+/// re-checked (same process, still `ours`), SIGTERM, grace, SIGKILL with `force`.
+/// A refused process is left alone; the others are still ended.
+pub fn end_processes(pids: &[i32], caller: &Caller, protect: &Protect, seq: Sequence, ours: &dyn Fn(i32) -> bool) -> Ending {
+    let start = Instant::now();
+    let mut e = Ending::default();
+    for &pid in pids {
+        let Some(info) = proc::info(pid) else { continue };
+        let t = Target { creds: proc::creds(pid), exe: proc::exe(pid), proc: info, fds: Vec::new() };
+        match plan::refusal(&t, caller, protect) {
+            Some(r) => e.refused.push((pid, r)),
+            None => e.targets.push(t),
+        }
+    }
+    let live = signal_sequence(&e.targets, caller, seq, &|t| (!ours(t.proc.pid)).then_some("no longer part of the run"), &mut e.outcome);
+    e.outcome.survivors = live.iter().filter(|fd| !fd.exited()).map(|fd| fd.pid).collect();
+    e.outcome.freed = e.outcome.survivors.is_empty();
+    e.outcome.elapsed_ms = start.elapsed().as_millis() as u64;
+    e
+}
+
+/// Carries out a plan, and nothing beyond it. `free_check` says whether the port is
+/// free now (sock_diag).
+pub fn execute(plan: &PortPlan, caller: &Caller, free_check: &dyn Fn(u16) -> bool) -> Outcome {
+    let start = Instant::now();
+    let mut out = Outcome { port: plan.port, ..Outcome::default() };
+    if plan.refused.is_some() {
+        return out;
+    }
+    let live = signal_sequence(&plan.targets, caller, plan.sequence, &holds_its_socket, &mut out);
+    out.survivors = live.iter().filter(|fd| !fd.exited()).map(|fd| fd.pid).collect();
     // The last holder's exit closes the socket; confirm nobody (re)took the port.
     let confirm_until = Instant::now() + Duration::from_millis(500);
     loop {

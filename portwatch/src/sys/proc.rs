@@ -241,6 +241,39 @@ fn socket_fds(dir: &str) -> Vec<(i32, u64)> {
         .collect()
 }
 
+/// The (fd, socket inode) pairs `pid` holds (through its threads' tables when its
+/// main thread has exited).
+pub fn socket_fds_of(pid: i32) -> Vec<(i32, u64)> {
+    let mut v = socket_fds(&format!("/proc/{pid}/fd"));
+    if v.is_empty() && leader_exited(pid) {
+        v = task_fd_dirs(pid).iter().flat_map(|d| socket_fds(d)).collect();
+        v.sort_unstable();
+        v.dedup();
+    }
+    v
+}
+
+/// The children of `pid`, from each of its threads' `children` list (an orphan
+/// adopted by a subreaper is on the list of the thread that adopted it).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .flat_map(|t| {
+                    std::fs::read_to_string(t.path().join("children"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// `/proc/PID/task/TID/fd` of each thread of `pid`.
 fn task_fd_dirs(pid: i32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
