@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{process::Text, socket::Proto, time::WallNs};
 
+pub mod safety;
 pub mod store;
 pub mod writer;
 
