@@ -136,7 +136,7 @@ impl Server {
                     stuck_ports: lock(&shared.stuck).clone(),
                     lost_events: *lock(&shared.lost),
                     uptime_secs: shared.started.elapsed().as_secs(),
-                    history_db: shared.db.as_ref().map(|p| p.display().to_string()),
+                    ..shared.history_status()
                 }),
                 ..Reply::ok()
             },
