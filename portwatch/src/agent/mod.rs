@@ -265,15 +265,17 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let lost = obs.lost();
     drop(ring);
     drop(obs);
-    let (dropped, failed) = recorder.lost_rows();
-    if dropped > 0 {
-        warn!(dropped_rows = dropped, "history could not keep up; rows were dropped");
-    }
-    if failed > 0 {
-        warn!(failed_rows = failed, "history rows could not be stored (see the history database errors above)");
-    }
+    let health = recorder.writer.as_ref().map(|w| w.health.clone());
     // Flushes what is queued for the database.
     drop(recorder);
+    if let Some(h) = health {
+        if h.dropped.get() > 0 {
+            warn!(dropped_rows = h.dropped.get(), "history could not keep up; rows were dropped");
+        }
+        if h.failed.get() > 0 {
+            warn!(failed_rows = h.failed.get(), "history rows could not be stored (see the history database errors above)");
+        }
+    }
     if let Some(path) = &cfg.socket {
         let _ = control::server::remove_stale(path);
     }

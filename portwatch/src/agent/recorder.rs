@@ -240,11 +240,6 @@ impl Recorder {
             w.record(r);
         }
     }
-
-    /// Rows dropped because the writer fell behind, and rows it could not store.
-    pub fn lost_rows(&self) -> (u64, u64) {
-        self.writer.as_ref().map_or((0, 0), |w| (w.dropped(), w.health.failed.get()))
-    }
 }
 
 #[cfg(test)]
