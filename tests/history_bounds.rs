@@ -88,7 +88,9 @@ fn a_bind_storm_keeps_the_history_within_max_events() {
         2 * binds
     );
     assert!(samples > 50, "{samples} samples");
-    assert!(2 * binds > 20 * MAX_EVENTS, "the storm made {binds} binds");
+    // Far more rows than the bound, even in a slow (emulated) guest; on the host
+    // ~500k.
+    assert!(2 * binds > 4 * MAX_EVENTS, "the storm made only {binds} binds");
     assert!(max_rows <= MAX_EVENTS, "{max_rows} rows at some moment, max_events = {MAX_EVENTS}");
     let count: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).expect("count");
     assert_eq!(count as u64, MAX_EVENTS, "full, with the newest rows");
