@@ -1,18 +1,25 @@
 //! The agent's history: real binds from child processes, recorded in SQLite,
-//! surviving `kill -9` of the agent and a restart.
+//! surviving `kill -9` of the agent and a restart; a database that cannot be used
+//! never stops the agent (it reports the fault and reaps anyway); paths that would
+//! let another user steer root's writes are refused; files are created 0640; and
+//! a reader with read access only can read a stopped agent's history.
 // A test fails by panicking, helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    io::{Read, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
 };
 
 use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use portwatch_tests::{free_port, portwatch, require_root, spawn_python, start_logged, ChildGuard};
+use portwatch_tests::{alive, control, free_port, portwatch, require_root, spawn_python, start_logged, wait_for, ChildGuard};
 
 fn start_agent(port: u16, db: &std::path::Path) -> ChildGuard {
     let port = port.to_string();
@@ -107,6 +114,250 @@ fn history_errors_are_clean() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid time"));
     let out = portwatch(&["history", "--at", "1s"]);
     assert_eq!(out.status.code(), Some(2), "--at needs a port");
+}
+
+/// An agent with a control socket and metrics, reaping (stall 2 s, grace 1 s) when
+/// asked, writing its history to `db`.
+struct Agent {
+    guard: ChildGuard,
+    log: Receiver<String>,
+    socket: PathBuf,
+    metrics: u16,
+}
+
+impl Agent {
+    fn start(port: u16, db: &Path, dir: &Path, reap: bool) -> Self {
+        let socket = dir.join("agent.sock");
+        let metrics = free_port();
+        let (port_s, addr) = (port.to_string(), format!("127.0.0.1:{metrics}"));
+        let mut args = vec!["agent", "--log-json", "--stall", "2s", "--grace", "1s", "--interval", "200ms"];
+        if reap {
+            args.push("--reap");
+        }
+        args.extend(["--socket", socket.to_str().expect("utf8"), "--metrics", &addr, "-p", &port_s, "--db", db.to_str().expect("utf8")]);
+        let (guard, log) = start_logged(&args, "agent started");
+        Self { guard, log, socket, metrics }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let v = control(&self.socket, r#"{"cmd":"status"}"#);
+        assert_eq!(v["ok"], true, "{v}");
+        v
+    }
+
+    /// The history fault the agent reports, once it does.
+    fn history_error(&self) -> String {
+        wait_for("a history_error in status", Duration::from_secs(10), || self.status()["history_error"].as_str().map(String::from))
+    }
+
+    fn scrape(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("response");
+        resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
+    /// Log lines so far.
+    fn lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+/// A listener that never accepts, with a connection waiting: the agent must reap it
+/// within stall + grace + 1 s.
+fn assert_reaps_a_stuck_listener(port: u16) {
+    let (silent, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nc = socket.create_connection(('127.0.0.1', {port}))\nprint('READY', flush=True)\ntime.sleep(120)\n"
+    ));
+    let since = Instant::now();
+    while alive(silent.pid()) {
+        assert!(since.elapsed() < Duration::from_secs(2 + 1 + 1 + 1), "the agent did not reap the stuck listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
+}
+
+fn promtool_accepts(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask test installs Debian's prometheus package)");
+    promtool.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_corrupt_database_does_not_stop_the_agent_and_is_tried_again() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("history.db");
+    let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&db, &garbage).expect("garbage");
+    let agent = Agent::start(port, &db, dir.path(), true);
+    let e = agent.history_error();
+    assert!(e.contains("not a database") && e.contains(db.to_str().expect("utf8")), "{e}");
+
+    assert_reaps_a_stuck_listener(port);
+    // The rows of that bind, listen, verdict and reap were counted as they failed.
+    let st = wait_for("failed rows in status", Duration::from_secs(5), || {
+        let st = agent.status();
+        (st["history_rows_failed"].as_u64().unwrap_or(0) >= 3).then_some(st)
+    });
+    assert_eq!(st["history_rows"], serde_json::Value::Null, "{st}");
+    assert_eq!(st["history_rows_dropped"], 0, "{st}");
+    let body = agent.scrape();
+    assert!(body.contains("portwatch_history_ok 0"), "{body}");
+    let failed_line = body.lines().find(|l| l.starts_with("portwatch_history_rows_failed_total ")).expect("failed rows metric");
+    let failed: u64 = failed_line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count");
+    assert!(failed >= 3, "{failed_line}");
+    promtool_accepts(&body);
+    let lines = agent.lines();
+    let fault: Vec<&String> = lines.iter().filter(|l| l.contains("history database unavailable")).collect();
+    assert_eq!(fault.len(), 1, "one line per fault, not per retry: {lines:#?}");
+    assert!(fault[0].contains("not a database"), "{}", fault[0]);
+    assert!(lines.iter().any(|l| l.contains("reaped; port is free")), "{lines:#?}");
+    assert_eq!(std::fs::read(&db).expect("db"), garbage, "the bad database is left as it was");
+
+    // Moved aside by its operator: the agent creates a new one and records again.
+    std::fs::rename(&db, dir.path().join("history.db.bad")).expect("move aside");
+    wait_for("the history is written again", Duration::from_secs(70), || {
+        let st = agent.status();
+        (st["history_error"].is_null() && st["history_rows"].is_u64()).then_some(())
+    });
+    assert!(agent.scrape().contains("portwatch_history_ok 1"));
+    let (listener, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); print('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    let dbs = db.to_str().expect("utf8");
+    wait_for("the new bind in the history", Duration::from_secs(5), || {
+        history(&["--db", dbs, &port.to_string()]).iter().any(|r| r["event"] == "bind" && r["pid"] == listener.pid()).then_some(())
+    });
+    drop(agent.guard);
+}
+
+#[test]
+fn a_database_that_cannot_be_created_does_not_stop_the_agent() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Its directory is a regular file: no permission bit root could override.
+    std::fs::write(dir.path().join("not-a-dir"), "x").expect("file");
+    let db = dir.path().join("not-a-dir/history.db");
+    let agent = Agent::start(port, &db, dir.path(), true);
+    let e = agent.history_error();
+    assert!(e.contains("not a directory"), "{e}");
+    assert_reaps_a_stuck_listener(port);
+    wait_for("failed rows in status", Duration::from_secs(5), || (agent.status()["history_rows_failed"].as_u64() > Some(0)).then_some(()));
+    assert!(agent.scrape().contains("portwatch_history_ok 0"));
+}
+
+#[test]
+fn database_paths_that_are_a_way_in_are_refused() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A symlink where the database should be: root must not write through it.
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "precious data").expect("write");
+    let link = dir.path().join("history.db");
+    std::os::unix::fs::symlink(&precious, &link).expect("symlink");
+    let agent = Agent::start(port, &link, dir.path(), false);
+    let e = agent.history_error();
+    assert!(e.contains("symbolic link") && e.contains("refusing"), "{e}");
+    assert!(!e.contains('\n'));
+    assert!(agent.lines().iter().any(|l| l.contains("history database unavailable") && l.contains("symbolic link")));
+    // The agent runs on without history.
+    assert_eq!(agent.status()["ports"][0], port);
+    drop(agent);
+    assert_eq!(std::fs::read_to_string(&precious).expect("precious"), "precious data");
+    for f in ["precious-wal", "precious-shm", "history.db-wal", "history.db-shm"] {
+        assert!(!dir.path().join(f).exists(), "{f} was created");
+    }
+
+    // A directory any user may write: refused, nothing created in it.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let agent = Agent::start(port, &open.join("history.db"), dir.path(), false);
+    let e = agent.history_error();
+    assert!(e.contains("writable by group and others") && e.contains("open"), "{e}");
+    assert_eq!(agent.status()["history_rows_failed"], 0);
+    drop(agent);
+    assert_eq!(std::fs::read_dir(&open).expect("ls").count(), 0, "nothing created in a world-writable directory");
+}
+
+#[test]
+fn new_databases_are_0640_and_readable_by_a_reader_with_read_access_only() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("new/history.db");
+    let (dbs, port_s) = (db.to_str().expect("utf8"), port.to_string());
+    let agent = Agent::start(port, &db, dir.path(), false);
+    let (listener, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    wait_for("rows in the database", Duration::from_secs(5), || (agent.status()["history_rows"].as_u64() >= Some(2)).then_some(()));
+    for f in ["history.db", "history.db-wal", "history.db-shm"] {
+        assert_eq!(mode(&dir.path().join("new").join(f)), 0o640, "{f}");
+    }
+    assert_eq!(mode(&dir.path().join("new")), 0o755);
+    // Stopped cleanly: no -wal, no -shm left, and no one but root could create them.
+    kill(Pid::from_raw(agent.guard.pid()), Signal::SIGTERM).expect("SIGTERM");
+    let mut guard = agent.guard;
+    let _ = guard.0.wait();
+    assert!(!dir.path().join("new/history.db-shm").exists());
+    // Readable by others now (as an operator might make it), in directories they
+    // may enter, and read by nobody.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", portwatch_tests::bin(), "history", "--json", "--db", dbs])
+            .args(args)
+            .output()
+            .expect("setpriv")
+    };
+    let out = as_nobody(&[&port_s]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(rows.iter().any(|r| r["event"] == "listen" && r["pid"] == listener.pid()), "{rows:#?}");
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("new/history.db-shm").exists(), "the reader created nothing");
+
+    // After a kill -9 the -wal and -shm stay, with the mode the database had when
+    // they were created (0640): nobody still gets an answer, and a note that the
+    // newest rows are not shown.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let agent = Agent::start(port, &db, dir.path(), false);
+    drop(listener);
+    wait_for("the close recorded", Duration::from_secs(5), || (agent.status()["history_rows"].as_u64() >= Some(3)).then_some(()));
+    kill(Pid::from_raw(agent.guard.pid()), Signal::SIGKILL).expect("kill -9");
+    drop(agent);
+    assert_eq!(mode(&dir.path().join("new/history.db-wal")), 0o640);
+    assert_eq!(mode(&dir.path().join("new/history.db-shm")), 0o640);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = as_nobody(&[&port_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("note:") && err.contains("history.db-wal") && err.contains("not shown"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("json");
+    // Without read access: a clear error, the missing-privilege exit code.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let out = as_nobody(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("cannot read the history database") && err.trim_end().lines().count() == 1, "{err}");
 }
 
 mod history {

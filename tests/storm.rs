@@ -28,9 +28,14 @@ fn bind_storm_while_recording_loses_nothing() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("storm.db");
+    // Room for every row of the storm (~2M; max_events is kept at every commit).
+    let cfg = dir.path().join("pw.toml");
+    std::fs::write(&cfg, "max_events = 5000000\nmax_db_size = \"2GiB\"\n").expect("config");
     let port_s = port.to_string();
-    let (agent, log) =
-        start_logged(&["agent", "--no-socket", "--log-json", "-p", &port_s, "--db", db.to_str().expect("utf8")], "agent started");
+    let (agent, log) = start_logged(
+        &["agent", "--no-socket", "--log-json", "--config", cfg.to_str().expect("utf8"), "-p", &port_s, "--db", db.to_str().expect("utf8")],
+        "agent started",
+    );
     let apid = agent.pid();
     let sampler = std::thread::spawn(move || {
         let mut max = 0;

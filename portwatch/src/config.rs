@@ -14,6 +14,10 @@ use crate::{
 pub const DEFAULT_SOCKET: &str = "/run/portwatch.sock";
 /// The agent's history database.
 pub const DEFAULT_DB: &str = "/var/lib/portwatch/history.db";
+/// The history database's size in use, at most (`max_db_size`).
+pub const DEFAULT_MAX_DB_BYTES: u64 = 512 << 20;
+/// The smallest `max_db_size` accepted.
+pub const MIN_DB_BYTES: u64 = 1 << 20;
 
 pub const DEFAULT_STALL: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -49,8 +53,12 @@ pub struct Config {
     /// Drop history older than this.
     #[serde(deserialize_with = "de_duration")]
     pub retention: Duration,
-    /// Keep at most this many history rows.
+    /// Keep at most this many history rows (at every commit).
     pub max_events: u64,
+    /// Keep the history database's data within this many bytes ("512MiB", or a
+    /// number of bytes); the oldest rows go first.
+    #[serde(deserialize_with = "de_size")]
+    pub max_db_size: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     pub metrics: Option<std::net::SocketAddr>,
     /// The control socket (None: off).
@@ -76,6 +84,7 @@ impl Default for Config {
             db: None,
             retention: Duration::from_secs(7 * 86400),
             max_events: 1_000_000,
+            max_db_size: DEFAULT_MAX_DB_BYTES,
             metrics: None,
             socket: Some(DEFAULT_SOCKET.into()),
             socket_mode: "0660".into(),
@@ -118,6 +127,38 @@ fn default_failures() -> u32 {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A size: a number of bytes, or a string with a binary unit ("512MiB", "1GiB",
+/// "64K", "100 MB" -- K, M, G and KB, MB, GB are taken as KiB, MiB, GiB).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size '{s}': give bytes or a number with KiB, MiB or GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("invalid size '{s}': unknown unit '{}' (KiB, MiB or GiB)", unit.trim())),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("invalid size '{s}': too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeItem {
+    Num(u64),
+    Text(String),
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    match SizeItem::deserialize(d)? {
+        SizeItem::Num(n) => Ok(n),
+        SizeItem::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
 }
 
 #[derive(Deserialize)]
@@ -193,6 +234,12 @@ impl Config {
         if u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8).map_or(true, |m| m > 0o777) {
             return Err(Error::Config(format!("{origin}: socket_mode: '{}' is not an octal file mode like \"0660\"", self.socket_mode)));
         }
+        if self.max_db_size < MIN_DB_BYTES {
+            return Err(Error::Config(format!("{origin}: max_db_size must be at least 1MiB")));
+        }
+        if self.max_events == 0 {
+            return Err(Error::Config(format!("{origin}: max_events must be at least 1")));
+        }
         if self.stall.is_zero() || self.interval.is_zero() {
             return Err(Error::Config(format!("{origin}: stall and interval must be longer than 0")));
         }
@@ -247,5 +294,24 @@ failures = 2
         assert!(e.contains("exactly one"), "{e}");
         assert!(!e.contains('\n'));
         assert!(matches!(Config::parse("ports = [", "c").unwrap_err(), Error::Config(_)));
+        let e = Config::parse("max_db_size = \"lots\"\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("invalid size"), "{e}");
+        let e = Config::parse("max_db_size = 1000\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("at least 1MiB"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("100MB"), Ok(100 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1.5G").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999TiB").unwrap_err().contains("too large"));
+        let c = Config::parse("max_db_size = \"2GiB\"\nmax_events = 500\n", "c.toml").unwrap();
+        assert_eq!((c.max_db_size, c.max_events), (2 << 30, 500));
+        assert_eq!(Config::parse("max_db_size = 2097152\n", "c.toml").unwrap().max_db_size, 2 << 20);
     }
 }

@@ -232,3 +232,26 @@ pub fn start_logged(args: &[&str], ready: &'static str) -> (ChildGuard, mpsc::Re
     assert!(ready_rx.recv_timeout(Duration::from_secs(30)).is_ok(), "no '{ready}' in the log within 30s");
     (guard, rx)
 }
+
+/// Sends one request line to an agent's control socket and returns its JSON reply.
+pub fn control(socket: &std::path::Path, request: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.write_all(format!("{request}\n").as_bytes()).expect("send request");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("read reply");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

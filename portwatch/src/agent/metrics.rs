@@ -13,6 +13,7 @@ use tokio::{
 };
 
 use crate::{
+    agent::history::writer::Health,
     error::{Error, Result},
     model::verdict::Verdict,
 };
@@ -153,6 +154,15 @@ impl Metrics {
     }
 }
 
+/// The history writer's metrics: its counters and gauges are the ones it updates as
+/// rows are dropped or fail, so they are current whenever scraped.
+pub fn register_history(r: &mut Registry, h: &Health) {
+    r.register("history_rows_dropped", "History rows dropped because the writer was too far behind (queue full)", h.dropped.clone());
+    r.register("history_rows_failed", "History rows the writer could not store (database unavailable or a write failed)", h.failed.clone());
+    r.register("history_ok", "Whether the history database is open and being written (1) or not (0)", h.ok.clone());
+    r.register("history_rows", "Rows in the history database", h.rows.clone());
+}
+
 /// The Prometheus text exposition format (0.0.4): prometheus-client writes
 /// OpenMetrics, where a counter family `x` has samples `x_total`; the text format
 /// names the family `x_total` too and has no `# EOF`.
@@ -256,6 +266,11 @@ mod tests {
         m.observe_port(5050, 1, 5, 3, 128, Some(&v));
         m.event("bind");
         m.lost.inc_by(2);
+        let mut r = r;
+        let h = Health::default();
+        register_history(&mut r, &h);
+        h.failed.inc_by(3);
+        h.ok.set(1);
         let text = render(&r);
         for needle in [
             "portwatch_port_held{port=\"5050\"} 1",
@@ -267,6 +282,10 @@ mod tests {
             "portwatch_ringbuf_lost_events_total 2",
             "portwatch_build_info{version=",
             "# TYPE portwatch_events_total counter",
+            "portwatch_history_rows_failed_total 3",
+            "portwatch_history_rows_dropped_total 0",
+            "portwatch_history_ok 1",
+            "# TYPE portwatch_history_rows gauge",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

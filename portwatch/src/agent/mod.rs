@@ -148,13 +148,17 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let mut streaks = Streaks::new();
     let mut stuck: HashSet<u64> = HashSet::new();
     let db = cfg.history.then(|| cfg.db.clone().unwrap_or_else(|| DEFAULT_DB.into()));
-    let writer = match &db {
-        Some(path) => Some(Writer::start(path, Retention { max_age: cfg.retention, max_rows: cfg.max_events })?),
-        None => None,
-    };
+    // Never fails: a database that cannot be used is reported (status, metrics,
+    // log) and tried again, and the agent observes, judges and reaps meanwhile.
+    let writer = db
+        .as_ref()
+        .map(|path| Writer::start(path, Retention { max_age: cfg.retention, max_rows: cfg.max_events, max_bytes: cfg.max_db_size }));
     let metrics = match cfg.metrics {
         Some(addr) => {
-            let (m, registry) = metrics::Metrics::new();
+            let (m, mut registry) = metrics::Metrics::new();
+            if let Some(w) = &writer {
+                metrics::register_history(&mut registry, &w.health);
+            }
             metrics::serve(addr, Arc::new(registry)).await?;
             info!(addr = %addr, "serving Prometheus metrics at /metrics");
             Some(m)
@@ -166,6 +170,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
         ports: cfg.ports.clone(),
         started: Instant::now(),
         db,
+        history: writer.as_ref().map(|w| w.health.clone()),
         protect: cfg.protect.clone(),
         grace: cfg.grace,
         seen: Mutex::new(Default::default()),
@@ -300,12 +305,17 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let lost = obs.lost();
     drop(ring);
     drop(obs);
-    let dropped = recorder.dropped();
-    if dropped > 0 {
-        warn!(dropped_rows = dropped, "history could not keep up; rows were dropped");
-    }
+    let health = recorder.writer.as_ref().map(|w| w.health.clone());
     // Flushes what is queued for the database.
     drop(recorder);
+    if let Some(h) = health {
+        if h.dropped.get() > 0 {
+            warn!(dropped_rows = h.dropped.get(), "history could not keep up; rows were dropped");
+        }
+        if h.failed.get() > 0 {
+            warn!(failed_rows = h.failed.get(), "history rows could not be stored (see the history database errors above)");
+        }
+    }
     if let Some(path) = &cfg.socket {
         let _ = control::server::remove_stale(path);
     }

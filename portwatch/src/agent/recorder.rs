@@ -26,14 +26,35 @@ use crate::{
 };
 
 /// Caches details per (pid, start time) so a storm from one process reads /proc once;
-/// an entry is re-validated (pid reuse) at most once a second.
+/// an entry is re-validated (pid reuse) at most once a second. Bounded by entries
+/// and by bytes: a process chooses its command line and environment (up to 4 KiB
+/// each are kept), so 4096 entries could otherwise hold ~64 MiB.
 #[derive(Default)]
 pub struct DetailsCache {
     map: HashMap<i32, (u64, Instant, Option<Arc<ProcDetails>>)>,
+    /// Estimated bytes of the entries.
+    bytes: usize,
+}
+
+/// Estimated memory of one cache entry.
+fn details_bytes(d: Option<&ProcDetails>) -> usize {
+    let base = 64 + std::mem::size_of::<(u64, Instant, Option<Arc<ProcDetails>>)>() + std::mem::size_of::<ProcDetails>();
+    d.map_or(base, |d| {
+        let p = &d.proc;
+        base + p.user.capacity()
+            + p.comm.capacity()
+            + p.cmdline.len()
+            + p.cgroup.len()
+            + p.container.as_ref().map_or(0, String::capacity)
+            + d.ancestry.len()
+            + d.job.as_ref().map_or(0, |j| j.len())
+    })
 }
 
 impl DetailsCache {
     const MAX: usize = 4096;
+    /// At most this many bytes of details (the cache starts over beyond).
+    pub const MAX_BYTES: usize = 8 << 20;
 
     pub fn get(&mut self, pid: i32) -> Option<Arc<ProcDetails>> {
         if let Some((_, checked, d)) = self.map.get(&pid) {
@@ -51,12 +72,22 @@ impl DetailsCache {
                 return d.clone();
             }
         }
-        if self.map.len() >= Self::MAX {
-            self.map.clear();
-        }
         let d = proc::details(pid).map(Arc::new);
-        self.map.insert(pid, (start, Instant::now(), d.clone()));
+        self.insert(pid, start, d.clone());
         d
+    }
+
+    fn insert(&mut self, pid: i32, start: u64, d: Option<Arc<ProcDetails>>) {
+        let b = details_bytes(d.as_deref());
+        if let Some((_, _, old)) = self.map.remove(&pid) {
+            self.bytes -= details_bytes(old.as_deref()).min(self.bytes);
+        }
+        if self.map.len() >= Self::MAX || self.bytes + b > Self::MAX_BYTES {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        self.map.insert(pid, (start, Instant::now(), d));
+        self.bytes += b;
     }
 }
 
@@ -218,9 +249,38 @@ impl Recorder {
             w.record(r);
         }
     }
+}
 
-    /// Rows dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.dropped.load(std::sync::atomic::Ordering::Relaxed))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::process::ProcInfo;
+
+    #[test]
+    fn details_cache_is_bounded_by_bytes() {
+        let mut c = DetailsCache::default();
+        let big = |pid: i32| ProcDetails {
+            proc: ProcInfo { pid, cmdline: "c".repeat(4096).into(), cgroup: "g".repeat(4096).into(), ..ProcInfo::default() },
+            ancestry: "a".repeat(4096).into(),
+            job: Some("j".repeat(4096).into()),
+        };
+        let each = details_bytes(Some(&big(1)));
+        assert!(each > 16 * 1024);
+        for pid in 1..=4096 {
+            c.insert(pid, 1, Some(Arc::new(big(pid))));
+            assert!(c.bytes <= DetailsCache::MAX_BYTES, "{} bytes at pid {pid}", c.bytes);
+        }
+        assert!(c.map.len() <= DetailsCache::MAX_BYTES / each);
+        // Replacing an entry (pid reuse) does not count it twice.
+        let before = c.bytes;
+        let pid = *c.map.keys().next().unwrap();
+        c.insert(pid, 2, Some(Arc::new(big(pid))));
+        assert_eq!(c.bytes, before);
+        // Small entries: bounded by count as before.
+        let mut c = DetailsCache::default();
+        for pid in 1..=10_000 {
+            c.insert(pid, 1, None);
+        }
+        assert!(c.map.len() <= DetailsCache::MAX);
     }
 }

@@ -15,6 +15,7 @@ pub fn run(a: HistoryArgs) -> Result<u8> {
     let (since, until, at) = (when(a.since)?, when(a.until)?, when(a.at)?);
     let path = a.db.unwrap_or_else(|| DEFAULT_DB.into());
     let store = Store::open_readonly(&path)?;
+    crate::cmd::notes(&store.unread_wal(&path).into_iter().collect::<Vec<_>>());
     let dberr = |e: rusqlite::Error| Error::Config(format!("history database {}: {e}", path.display()));
     let rows = match (at, a.port) {
         (Some(t), Some(p)) => store.holders_at(p, t).map_err(dberr)?,

@@ -74,6 +74,19 @@ pub struct Status {
     pub lost_events: u64,
     pub uptime_secs: u64,
     pub history_db: Option<String>,
+    /// Why the history is not being written now (the database cannot be opened
+    /// or written); `null` while it is, or while history is off.
+    #[serde(default)]
+    pub history_error: Option<String>,
+    /// Rows in the database, as the writer counts them (`null` unless it is open).
+    #[serde(default)]
+    pub history_rows: Option<u64>,
+    /// Rows dropped before the writer's queue (it was too far behind), so far.
+    #[serde(default)]
+    pub history_rows_dropped: u64,
+    /// Rows the writer could not store (no database, a failed write), so far.
+    #[serde(default)]
+    pub history_rows_failed: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -132,6 +145,12 @@ mod tests {
         assert!(text.starts_with(r#"{"ok":true"#) && text.contains(r#""version":"1""#), "{text}");
         let back: Reply = serde_json::from_str(&text).unwrap();
         assert_eq!(back.status.unwrap().ports, vec![5050]);
+        // An older agent's status, without the history's health.
+        let old: Reply = serde_json::from_str(
+            r#"{"ok":true,"version":"0","ports":[],"stuck_ports":[],"lost_events":0,"uptime_secs":1,"history_db":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.status.unwrap().history_rows_failed, 0);
         let e: Reply = serde_json::from_str(&serde_json::to_string(&Reply::error(ErrorKind::Denied, "no")).unwrap()).unwrap();
         assert_eq!((e.ok, e.error_kind), (false, Some(ErrorKind::Denied)));
     }

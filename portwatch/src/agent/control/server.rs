@@ -136,7 +136,7 @@ impl Server {
                     stuck_ports: lock(&shared.stuck).clone(),
                     lost_events: *lock(&shared.lost),
                     uptime_secs: shared.started.elapsed().as_secs(),
-                    history_db: shared.db.as_ref().map(|p| p.display().to_string()),
+                    ..shared.history_status()
                 }),
                 ..Reply::ok()
             },
@@ -174,7 +174,9 @@ impl Server {
                 });
                 match rows {
                     Ok((rows, truncated)) => Reply { rows: Some(rows), truncated: Some(truncated), ..Reply::ok() },
-                    Err(e) => Reply::error(ErrorKind::Internal, e.to_string()),
+                    // The database cannot be used (refused path, corrupt file): the
+                    // history is unavailable, as `status` says in `history_error`.
+                    Err(e) => Reply::error(ErrorKind::Unavailable, e.to_string()),
                 }
             }
             Request::Free { ports, force, grace_ms, dry_run } => {
