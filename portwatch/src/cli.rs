@@ -67,9 +67,10 @@ pub enum Command {
     /// application, not just queued by the kernel), http:// URLs (2xx), or a bare
     /// port; then, with `-- COMMAND`, run COMMAND.
     Wait(WaitArgs),
-    /// Run a service: optionally free its ports first, start COMMAND, wait until its
-    /// ports and health URLs are ready, forward SIGINT/SIGTERM, exit with its status.
-    /// Nothing started under it survives it (child subreaper).
+    /// Run a service: fail at once if its ports are held (or free them with --free),
+    /// start COMMAND, wait until its own processes serve the ports and health URLs,
+    /// forward SIGINT/SIGTERM, and exit with its status. When COMMAND exits, what it
+    /// left is ended (its own cgroup, and the child subreaper).
     Run(RunArgs),
     /// Show what this host supports (privileges, BTF, cgroup v2, each hook type,
     /// tried for real) and what portwatch will use.
