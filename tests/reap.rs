@@ -180,6 +180,58 @@ srv.serve_forever()
     assert!(!logs.iter().any(|l| l.contains("listener stuck") && l.contains(&format!("\"port\":{busy_port}"))));
 }
 
+/// The agent judges accept stalls from the kernel's per-port count of connections
+/// completed into accept queues (no ring-buffer event per connection). A listener
+/// whose queue never empties but keeps moving (a slow acceptor: connections arrive
+/// as fast as it takes them) is healthy only if those counts are read: from the
+/// queue length alone it looks exactly like a stalled one. A SIGSTOPped holder with
+/// connections queued is stuck.
+#[test]
+fn agent_judges_accept_stalls_from_the_kernel_counts() {
+    require_root();
+    let (stopped_port, slow_port) = (free_port(), free_port());
+    let (stopped, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {stopped_port})); s.listen(16)\nprint('READY', flush=True)\ntime.sleep(120)\n"
+    ));
+    // Eight connections queued first, then one accepted and one new every 50 ms:
+    // the queue stays near eight and never empties.
+    let (slow, _) = spawn_python(&format!(
+        r#"
+import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", {slow_port})); s.listen(64)
+cs = [socket.create_connection(("127.0.0.1", {slow_port})) for _ in range(8)]
+print("READY", flush=True)
+end = time.time() + 60
+while time.time() < end:
+    a, _ = s.accept(); a.close()
+    cs.pop(0).close()
+    cs.append(socket.create_connection(("127.0.0.1", {slow_port})))
+    time.sleep(0.05)
+"#
+    ));
+    let ports = format!("{stopped_port},{slow_port}");
+    let (agent, rx) = start_logged(
+        &["agent", "--log-json", "--no-history", "--no-socket", "--stall", "2s", "--interval", "200ms", "-p", &ports],
+        "agent started",
+    );
+    let _clients = spawn_python(&format!(
+        "import socket, time\ncs = [socket.create_connection(('127.0.0.1', {stopped_port})) for _ in range(3)]\nprint('READY', flush=True)\ntime.sleep(120)\n"
+    ));
+    kill(Pid::from_raw(stopped.pid()), Signal::SIGSTOP).expect("SIGSTOP");
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = kill(Pid::from_raw(agent.pid()), Signal::SIGTERM);
+    let logs: Vec<String> = rx.iter().take_while(|l| !l.contains("agent stopped")).collect();
+    let _ = kill(Pid::from_raw(stopped.pid()), Signal::SIGCONT);
+    let stuck_on = |port: u16| -> Vec<&String> {
+        logs.iter().filter(|l| l.contains("listener stuck") && l.contains(&format!("\"port\":{port}"))).collect()
+    };
+    let stopped_lines = stuck_on(stopped_port);
+    assert_eq!(stopped_lines.len(), 1, "the stopped holder with 3 queued connections is stuck: {logs:#?}");
+    assert!(stopped_lines[0].contains("accept_stall") && stopped_lines[0].contains("holders_stopped"), "{}", stopped_lines[0]);
+    assert!(stuck_on(slow_port).is_empty(), "the slow acceptor's queue moves (kernel counts): {logs:#?}");
+    assert!(alive(slow.pid()) && alive(stopped.pid()), "nothing was reaped without --reap");
+}
+
 #[test]
 fn pid_1_of_a_pid_namespace_is_refused() {
     require_root();

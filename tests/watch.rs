@@ -8,7 +8,7 @@ use portwatch_tests::{events_of, free_port, require_root, run_python, Watch};
 fn sees_tcp4_udp_tcp6_binds_listens_failures_and_closes_on_watched_ports_only() {
     require_root();
     let (p_tcp, p_udp, p_tcp6, p_other) = (free_port(), free_port(), free_port(), free_port());
-    let watch = Watch::start(&["--port", &format!("{p_tcp},{p_udp}"), "--port", &p_tcp6.to_string()]);
+    let watch = Watch::start(&["--accepts", "--port", &format!("{p_tcp},{p_udp}"), "--port", &p_tcp6.to_string()]);
     let out = run_python(&format!(
         r#"
 import os, socket, time
@@ -63,6 +63,39 @@ print(os.getpid())
         }
     }
     assert!(stderr.contains(" 0 lost"), "{stderr}");
+}
+
+/// Without `--accepts` connections are only counted in the kernel: `watch` shows the
+/// listener's bind, listen and close, and no `accept` event (on a watched port and in
+/// watch-all mode).
+#[test]
+fn accepts_are_shown_only_with_the_accepts_flag() {
+    require_root();
+    let port = free_port();
+    for args in [vec!["--port".to_string(), port.to_string()], vec![]] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let watch = Watch::start(&args);
+        let out = run_python(&format!(
+            r#"
+import os, socket, time
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("127.0.0.1", {port})); t.listen(8)
+cs = [socket.create_connection(("127.0.0.1", {port})) for _ in range(3)]
+a = t.accept()[0]
+time.sleep(0.1)
+for s in cs + [a, t]:
+    s.close()
+print(os.getpid())
+"#
+        ));
+        let pid: i32 = out.trim().parse().expect("child pid");
+        let (events, stderr) = watch.stop();
+        assert_eq!(events_of(&events, pid, port, "listen").len(), 1, "{args:?}: {events:#?}");
+        assert_eq!(events_of(&events, pid, port, "close").len(), 1, "{args:?}: {events:#?}");
+        let accepts: Vec<_> = events.iter().filter(|e| e["event"] == "accept" && e["port"] == port).collect();
+        assert!(accepts.is_empty(), "{args:?}: accept events without --accepts: {accepts:#?}");
+        assert!(stderr.contains(" 0 lost"), "{stderr}");
+    }
 }
 
 #[test]

@@ -86,6 +86,14 @@ pub mod globals {
 pub mod config {
     /// Non-zero: report every port, ignoring `PORTS`.
     pub const WATCH_ALL: u32 = 0;
+    /// Non-zero: accept-queue arrivals are also written to the ring buffer (for
+    /// `watch --accepts`); otherwise they are only counted in `QUEUED`.
+    pub const ACCEPTS: u32 = 1;
+    /// Ring-buffer wakeup watermark in bytes: a record is written without waking the
+    /// reader (`BPF_RB_NO_WAKEUP`) unless more than this many bytes are waiting
+    /// (then `BPF_RB_FORCE_WAKEUP`); the reader drains on a timer meanwhile. 0 = the
+    /// kernel's default (a wakeup when the reader has caught up).
+    pub const WAKEUP_BYTES: u32 = 2;
     pub const LEN: u32 = 4;
 }
 

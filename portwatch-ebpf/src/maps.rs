@@ -86,10 +86,35 @@ pub fn watched(port: u16) -> bool {
     matches!(PORTS.get(u32::from(port)), Some(v) if *v != 0)
 }
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Whether accept-queue arrivals go to the ring buffer (`watch --accepts`).
+#[inline(always)]
+pub fn accepts_wanted() -> bool {
+    matches!(CONFIG.get(config::ACCEPTS), Some(v) if *v != 0)
+}
+
+/// Wakeup flags for the next record: none while less than the watermark is waiting
+/// (the reader drains on a timer), a forced wakeup beyond it.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let mark = match CONFIG.get(config::WAKEUP_BYTES) {
+        Some(v) if *v != 0 => *v,
+        _ => return 0,
+    };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= mark {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Sends an event, or counts it as lost when the ring buffer is full.
 #[inline(always)]
 pub fn submit(ev: &Event) {
-    if EVENTS.output::<Event>(ev, 0).is_err() {
+    if EVENTS.output::<Event>(ev, wakeup_flags()).is_err() {
         if let Some(lost) = LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
             unsafe { *lost += 1 };

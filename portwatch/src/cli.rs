@@ -97,6 +97,11 @@ pub struct WatchArgs {
     /// Stop after printing this many events.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Also show each connection the kernel completes into a listener's accept queue
+    /// (`accept` events). Off by default: on a busy port that is one event per
+    /// connection; the agent only needs the kernel's count.
+    #[arg(long)]
+    pub accepts: bool,
 }
 
 #[derive(Debug, Args)]

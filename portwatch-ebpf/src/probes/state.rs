@@ -2,7 +2,8 @@
 //! changes state (never on the syscall path of unrelated processes), and reports:
 //! - CLOSE -> LISTEN: a listener started (the task is the one calling listen());
 //! - SYN_RECV -> ESTABLISHED: the kernel completed a connection into a listener's
-//!   accept queue (softirq context; counted per port in `QUEUED`).
+//!   accept queue (softirq context; counted per port in `QUEUED`, and written to the
+//!   ring buffer only when `CONFIG[ACCEPTS]` asks for it: `watch --accepts`).
 //!
 //! `struct sock` fields are read at offsets resolved from BTF by user space.
 use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint, programs::BtfTracePointContext};
@@ -10,7 +11,7 @@ use portwatch_common::{probe, tcp_state, EventKind, KernelOffsets, AF_INET, AF_I
 
 use crate::{
     emit::{is_self, softirq_event, task_event},
-    maps::{count_error, offsets, submit, track, watched, CONFIG, QUEUED},
+    maps::{accepts_wanted, count_error, offsets, submit, track, watched, CONFIG, QUEUED},
     read::rd,
 };
 
@@ -52,6 +53,11 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
             if let Some(n) = QUEUED.get_ptr_mut(u32::from(port)) {
                 // SAFETY: per-CPU slot.
                 unsafe { *n += 1 };
+            }
+            // The verdict needs only the count: the record (and the reader's work
+            // for it) is for `watch --accepts`.
+            if !accepts_wanted() {
+                return Ok(());
             }
         }
     }

@@ -17,36 +17,38 @@ use tracing::{info, warn};
 pub mod control;
 pub mod history;
 pub mod metrics;
+pub mod pump;
 pub mod recorder;
 pub mod shared;
 
 use self::{
     control::server::Reaped,
     history::writer::{Retention, Writer},
+    pump::{drain, Msg, Pump, BATCH},
     recorder::Recorder,
     shared::{lock, Origin, Shared},
 };
 use crate::{
     config::{Config, DEFAULT_DB},
     ebpf::{
-        events::decode,
         iter,
         loader::Loader,
-        observer::{Observer, ObserverOptions},
+        observer::{Observer, ObserverOptions, DRAIN_EVERY},
     },
     error::{Error, Result},
-    model::{event::Record, plan::PortReport, verdict::Verdict},
+    model::{
+        event::{Record, SockEvent},
+        plan::PortReport,
+        verdict::{Sample, Verdict},
+    },
     output::esc,
     service::{
-        events::Pipeline,
+        holders::WhoResult,
         judge::{self, Sampler, Streaks},
         reaper,
         supervisor::tree,
     },
-    sys::{
-        clock::mono_ns,
-        sockdiag::{self, Query},
-    },
+    sys::sockdiag::{self, Query},
 };
 
 /// The ring buffer's pages are mapped into the agent (twice, for wrap-around) and
@@ -125,7 +127,12 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     // BTF is read once, and its memory is given back before the agent settles.
     let loader = Loader::new()?;
     let mut obs =
-        Observer::load_with(&loader, &ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: Some(AGENT_RING_BYTES) })?;
+        // Accept-queue arrivals are only counted in the kernel (the verdict needs the
+        // count): no ring-buffer record, no user-space work per connection.
+        Observer::load_with(
+            &loader,
+            &ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: Some(AGENT_RING_BYTES), accepts: false },
+        )?;
     if let Err(e) = iter::ensure_pinned(&loader) {
         warn!(error = %e, "the who iterators could not be pinned; holders are found by walking /proc");
     }
@@ -183,9 +190,23 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
         control::server::serve(path, mode, Some(&cfg.socket_group), shared.clone(), reaped_tx.clone()).await?;
         info!(socket = %path.display(), mode = %format!("{mode:o}"), "control socket ready");
     }
-    let mut recorder = Recorder::new(writer, metrics, shared.clone());
-    let mut pipeline = Pipeline::new();
-    let mut sampler = Sampler::default();
+    let recorder = Arc::new(Mutex::new(Recorder::new(writer, metrics.clone(), shared.clone())));
+    // Events become records on a thread of their own (sock_diag, /proc): the loop
+    // only drains the ring buffer.
+    let pump = Pump::start(recorder.clone(), log_record).map_err(|e| Error::io("starting the event thread", e))?;
+    // Records waiting for the event thread (it has a batch already): the ring
+    // buffer is not drained until they are handed over.
+    let mut pending: Option<Vec<SockEvent>> = None;
+    // The kernel wakes the loop only past a fill watermark; this drains the rest.
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The sampler (sock_diag, the holders pass, /proc) runs on the blocking pool,
+    // one sample at a time; the loop keeps draining the ring meanwhile.
+    let counts = obs.counts();
+    let mut sampler = Some(Sampler::default());
+    type SampleJob = tokio::task::JoinHandle<(Sampler, Result<(Sample, WhoResult)>)>;
+    let mut sampling: Option<SampleJob> = None;
+    let mut accepted_seen: std::collections::HashMap<u16, u64> = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_every = judge::probe_every(&cfg);
@@ -210,45 +231,68 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     busy.store(false, std::sync::atomic::Ordering::Relaxed);
                 });
             }
-            guard = ring.readable_mut() => {
+            guard = ring.readable_mut(), if pending.is_none() => {
                 let mut guard = guard.map_err(|e| Error::io("ring buffer", e))?;
-                let rb = guard.get_inner_mut();
-                let mut events = Vec::new();
-                while let Some(item) = rb.next() {
-                    if let Ok(ev) = decode(&item) {
-                        events.push(ev);
-                    }
+                let mut batch = Vec::new();
+                if !drain(guard.get_inner_mut(), &mut batch, BATCH) {
+                    guard.clear_ready();
                 }
-                guard.clear_ready();
-                for ev in events {
-                    for r in pipeline.push(ev) {
-                        log_record(&r);
-                        recorder.event(&r);
-                    }
+                if !batch.is_empty() {
+                    pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
+                }
+            }
+            _ = drain_tick.tick(), if pending.is_none() => {
+                let mut batch = Vec::new();
+                drain(ring.get_mut(), &mut batch, BATCH);
+                if !batch.is_empty() {
+                    pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
+                }
+            }
+            Some(permit) = pump.reserve(), if pending.is_some() => {
+                // The event thread took the previous batch: hand over the one waiting
+                // (meanwhile the ring buffer was the buffer).
+                if let Some(b) = pending.take() {
+                    permit.send(Msg::Events(b));
                 }
             }
             _ = tick.tick() => {
-                pipeline.note_lost(obs.lost());
-                for r in pipeline.expire(mono_ns()) {
-                    log_record(&r);
-                    recorder.event(&r);
-                }
+                // Expiring bind attempts waits for a free slot (a later tick does it).
+                let _ = pump.try_send(Msg::Tick { lost: obs.lost() });
                 ticks += 1;
                 if !cfg.probes.is_empty() && ticks.is_multiple_of(probe_every) {
                     judge::run_probes(&cfg, &mut streaks).await;
                 }
-                let (sample, who) = match sampler.sample(&cfg.ports, &obs, &streaks) {
+                if let Some(mut s) = sampler.take() {
+                    let (ports, counts, streaks) = (cfg.ports.clone(), counts.clone(), streaks.clone());
+                    sampling = Some(tokio::task::spawn_blocking(move || {
+                        let r = s.sample(&ports, &counts, &streaks);
+                        (s, r)
+                    }));
+                }
+            }
+            done = async { match sampling.as_mut() { Some(job) => job.await, None => std::future::pending().await } }, if sampling.is_some() => {
+                sampling = None;
+                let (s, r) = done.map_err(|e| Error::Internal(format!("the sampler panicked: {e}")))?;
+                sampler = Some(s);
+                let (sample, who) = match r {
                     Ok(s) => s,
                     Err(e) => { warn!(error = %e, "sampling failed"); continue; }
                 };
                 let verdicts = engine.update(&sample);
-                if let Some(m) = &recorder.metrics {
+                if let Some(m) = &metrics {
                     for port in cfg.ports.iter() {
                         let socks: Vec<_> = who.on_port(port).collect();
                         let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.proc.pid)).collect();
                         let queue = socks.iter().filter_map(|s| s.accept_queue).map(u64::from).sum();
                         let max = socks.iter().filter_map(|s| s.backlog).map(u64::from).sum();
                         m.observe_port(port, socks.len(), pids.len(), queue, max, verdicts.iter().find(|v| v.port == port));
+                    }
+                    // Accepts are counted in the kernel, not sent as events.
+                    for (port, n) in &sample.queued {
+                        let before = accepted_seen.insert(*port, *n).unwrap_or(0);
+                        if *n > before {
+                            m.events.get_or_create(&metrics::EventLabel { event: "accept".into() }).inc_by(*n - before);
+                        }
                     }
                     let lost = obs.lost();
                     m.lost.inc_by(lost.saturating_sub(lost_seen));
@@ -262,7 +306,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     if stuck.insert(v.cookie) {
                         let (reasons, evidence) = verdict_fields(v);
                         warn!(port = v.port, reasons = %reasons, evidence = %evidence, pids = ?v.pids, "listener stuck");
-                        recorder.verdict(v);
+                        lock(&recorder).verdict(v);
                         if cfg.reap {
                             // Off the event loop: a reap waits up to `grace`, and the
                             // ring buffer and other ports must not wait with it.
@@ -283,28 +327,28 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 if origin == Origin::Agent {
                     log_reap(&rep);
                 }
-                recorder.reap(&rep, origin);
+                lock(&recorder).reap(&rep, origin);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
         }
     }
-    // What is still in the ring buffer, then attempts that can no longer succeed.
-    let rb = ring.get_mut();
-    while let Some(item) = rb.next() {
-        if let Ok(ev) = decode(&item) {
-            for r in pipeline.push(ev) {
-                recorder.event(&r);
-            }
-        }
-    }
-    for r in pipeline.expire(u64::MAX) {
-        recorder.event(&r);
+    // What is still in the ring buffer; the event thread then expires attempts that
+    // can no longer succeed.
+    let mut rest = pending.take().unwrap_or_default();
+    drain(ring.get_mut(), &mut rest, usize::MAX);
+    pump.finish(rest).await;
+    if let Some(job) = sampling.take() {
+        let _ = job.await;
     }
     let lost = obs.lost();
     drop(ring);
     drop(obs);
+    let recorder = match Arc::try_unwrap(recorder) {
+        Ok(m) => m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner),
+        Err(_) => return Err(Error::Internal("the recorder is still shared at exit".into())),
+    };
     let health = recorder.writer.as_ref().map(|w| w.health.clone());
     // Flushes what is queued for the database.
     drop(recorder);

@@ -13,7 +13,7 @@ use crate::{
     cli::WatchArgs,
     ebpf::{
         events::decode,
-        observer::{Observer, ObserverOptions},
+        observer::{Observer, ObserverOptions, DRAIN_EVERY},
     },
     error::{exit, Error, Result},
     model::{event::Record, ports::PortSet},
@@ -56,12 +56,12 @@ fn describe(ports: &PortSet) -> String {
 
 pub fn run(a: WatchArgs) -> Result<u8> {
     let ports = crate::model::ports::merge(&a.ports);
-    crate::cmd::runtime()?.block_on(watch(ports, a.json, a.duration, a.count))?;
+    crate::cmd::runtime()?.block_on(watch(ports, a.json, a.duration, a.count, a.accepts))?;
     Ok(exit::OK)
 }
 
-async fn watch(ports: PortSet, json: bool, duration: Option<Duration>, count: Option<u64>) -> Result<()> {
-    let mut obs = Observer::load(&ObserverOptions { ports: ports.clone(), cgroup: None, ring_bytes: Some(WATCH_RING_BYTES) })?;
+async fn watch(ports: PortSet, json: bool, duration: Option<Duration>, count: Option<u64>, accepts: bool) -> Result<()> {
+    let mut obs = Observer::load(&ObserverOptions { ports: ports.clone(), cgroup: None, ring_bytes: Some(WATCH_RING_BYTES), accepts })?;
     let ring = obs.take_events()?;
     // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd, which
     // deregisters it before dropping it.
@@ -82,7 +82,10 @@ async fn watch(ports: PortSet, json: bool, duration: Option<Duration>, count: Op
         p.out.flush().map_err(|e| Error::io("stdout", e))?;
     }
     let mut pipeline = Pipeline::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    // The kernel wakes this reader only when the ring fills past a watermark; the
+    // tick drains what is waiting, so no event waits longer than DRAIN_EVERY.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = tokio::time::sleep(duration.unwrap_or(crate::model::time::MAX_DURATION));
     tokio::pin!(deadline);
     let limit = count.unwrap_or(u64::MAX);
@@ -103,6 +106,13 @@ async fn watch(ports: PortSet, json: bool, duration: Option<Duration>, count: Op
                     p.out.flush()?;
                 }
                 _ = tick.tick() => {
+                    let rb = ring.get_mut();
+                    while let Some(item) = rb.next() {
+                        match decode(&item) {
+                            Ok(ev) => for r in pipeline.push(ev) { p.emit(r)?; },
+                            Err(e) => eprintln!("portwatch: dropped a malformed event: {e}"),
+                        }
+                    }
                     pipeline.note_lost(obs.lost());
                     for r in pipeline.expire(mono_ns()) { p.emit(r)?; }
                     p.out.flush()?;

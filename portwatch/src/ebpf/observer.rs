@@ -1,6 +1,6 @@
 //! The observer: the kernel object loaded with its hooks attached (recording why one
 //! could not be), and the maps user space drives: watched ports, counters, events.
-use std::{fs::File, path::PathBuf};
+use std::{fs::File, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
@@ -24,6 +24,33 @@ pub struct ObserverOptions {
     pub cgroup: Option<PathBuf>,
     /// Ring buffer size in bytes (a power of two); default `EVENTS_BYTES`.
     pub ring_bytes: Option<u32>,
+    /// Also write accept-queue arrivals to the ring buffer (`watch --accepts`). They
+    /// are always counted in the kernel ([`Counts`]), which is all a verdict needs.
+    pub accepts: bool,
+}
+
+/// How long a record may wait in the ring buffer: the kernel side writes records
+/// without waking the reader until [`wakeup_watermark`] bytes are waiting, so every
+/// reader also drains the ring on a timer of this period.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// Bytes waiting in the ring buffer beyond which a record wakes the reader at once:
+/// an eighth of the ring, at most 512 KiB (~3,800 records), so a storm is read in
+/// large batches long before the ring fills, and a trickle is read by the timer.
+pub fn wakeup_watermark(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 8).clamp(4096, 512 << 10)
+}
+
+/// The kernel's per-port count of connections completed into accept queues,
+/// readable from any thread (the agent's sampler runs off the event loop).
+#[derive(Clone)]
+pub struct Counts(Arc<PerCpuArray<MapData, u64>>);
+
+impl Counts {
+    /// Connections the kernel has completed into accept queues on `port` since load.
+    pub fn queued(&self, port: u16) -> u64 {
+        self.0.get(&u32::from(port), 0).map_or(0, |v| v.iter().sum())
+    }
 }
 
 /// One hook: what it is for, and whether it is attached.
@@ -44,6 +71,7 @@ pub struct Observer {
     pub memlock_raised: bool,
     /// What the PORTS map holds now, so updates touch only what changed.
     watched: PortSet,
+    counts: Counts,
 }
 
 impl Observer {
@@ -73,7 +101,18 @@ impl Observer {
                 "run `portwatch doctor`; a cgroup v2 mount and CONFIG_CGROUP_BPF are required",
             ));
         }
-        let mut obs = Self { ebpf, hooks, offsets: loader.offsets, cgroup, memlock_raised: loader.memlock_raised, watched: PortSet::new() };
+        let queued = ebpf.take_map(maps::QUEUED).ok_or_else(|| missing(maps::QUEUED))?;
+        let counts = Counts(Arc::new(PerCpuArray::try_from(queued).map_err(|e| Error::Internal(format!("{}: {e}", maps::QUEUED)))?));
+        {
+            let internal = |e: aya::maps::MapError| Error::Internal(format!("setting the observer's options: {e}"));
+            let mut cfg: Array<_, u64> =
+                Array::try_from(ebpf.map_mut(maps::CONFIG).ok_or_else(|| missing(maps::CONFIG))?).map_err(internal)?;
+            cfg.set(config::ACCEPTS, u64::from(opts.accepts), 0).map_err(internal)?;
+            let ring = opts.ring_bytes.unwrap_or(portwatch_common::EVENTS_BYTES);
+            cfg.set(config::WAKEUP_BYTES, wakeup_watermark(ring), 0).map_err(internal)?;
+        }
+        let mut obs =
+            Self { ebpf, hooks, offsets: loader.offsets, cgroup, memlock_raised: loader.memlock_raised, watched: PortSet::new(), counts };
         obs.set_ports(&opts.ports)?;
         Ok(obs)
     }
@@ -163,9 +202,14 @@ impl Observer {
         probe::NAMES.iter().enumerate().map(|(i, n)| (*n, self.per_cpu_sum(maps::ERRORS, i as u32))).collect()
     }
 
+    /// The kernel's accept counters, as a handle other threads can read.
+    pub fn counts(&self) -> Counts {
+        self.counts.clone()
+    }
+
     /// Connections the kernel has completed into accept queues on `port` since load.
     pub fn queued(&self, port: u16) -> u64 {
-        self.per_cpu_sum(maps::QUEUED, u32::from(port))
+        self.counts.queued(port)
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     config::Config,
-    ebpf::observer::{Observer, ObserverOptions},
+    ebpf::observer::{Counts, Observer, ObserverOptions},
     error::{Error, Result},
     model::{
         plan::{Caller, PortReport},
@@ -50,7 +50,7 @@ pub struct Sampler {
 const FULL_EVERY: u64 = 10;
 
 impl Sampler {
-    pub fn sample(&mut self, ports: &PortSet, obs: &Observer, probe_failures: &Streaks) -> Result<(Sample, WhoResult)> {
+    pub fn sample(&mut self, ports: &PortSet, counts: &Counts, probe_failures: &Streaks) -> Result<(Sample, WhoResult)> {
         self.ticks += 1;
         let list: Vec<u16> = ports.iter().collect();
         let q = Query { tcp: true, udp: false, connections: false };
@@ -94,7 +94,7 @@ impl Sampler {
         // Only ports with a listener need the kernel counter (one map read each).
         let mut listening: Vec<u16> = r.sockets.iter().filter(|s| s.state == SockState::Listen).map(|s| s.port).collect();
         listening.dedup();
-        let queued = listening.into_iter().map(|p| (p, obs.queued(p))).collect();
+        let queued = listening.into_iter().map(|p| (p, counts.queued(p))).collect();
         let at = Duration::from_nanos(mono_ns());
         Ok((Sample { at, sockets, queued, probe_failures: probe_failures.clone() }, r))
     }
@@ -152,7 +152,8 @@ pub async fn cleanup(cfg: &Config, force: bool, dry_run: bool) -> Result<Cleanup
     if cfg.ports.is_empty() {
         return Err(Error::Usage("no ports: give --port or a config with `ports`".into()));
     }
-    let obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: None })?;
+    let obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: None, accepts: false })?;
+    let counts = obs.counts();
     let mut engine = engine(cfg);
     let mut streaks = Streaks::new();
     let mut sampler = Sampler::default();
@@ -167,7 +168,7 @@ pub async fn cleanup(cfg: &Config, force: bool, dry_run: bool) -> Result<Cleanup
             run_probes(cfg, &mut streaks).await;
         }
         n += 1;
-        let (s, who) = sampler.sample(&cfg.ports, &obs, &streaks)?;
+        let (s, who) = sampler.sample(&cfg.ports, &counts, &streaks)?;
         let verdicts = engine.update(&s);
         if tokio::time::Instant::now() >= until {
             break (verdicts, who);
