@@ -12,13 +12,19 @@
 #             `portwatch free --force` on a SIGSTOPped listener
 #   footprint `portwatch agent -p 7000-7099` idle: RSS and CPU over 60 s, without
 #             and with a gunicorn on one of the watched ports
+#   churn     loopback connect + accept + RST close on a port `portwatch agent`
+#             watches, rounds alternating without and with the agent: time per
+#             connection, and the agent's CPU per connection
+#   bindall   bind+listen+close loop, rounds alternating without and with
+#             `portwatch watch` on all ports: ratio, events, lost
 #
 # Each section prints a markdown fragment and appends it to bench-out/results.md.
 # Knobs (environment): BENCH_ROUNDS (overhead, default 5), GETPID_ITERS (2000000),
 # BIND_ITERS (20000), STORM_SECONDS (10), STORM_THREADS (1), STORM_RATE (120000), HOLD_PROCS (400),
 # HOLD_FDS (100), WHO_RUNS (20), WATCH_SETTLE (1 s), REAP_RUNS (5), REAP_STALL
 # (2 s), REAP_GRACE (1 s), REAP_INTERVAL_MS (200), FREE_RUNS (5), FOOT_PORTS
-# (7000-7099), FOOT_WARMUP (5 s), FOOT_SECONDS (60).
+# (7000-7099), FOOT_WARMUP (5 s), FOOT_SECONDS (60), CHURN_ROUNDS (7), CHURN_ITERS
+# (20000), BINDALL_ROUNDS (7).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -59,13 +65,18 @@ FREE_RUNS=${FREE_RUNS:-5}
 FOOT_PORTS=${FOOT_PORTS:-7000-7099}
 FOOT_WARMUP=${FOOT_WARMUP:-5}
 FOOT_SECONDS=${FOOT_SECONDS:-60}
+# churn: rounds of (without, with the agent) and connections per timed run;
+# bindall: rounds of (without, with `watch` on all ports).
+CHURN_ROUNDS=${CHURN_ROUNDS:-7}
+CHURN_ITERS=${CHURN_ITERS:-20000}
+BINDALL_ROUNDS=${BINDALL_ROUNDS:-7}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 
 case $WHICH in
-overhead | loss | who | reap | footprint | all) ;;
-*) die "unknown benchmark '$WHICH' (overhead, loss, who, reap, footprint, all)" ;;
+overhead | loss | who | reap | footprint | churn | bindall | all) ;;
+*) die "unknown benchmark '$WHICH' (overhead, loss, who, reap, footprint, churn, bindall, all)" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (portwatch attaches eBPF programs)"
 for tool in python3 jq ss awk; do
@@ -858,13 +869,13 @@ bench_footprint() {
         section_header footprint
         echo "- Agent: \`portwatch agent -p $FOOT_PORTS\`$AGENT_ARGS_NOTE ($nports watched ports, no reaping, default --interval 500ms, text log to a file); sampling starts ${FOOT_WARMUP} s after its \"agent started\" line and lasts ${FOOT_SECONDS} s: VmRSS from /proc/PID/status once a second, VmHWM at the end, CPU = utime+stime from /proc/PID/stat (clock ticks, \`getconf CLK_TCK\` = $(getconf CLK_TCK)) / wall time; the sum of the threads' schedstat run time is a finer cross-check"
         echo "- Runs: \`idle\` (nothing on the watched ports; $busy TCP socket(s) on them before the run), then \`gunicorn\`: \`python3 -m gunicorn --workers $GUNICORN_WORKERS --bind 127.0.0.1:$gport benchapp:app\` ($n workers, trivial WSGI app in a temp dir, idle) started before a fresh agent, so each tick finds a listener and its $((n + 1)) holders"
-        echo "- Goals (issue): RSS ≤ 25 MiB, CPU ≤ 0.5 %"
+        echo "- Goals (issue 13): RSS ≤ 20 MiB, CPU ≤ 0.3 %"
         echo
         echo "| run | VmRSS at start / end / max (MiB) | of which BPF map mappings (MiB) | RssAnon / RssFile (MiB) | VmHWM (MiB) | CPU ticks in ${FOOT_SECONDS} s | CPU % (ticks) | CPU % (schedstat) | threads | log lines while sampled | RSS goal | CPU goal |"
         echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
         local row
         while read -r row; do
-            jq -r '"| \(.label) | \(.rss_kib_start/1024*100|round/100) / \(.rss_kib_end/1024*100|round/100) / \(.rss_kib_max/1024*100|round/100) | \(.bpf_map_rss_kib/1024*100|round/100) | \(.rss_anon_kib/1024*100|round/100) / \(.rss_file_kib/1024*100|round/100) | \(.hwm_kib/1024*100|round/100) | \(.cpu_ticks) | \(.cpu_pct*1000|round/1000) | \(.sched_cpu_pct*1000|round/1000) | \(.threads) | \(.log_lines) | \(if .rss_kib_max <= 25*1024 then "met" else "**missed**" end) | \(if .cpu_pct <= 0.5 then "met" else "**missed**" end) |"' <<<"$row"
+            jq -r '"| \(.label) | \(.rss_kib_start/1024*100|round/100) / \(.rss_kib_end/1024*100|round/100) / \(.rss_kib_max/1024*100|round/100) | \(.bpf_map_rss_kib/1024*100|round/100) | \(.rss_anon_kib/1024*100|round/100) / \(.rss_file_kib/1024*100|round/100) | \(.hwm_kib/1024*100|round/100) | \(.cpu_ticks) | \(.cpu_pct*1000|round/1000) | \(.sched_cpu_pct*1000|round/1000) | \(.threads) | \(.log_lines) | \(if .rss_kib_max <= 20*1024 then "met" else "**missed**" end) | \(if .cpu_pct <= 0.3 then "met" else "**missed**" end) |"' <<<"$row"
         done <"$TMP/foot.jsonl"
         echo
         if [[ -s $TMP/foot-log ]]; then
@@ -872,6 +883,115 @@ bench_footprint() {
             cut -c1-400 "$TMP/foot-log"
         fi
         echo "- RSS goal judged on the largest VmRSS sample while idle. \"BPF map mappings\" is the Rss of the agent's \`anon_inode:bpf-map\` mappings in /proc/PID/smaps at the end (its BPF ring buffer, whose data pages are mapped twice in a row for wrap-around reads, so they count twice in VmRSS; they are part of RssFile). VmHWM is the peak since start, including loading the eBPF programs"
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
+# --- churn -------------------------------------------------------------------
+
+# Sum of the run times of all threads of PID (ns, /proc/PID/task/*/schedstat).
+sched_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
+# utime+stime of PID in clock ticks (fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+bench_churn() {
+    section_start
+    say "churn: $CHURN_ROUNDS rounds of ($CHURN_ITERS loopback connect+accept+RST close without, then with portwatch agent watching the port)"
+    local port r j base with apid err t0 t1 s0 s1 tck conns
+    local -a BASE=() WITH=() RATIO=() TICKS=() SCHED=() NOTES=()
+    port=$(pick_port)
+    tck=$(getconf CLK_TCK)
+    # pw-loadgen runs one untimed warm-up of iters/10 before the timed run.
+    conns=$((CHURN_ITERS + CHURN_ITERS / 10))
+    for ((r = 1; r <= CHURN_ROUNDS; r++)); do
+        j=$("$LOADGEN" churn --iters "$CHURN_ITERS" --port "$port")
+        base=$(jq -r .ns_per_op <<<"$j")
+        BASE+=("$base")
+        err=$TMP/churn-agent-$r.err
+        agent_private_args "churn-$r"
+        "$PW" agent -p "$port" "${AGENT_ARGS[@]}" >/dev/null 2>"$err" &
+        apid=$!
+        PIDS+=("$apid")
+        wait_for_line 'agent started' "$err" 30 "$apid"
+        sleep "$WATCH_SETTLE"
+        t0=$(cpu_ticks "$apid") s0=$(sched_ns "$apid")
+        j=$("$LOADGEN" churn --iters "$CHURN_ITERS" --port "$port")
+        t1=$(cpu_ticks "$apid") s1=$(sched_ns "$apid")
+        stop_child "$apid" INT 15
+        with=$(jq -r .ns_per_op <<<"$j")
+        WITH+=("$with")
+        RATIO+=("$(calc "$with/$base")")
+        TICKS+=("$((t1 - t0))")
+        SCHED+=("$((s1 - s0))")
+        NOTES+=("- round $r: without $base ns, with $with ns (ratio $(calc "round($with/$base, 3)")); agent CPU during the run: $((t1 - t0)) ticks, $(((s1 - s0) / 1000)) µs by schedstat ($(calc "round($((s1 - s0)) / $conns / 1000, 3)") µs per connection); $(grep -c 'listener stuck' "$err" || true) verdicts")
+        say "  round $r: without $base ns/conn, with $with ns/conn; agent $((t1 - t0)) ticks, $(((s1 - s0) / 1000)) µs"
+    done
+    local mb mw mr tk sc
+    mb=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${BASE[@]}")
+    mw=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${WITH[@]}")
+    mr=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${RATIO[@]}")
+    # CPU per connection: median over rounds, from ticks (10 ms resolution) and schedstat (ns)
+    tk=$(calc "round(st.median(float(t) / $tck * 1e6 / $conns for t in sys.argv[1:]), 3)" "${TICKS[@]}")
+    sc=$(calc "round(st.median(float(t) / 1e3 / $conns for t in sys.argv[1:]), 3)" "${SCHED[@]}")
+    local f=$TMP/churn.md
+    {
+        section_header churn
+        echo "- Load: \`pw-loadgen churn --iters $CHURN_ITERS --port $port\`: a listener on 127.0.0.1:$port, then per connection socket + connect + accept + SO_LINGER 0 + close of both ends (RST); $conns connections per run ($((CHURN_ITERS / 10)) untimed warm-up), time per timed connection"
+        echo "- $CHURN_ROUNDS rounds of: without the agent, then with a fresh \`portwatch agent -p $port\`$AGENT_ARGS_NOTE (started, ${WATCH_SETTLE} s after its "agent started" line the run starts; SIGINT after it). Agent CPU = utime+stime delta of /proc/PID/stat around the run (CLK_TCK $tck) and the sum of its threads' schedstat run time, divided by the $conns connections (includes the agent's idle work during the run)"
+        echo "- Goals (issue 13): time per connection with the agent ≤ 1.03× without; agent CPU ≤ 0.5 µs per connection"
+        echo
+        echo "| without, ns/conn (median) | with agent, ns/conn (median) | ratio (median of rounds, range) | agent CPU µs/conn, ticks (median) | agent CPU µs/conn, schedstat (median) | time goal | CPU goal |"
+        echo "|---:|---:|---:|---:|---:|---|---|"
+        echo "| $mb | $mw | $mr ($(calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${RATIO[@]}")) | $tk | $sc | $(verdict "$mr <= 1.03") | $(verdict "max($tk, $sc) <= 0.5") |"
+        echo
+        printf '%s\n' "${NOTES[@]}"
+        echo "- Baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
+# --- bindall -----------------------------------------------------------------
+
+bench_bindall() {
+    section_start
+    say "bindall: $BINDALL_ROUNDS rounds of bindloop ($BIND_ITERS) without, then with portwatch watch (all ports)"
+    local port r j base with err
+    local -a BASE=() WITH=() RATIO=() NOTES=()
+    local lost_total=0
+    port=$(pick_port)
+    for ((r = 1; r <= BINDALL_ROUNDS; r++)); do
+        j=$("$LOADGEN" bindloop --iters "$BIND_ITERS" --port "$port" --rounds 1)
+        base=$(jq -r .ns_per_op <<<"$j")
+        BASE+=("$base")
+        err=$TMP/bindall-$r.err
+        start_watch "$err"
+        j=$("$LOADGEN" bindloop --iters "$BIND_ITERS" --port "$port" --rounds 1)
+        stop_watch "$WATCH_PID" "$err"
+        with=$(jq -r .ns_per_op <<<"$j")
+        WITH+=("$with")
+        RATIO+=("$(calc "$with/$base")")
+        lost_total=$((lost_total + WATCH_LOST))
+        NOTES+=("- round $r: without $base ns, with $with ns (ratio $(calc "round($with/$base, 3)")); portwatch: $WATCH_EVENTS events, $WATCH_LOST lost (a complete run prints $(((BIND_ITERS + BIND_ITERS / 10) * 3)) for the loop, plus other processes' binds)")
+        say "  round $r: without $base ns, with $with ns; $WATCH_EVENTS events, $WATCH_LOST lost"
+    done
+    local mb mw mr
+    mb=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${BASE[@]}")
+    mw=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${WITH[@]}")
+    mr=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${RATIO[@]}")
+    local f=$TMP/bindall.md
+    {
+        section_header bindall
+        echo "- Load: \`pw-loadgen bindloop --iters $BIND_ITERS --port $port --rounds 1\` (socket + SO_REUSEADDR + bind + listen + close; one untimed warm-up of $((BIND_ITERS / 10))); $BINDALL_ROUNDS rounds of: without portwatch, then with \`portwatch watch --json > /dev/null\` on all ports (from ${WATCH_SETTLE} s after its "watching" line; SIGINT after the run)"
+        echo "- Goals (issue 13): ≤ 1.10× without, 0 lost"
+        echo
+        echo "| without, ns/op (median) | with watch (all ports), ns/op (median) | ratio (median of rounds, range) | lost (all rounds) | goal | result |"
+        echo "|---:|---:|---:|---:|---|---|"
+        echo "| $mb | $mw | $mr ($(calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${RATIO[@]}")) | $lost_total | ≤ 1.10, 0 lost | ratio: $(verdict "$mr <= 1.10"), loss: $(verdict "$lost_total == 0") |"
+        echo
+        printf '%s\n' "${NOTES[@]}"
+        echo "- Baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"
         echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >"$f"
     emit "$f"
@@ -898,12 +1018,16 @@ loss) bench_loss ;;
 who) bench_who ;;
 reap) bench_reap ;;
 footprint) bench_footprint ;;
+churn) bench_churn ;;
+bindall) bench_bindall ;;
 all)
     bench_overhead
     bench_loss
     bench_who
     bench_reap
     bench_footprint
+    bench_churn
+    bench_bindall
     ;;
 esac
 say "results appended to ${RESULTS#"$ROOT"/}"

@@ -83,7 +83,7 @@ enum Cmd {
     },
     /// Setup, then run the benchmarks (docs/benchmarks.md explains them).
     Bench {
-        /// Which: overhead, loss, who, reap, footprint, all.
+        /// Which: overhead, loss, who, reap, footprint, churn, bindall, all.
         #[arg(default_value = "all")]
         which: String,
     },

@@ -7,6 +7,8 @@
 //!   path every portwatch hook sits on.
 //! - `storm`: UDP bind(127.0.0.1:0) + close from T threads as fast as possible,
 //!   to see whether `portwatch watch` keeps up (its "N events, M lost" line).
+//! - `churn`: loopback connect + accept + RST close (SO_LINGER 0) on a listener
+//!   of its own, N connections: the cost of a busy watched port.
 //! - `hold`: N sleeping child processes with F fds each, to load the host the
 //!   way a busy server does before timing `portwatch who` against lsof/ss/fuser.
 use std::{
@@ -60,6 +62,17 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
+    /// A listener on 127.0.0.1:P, then N x (socket + connect + accept + close of
+    /// both ends, the client with SO_LINGER 0 so it sends RST); prints ns per
+    /// connection for each round and their median.
+    Churn {
+        #[arg(long, default_value_t = 20_000)]
+        iters: u64,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     /// Fork N children holding F fds each (half /dev/null, half UDP sockets bound to
     /// 127.0.0.1:0); print their pids once all are ready, then wait. SIGTERM,
     /// SIGINT or SIGHUP kills and reaps them; children also die with the parent.
@@ -77,6 +90,7 @@ fn main() {
         Cmd::Getpid { iters, rounds } => getpid(iters, rounds),
         Cmd::Bindloop { iters, port, rounds } => bindloop(iters, port, rounds),
         Cmd::Storm { seconds, threads, rate, port } => storm(seconds, threads, rate, port),
+        Cmd::Churn { iters, port, rounds } => churn(iters, port, rounds),
         Cmd::Hold { procs, fds } => hold(procs, fds),
     };
     if let Err(e) = r {
@@ -137,6 +151,70 @@ fn getpid(iters: u64, rounds: usize) -> io::Result<()> {
     })?;
     println!(
         "{{\"bench\":\"getpid\",\"iters\":{iters},\"rounds\":{},\"ns_per_op\":{:.2},\"min_ns_per_op\":{:.2},\"rounds_ns_per_op\":{}}}",
+        per.len(),
+        median(&per),
+        min(&per),
+        json_list(&per)
+    );
+    Ok(())
+}
+
+fn churn(iters: u64, port: u16, rounds: usize) -> io::Result<()> {
+    let sa = sockaddr_v4(port);
+    // SAFETY: plain socket syscalls on fds this function owns; every fd is closed.
+    let lfd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if lfd < 0 {
+        return Err(os_err("socket"));
+    }
+    let one: libc::c_int = 1;
+    let isz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd and option buffers.
+    unsafe {
+        libc::setsockopt(lfd, libc::SOL_SOCKET, libc::SO_REUSEADDR, std::ptr::addr_of!(one).cast(), isz);
+        if libc::bind(lfd, std::ptr::addr_of!(sa).cast(), SA_LEN) != 0 {
+            let e = os_err("bind");
+            libc::close(lfd);
+            return Err(e);
+        }
+        if libc::listen(lfd, 1024) != 0 {
+            let e = os_err("listen");
+            libc::close(lfd);
+            return Err(e);
+        }
+    }
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let lsz = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    let r = timed_rounds(iters, rounds, |n| {
+        for _ in 0..n {
+            // SAFETY: as above; the client and accepted fds are closed each iteration.
+            unsafe {
+                let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if c < 0 {
+                    return Err(os_err("socket"));
+                }
+                if libc::connect(c, std::ptr::addr_of!(sa).cast(), SA_LEN) != 0 {
+                    let e = os_err("connect");
+                    libc::close(c);
+                    return Err(e);
+                }
+                let a = libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC);
+                if a < 0 {
+                    let e = os_err("accept");
+                    libc::close(c);
+                    return Err(e);
+                }
+                libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_LINGER, std::ptr::addr_of!(linger).cast(), lsz);
+                libc::close(c);
+                libc::close(a);
+            }
+        }
+        Ok(())
+    });
+    // SAFETY: the listener this function opened.
+    unsafe { libc::close(lfd) };
+    let per = r?;
+    println!(
+        "{{\"bench\":\"churn\",\"iters\":{iters},\"rounds\":{},\"ns_per_op\":{:.2},\"min_ns_per_op\":{:.2},\"rounds_ns_per_op\":{}}}",
         per.len(),
         median(&per),
         min(&per),
