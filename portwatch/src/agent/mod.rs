@@ -33,7 +33,7 @@ use crate::{
     ebpf::{
         iter,
         loader::Loader,
-        observer::{Observer, ObserverOptions, DRAIN_EVERY},
+        observer::{Observer, ObserverOptions},
     },
     error::{Error, Result},
     model::{
@@ -55,6 +55,15 @@ use crate::{
 /// count towards its RSS; 4 MiB (~32k events) keeps idle RSS near 20 MiB and absorbs
 /// storms of several hundred thousand events a second on watched ports.
 pub const AGENT_RING_BYTES: u32 = 4 << 20;
+
+/// The agent needs no interactive latency: its records wait in the ring buffer up
+/// to 50 ms (or until the fill watermark wakes it), which keeps an idle agent's
+/// wakeups to 20 a second.
+const AGENT_DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Empty drains in a row (200 ms without a record) after which the agent goes back
+/// to the kernel's own wakeups and stops its drain timer.
+const IDLE_DRAINS: u32 = 4;
 
 /// Reaps recorded from the control socket, queued for the recorder at most.
 const REAPED_QUEUE: usize = 256;
@@ -198,7 +207,13 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     // buffer is not drained until they are handed over.
     let mut pending: Option<Vec<SockEvent>> = None;
     // The kernel wakes the loop only past a fill watermark; this drains the rest.
-    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    // While nothing arrives the agent uses the kernel's own wakeups (one when a
+    // record lands in an empty ring) and no drain timer; the first records switch
+    // it to batched wakeups and the timer, IDLE_DRAINS empty drains switch back.
+    obs.set_batched_wakeups(false)?;
+    let mut batched = false;
+    let mut empty_drains = 0u32;
+    let mut drain_tick = tokio::time::interval(AGENT_DRAIN_EVERY);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The sampler (sock_diag, the holders pass, /proc) runs on the blocking pool,
     // one sample at a time; the loop keeps draining the ring meanwhile.
@@ -237,13 +252,28 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 if !drain(guard.get_inner_mut(), &mut batch, BATCH) {
                     guard.clear_ready();
                 }
+                drop(guard);
+                if !batched && !batch.is_empty() {
+                    obs.set_batched_wakeups(true)?;
+                    batched = true;
+                    empty_drains = 0;
+                    drain_tick.reset();
+                }
                 if !batch.is_empty() {
                     pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
                 }
             }
-            _ = drain_tick.tick(), if pending.is_none() => {
+            _ = drain_tick.tick(), if pending.is_none() && batched => {
                 let mut batch = Vec::new();
                 drain(ring.get_mut(), &mut batch, BATCH);
+                empty_drains = if batch.is_empty() { empty_drains + 1 } else { 0 };
+                if empty_drains >= IDLE_DRAINS {
+                    // Back to the kernel's wakeups; what was written meanwhile
+                    // without one is taken now.
+                    obs.set_batched_wakeups(false)?;
+                    batched = false;
+                    drain(ring.get_mut(), &mut batch, BATCH);
+                }
                 if !batch.is_empty() {
                     pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
                 }
@@ -256,6 +286,15 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
+                // A last resort for a record a kernel program wrote without a wakeup
+                // while the mode switched back: read at the next tick at the latest.
+                if pending.is_none() && !batched {
+                    let mut batch = Vec::new();
+                    drain(ring.get_mut(), &mut batch, BATCH);
+                    if !batch.is_empty() {
+                        pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
+                    }
+                }
                 // Expiring bind attempts waits for a free slot (a later tick does it).
                 let _ = pump.try_send(Msg::Tick { lost: obs.lost() });
                 ticks += 1;

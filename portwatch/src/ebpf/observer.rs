@@ -3,7 +3,7 @@
 use std::{fs::File, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
 use portwatch_common::{config, maps, probe, KernelOffsets, TrackedSock};
@@ -41,15 +41,53 @@ pub fn wakeup_watermark(ring_bytes: u32) -> u64 {
     u64::from(ring_bytes / 8).clamp(4096, 512 << 10)
 }
 
-/// The kernel's per-port count of connections completed into accept queues,
-/// readable from any thread (the agent's sampler runs off the event loop).
+type Tracked = Arc<std::sync::Mutex<BpfHashMap<MapData, u64, TrackedSock>>>;
+
+/// The kernel's per-port count of connections completed into accept queues, and
+/// the sockets it tracks on the watched ports, readable from any thread (the
+/// agent's sampler runs off the event loop).
 #[derive(Clone)]
-pub struct Counts(Arc<PerCpuArray<MapData, u64>>);
+pub struct Counts {
+    queued: Arc<PerCpuArray<MapData, u64>>,
+    tracked: Tracked,
+}
 
 impl Counts {
     /// Connections the kernel has completed into accept queues on `port` since load.
     pub fn queued(&self, port: u16) -> u64 {
-        self.0.get(&u32::from(port), 0).map_or(0, |v| v.iter().sum())
+        self.queued.get(&u32::from(port), 0).map_or(0, |v| v.iter().sum())
+    }
+
+    /// Whether the kernel side tracks any socket: every socket bound or listening
+    /// on a watched port since the hooks were attached, and those found there before
+    /// ([`Observer::seed`]), until it is released. None means nothing is on the
+    /// watched ports (in this or another network namespace), so a sample can skip
+    /// sock_diag: one `BPF_MAP_GET_NEXT_KEY`. Errors answer "yes" (sample anyway).
+    pub fn any_tracked(&self) -> bool {
+        let map = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.keys().next().is_some()
+    }
+
+    /// Tracks sockets found on the watched ports (from sock_diag), so their close is
+    /// reported and [`Counts::any_tracked`] sees them; returns how many were added.
+    /// `TRACKED_ANY` must be set by the caller when this is the first entry ever
+    /// ([`Observer::seed`]).
+    pub fn track(&self, socks: &[SockEntry]) -> usize {
+        let mut tracked = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut added = 0;
+        for s in socks.iter().filter(|s| s.cookie != 0) {
+            let mut addr = [0u8; 16];
+            match s.addr {
+                std::net::IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+                std::net::IpAddr::V6(a) => addr = a.octets(),
+            }
+            let t = TrackedSock { port: s.port, family: u16::from(s.family.af()), _pad: 0, addr };
+            // BPF_NOEXIST: a socket the kernel side tracked meanwhile stays as it is.
+            if tracked.insert(s.cookie, t, 1).is_ok() {
+                added += 1;
+            }
+        }
+        added
     }
 }
 
@@ -72,6 +110,7 @@ pub struct Observer {
     /// What the PORTS map holds now, so updates touch only what changed.
     watched: PortSet,
     counts: Counts,
+    ring_bytes: u32,
 }
 
 impl Observer {
@@ -102,17 +141,31 @@ impl Observer {
             ));
         }
         let queued = ebpf.take_map(maps::QUEUED).ok_or_else(|| missing(maps::QUEUED))?;
-        let counts = Counts(Arc::new(PerCpuArray::try_from(queued).map_err(|e| Error::Internal(format!("{}: {e}", maps::QUEUED)))?));
+        let tracked = ebpf.take_map(maps::TRACKED).ok_or_else(|| missing(maps::TRACKED))?;
+        let counts = Counts {
+            queued: Arc::new(PerCpuArray::try_from(queued).map_err(|e| Error::Internal(format!("{}: {e}", maps::QUEUED)))?),
+            tracked: Arc::new(std::sync::Mutex::new(
+                BpfHashMap::try_from(tracked).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED)))?,
+            )),
+        };
+        let ring = opts.ring_bytes.unwrap_or(portwatch_common::EVENTS_BYTES);
         {
             let internal = |e: aya::maps::MapError| Error::Internal(format!("setting the observer's options: {e}"));
             let mut cfg: Array<_, u64> =
                 Array::try_from(ebpf.map_mut(maps::CONFIG).ok_or_else(|| missing(maps::CONFIG))?).map_err(internal)?;
             cfg.set(config::ACCEPTS, u64::from(opts.accepts), 0).map_err(internal)?;
-            let ring = opts.ring_bytes.unwrap_or(portwatch_common::EVENTS_BYTES);
             cfg.set(config::WAKEUP_BYTES, wakeup_watermark(ring), 0).map_err(internal)?;
         }
-        let mut obs =
-            Self { ebpf, hooks, offsets: loader.offsets, cgroup, memlock_raised: loader.memlock_raised, watched: PortSet::new(), counts };
+        let mut obs = Self {
+            ebpf,
+            hooks,
+            offsets: loader.offsets,
+            cgroup,
+            memlock_raised: loader.memlock_raised,
+            watched: PortSet::new(),
+            counts,
+            ring_bytes: ring,
+        };
         obs.set_ports(&opts.ports)?;
         Ok(obs)
     }
@@ -147,34 +200,28 @@ impl Observer {
         Ok(())
     }
 
+    /// Batched wakeups (the default, `on`: none below the watermark, the reader
+    /// drains on a timer) or the kernel's own (`off`: a wakeup when a record lands
+    /// in a ring the reader has emptied), which lets an idle reader sleep without a
+    /// timer.
+    pub fn set_batched_wakeups(&mut self, on: bool) -> Result<()> {
+        let internal = |e: aya::maps::MapError| Error::Internal(format!("setting the wakeup mode: {e}"));
+        let mut cfg: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).ok_or_else(|| missing(maps::CONFIG))?).map_err(internal)?;
+        cfg.set(config::WAKEUP_BYTES, if on { wakeup_watermark(self.ring_bytes) } else { 0 }, 0).map_err(internal)
+    }
+
     /// Tracks sockets that existed before the observer started (from a sock_diag
     /// snapshot), so their close is reported too.
     pub fn seed(&mut self, socks: &[SockEntry]) -> Result<usize> {
-        use aya::maps::HashMap as BpfHashMap;
         let internal = |e: aya::maps::MapError| Error::Internal(format!("seeding the tracked sockets: {e}"));
-        let mut added = 0u64;
-        {
-            let mut tracked: BpfHashMap<_, u64, TrackedSock> =
-                BpfHashMap::try_from(self.ebpf.map_mut(maps::TRACKED).ok_or_else(|| missing(maps::TRACKED))?).map_err(internal)?;
-            for s in socks.iter().filter(|s| s.cookie != 0) {
-                let mut addr = [0u8; 16];
-                match s.addr {
-                    std::net::IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
-                    std::net::IpAddr::V6(a) => addr = a.octets(),
-                }
-                let t = TrackedSock { port: s.port, family: u16::from(s.family.af()), _pad: 0, addr };
-                // BPF_NOEXIST: a socket the kernel side tracked meanwhile stays as it is.
-                if tracked.insert(s.cookie, t, 1).is_ok() {
-                    added += 1;
-                }
-            }
-        }
+        let added = self.counts.track(socks);
         if added > 0 {
             let mut any: Array<_, u64> =
                 Array::try_from(self.ebpf.map_mut(maps::TRACKED_ANY).ok_or_else(|| missing(maps::TRACKED_ANY))?).map_err(internal)?;
             any.set(0, 1, 0).map_err(internal)?;
         }
-        Ok(added as usize)
+        Ok(added)
     }
 
     /// The ring buffer, moved out so it can be polled on its own.

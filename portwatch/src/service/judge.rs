@@ -52,11 +52,29 @@ const FULL_EVERY: u64 = 10;
 impl Sampler {
     pub fn sample(&mut self, ports: &PortSet, counts: &Counts, probe_failures: &Streaks) -> Result<(Sample, WhoResult)> {
         self.ticks += 1;
+        // Nothing bound or listening on the watched ports (the kernel tracks each
+        // such socket): an empty sample without sock_diag or a holders pass. Every
+        // FULL_EVERY ticks it looks anyway, and tracks what it finds (a tracked
+        // listener can be evicted from the LRU map by a storm of binds).
+        let tracked = counts.any_tracked();
+        if !tracked && self.ticks % FULL_EVERY != 1 {
+            self.holders.clear();
+            let at = Duration::from_nanos(mono_ns());
+            let sample = Sample { at, sockets: Vec::new(), queued: HashMap::new(), probe_failures: probe_failures.clone() };
+            return Ok((sample, WhoResult { method: "none", ..WhoResult::default() }));
+        }
         let list: Vec<u16> = ports.iter().collect();
         let q = Query { tcp: true, udp: false, connections: false };
         let socks = sockdiag::sockets_on_ports(&list, q).map_err(|e| Error::io("sock_diag", e))?;
+        if !tracked && !socks.is_empty() {
+            counts.track(&socks);
+        }
         let known = socks.iter().all(|s| self.holders.contains_key(&s.cookie));
-        let r = if !known || self.ticks % FULL_EVERY == 1 {
+        let r = if socks.is_empty() {
+            // Nothing on the ports: no holders to look for.
+            self.holders.clear();
+            WhoResult { method: "none", ..WhoResult::default() }
+        } else if !known || self.ticks % FULL_EVERY == 1 {
             let r = holders::gather(ports, WhoOptions::TCP)?;
             self.holders = r.sockets.iter().map(|s| (s.cookie, s.holders.clone())).collect();
             r
@@ -153,6 +171,11 @@ pub async fn cleanup(cfg: &Config, force: bool, dry_run: bool) -> Result<Cleanup
         return Err(Error::Usage("no ports: give --port or a config with `ports`".into()));
     }
     let obs = Observer::load(&ObserverOptions { ports: cfg.ports.clone(), cgroup: None, ring_bytes: None, accepts: false })?;
+    let mut obs = obs;
+    // Listeners already on the ports: tracked, so the sampler sees them (and their
+    // close is reported).
+    let list: Vec<u16> = cfg.ports.iter().collect();
+    obs.seed(&sockdiag::sockets_on_ports(&list, Query::default()).unwrap_or_default())?;
     let counts = obs.counts();
     let mut engine = engine(cfg);
     let mut streaks = Streaks::new();
