@@ -946,6 +946,7 @@ bench_churn() {
         echo "| $mb | $mw | $mr ($(calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${RATIO[@]}")) | $tk | $sc | $(verdict "$mr <= 1.03") | $(verdict "max($tk, $sc) <= 0.5") |"
         echo
         printf '%s\n' "${NOTES[@]}"
+        echo "- Fastest run of each condition (interference only adds time): without $(calc "min(map(float, sys.argv[1:]))" "${BASE[@]}") ns, with $(calc "min(map(float, sys.argv[1:]))" "${WITH[@]}") ns, ratio $(calc "round(min(map(float, sys.argv[2:2+int(sys.argv[1])])) / min(map(float, sys.argv[2+int(sys.argv[1]):])), 3)" "${#WITH[@]}" "${WITH[@]}" "${BASE[@]}")"
         echo "- Baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"
         echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >"$f"
@@ -991,6 +992,7 @@ bench_bindall() {
         echo "| $mb | $mw | $mr ($(calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${RATIO[@]}")) | $lost_total | ≤ 1.10, 0 lost | ratio: $(verdict "$mr <= 1.10"), loss: $(verdict "$lost_total == 0") |"
         echo
         printf '%s\n' "${NOTES[@]}"
+        echo "- Fastest run of each condition (interference only adds time): without $(calc "min(map(float, sys.argv[1:]))" "${BASE[@]}") ns, with $(calc "min(map(float, sys.argv[1:]))" "${WITH[@]}") ns, ratio $(calc "round(min(map(float, sys.argv[2:2+int(sys.argv[1])])) / min(map(float, sys.argv[2+int(sys.argv[1]):])), 3)" "${#WITH[@]}" "${WITH[@]}" "${BASE[@]}")"
         echo "- Baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"
         echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >"$f"

@@ -37,7 +37,12 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Bytes waiting in the ring buffer beyond which a record wakes the reader at once:
 /// an eighth of the ring, at most 512 KiB (~3,800 records), so a storm is read in
 /// large batches long before the ring fills, and a trickle is read by the timer.
+/// `PORTWATCH_WAKEUP_BYTES` overrides it (0: a wakeup per record when the reader
+/// keeps up, the kernel's default; for benchmarks).
 pub fn wakeup_watermark(ring_bytes: u32) -> u64 {
+    if let Some(v) = std::env::var("PORTWATCH_WAKEUP_BYTES").ok().and_then(|v| v.parse().ok()) {
+        return v;
+    }
     u64::from(ring_bytes / 8).clamp(4096, 512 << 10)
 }
 
