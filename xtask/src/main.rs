@@ -41,9 +41,16 @@ enum Cmd {
     /// Setup, then show portwatch catching a throwaway server on a real port.
     Demo,
     /// Setup, lint, then run every test: unit tests, the privileged kernel tests (the
-    /// action's scripts among them), the pytest plugin and example, the release bundle.
+    /// action's scripts among them), the pytest plugin and example, the release bundle,
+    /// and then the kernel matrix (`vmtest --kernel all`: the same test binaries on
+    /// Debian's 6.1 and 6.12 kernels under qemu).
     Test {
-        /// Extra arguments for `cargo test` (after `--`).
+        /// Kernels for the matrix after the host suite: all, a comma list such as
+        /// 6.1, or none (the host suite only).
+        #[arg(long, default_value = "all")]
+        kernels: String,
+        /// Extra arguments for `cargo test` (after `--`); with them, only the host
+        /// suite runs, filtered.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -203,7 +210,8 @@ fn ensure_promtool() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(kernels: &str, args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
     prepare()?;
     lint()?;
     // flask, gunicorn, pytest and the pytest plugin, in target/venv: Debian 12's
@@ -226,6 +234,20 @@ fn test(args: &[String]) -> Result<()> {
         pytest_example(&venv)?;
         python::plugin_tests(&venv, &root().join("target/release/portwatch"))?;
         dist::dist(false)?;
+        eprintln!("xtask: host suite passed in {:.0}s", started.elapsed().as_secs_f64());
+        if kernels != "none" {
+            vmtest::vmtest(&vmtest::Options {
+                kernel: kernels.to_owned(),
+                accel: vmtest::AccelChoice::Auto,
+                shell: None,
+                init: None,
+                append: String::new(),
+                timeout: 600,
+                test_timeout: 240,
+                args: Vec::new(),
+            })?;
+        }
+        eprintln!("xtask: test: everything passed in {:.0}s", started.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -330,7 +352,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Demo => demo(),
-        Cmd::Test { args } => test(&args),
+        Cmd::Test { kernels, args } => test(&kernels, &args),
         Cmd::Bench { which } => bench(&which),
         Cmd::Lint => lint(),
         Cmd::Dist { check_only: true, .. } => dist::check(&dist::built_archive()?),
