@@ -365,3 +365,55 @@ mod history {
         humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
     }
 }
+
+/// A port number means something within one network namespace: a listener in a
+/// namespace the test creates is recorded with that namespace, `history PORT`
+/// (this namespace) does not show it as holding the host's port, and `--netns all`
+/// shows it, naming its namespace.
+#[test]
+fn history_is_kept_per_network_namespace() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("history.db");
+    let dbs = db.to_str().expect("utf8");
+    let ns = format!("pwhist{}", std::process::id());
+    assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip netns").success());
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _ns = Ns(ns.clone());
+    let agent = start_agent(port, &db);
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-u", "-c"])
+        .arg(format!(
+            "import socket, time\ns = socket.socket(); s.bind(('0.0.0.0', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python in the namespace");
+    let out = c.stdout.take().expect("stdout");
+    let in_ns = ChildGuard(c);
+    assert!(std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok).any(|l| l.starts_with("READY")));
+    std::thread::sleep(Duration::from_millis(800));
+    kill(Pid::from_raw(agent.pid()), Signal::SIGTERM).expect("SIGTERM");
+    let mut agent = agent;
+    let _ = agent.0.wait();
+
+    let p = port.to_string();
+    let all = history(&["--db", dbs, &p, "--netns", "all"]);
+    let listen = all.iter().find(|r| r["event"] == "listen" && r["pid"] == in_ns.pid()).unwrap_or_else(|| panic!("{all:#?}"));
+    let cookie = listen["netns"].as_u64().expect("a listen row names its namespace");
+    assert!(history(&["--db", dbs, &p]).iter().all(|r| r["pid"] != in_ns.pid()), "mixed into this namespace's history");
+    assert!(history(&["--db", dbs, &p, "--at", "now"]).is_empty(), "the host's port is free");
+    let there = history(&["--db", dbs, &p, "--at", "now", "--netns", &cookie.to_string()]);
+    assert_eq!(there.iter().map(|r| r["pid"].as_i64()).collect::<Vec<_>>(), vec![Some(i64::from(in_ns.pid()))], "{there:#?}");
+    let text = portwatch(&["history", "--db", dbs, &p, "--netns", "all"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.lines().any(|l| l.contains("listen") && l.contains(&format!("netns {cookie}"))), "{text}");
+    let bad = portwatch(&["history", "--db", dbs, "--netns", "mine"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -271,12 +271,37 @@ pub struct HistoryArgs {
     /// Who held PORT at this moment.
     #[arg(long, requires = "port")]
     pub at: Option<String>,
+    /// Network namespace: `own` (this command's, the default), `all`, or a
+    /// namespace cookie (the `netns` of a JSON row).
+    #[arg(long, value_name = "own|all|COOKIE", default_value = "own", value_parser = parse_netns)]
+    pub netns: NetnsChoice,
     /// JSON array of rows instead of text.
     #[arg(long)]
     pub json: bool,
     /// History database (default /var/lib/portwatch/history.db).
     #[arg(long)]
     pub db: Option<PathBuf>,
+}
+
+/// Which network namespace's history `history` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsChoice {
+    Own,
+    All,
+    Cookie(u64),
+}
+
+fn parse_netns(s: &str) -> std::result::Result<NetnsChoice, String> {
+    match s {
+        "own" => Ok(NetnsChoice::Own),
+        "all" => Ok(NetnsChoice::All),
+        _ => s
+            .parse::<u64>()
+            .ok()
+            .filter(|&c| c != 0)
+            .map(NetnsChoice::Cookie)
+            .ok_or_else(|| format!("'{s}' is not own, all or a namespace cookie (a positive number)")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -97,16 +97,20 @@ pub struct Recorder {
     details: DetailsCache,
     shared: Arc<Shared>,
     clock: WallClock,
+    /// The agent's own network namespace: that of the sockets it samples and
+    /// reaps (sock_diag answers for it only).
+    netns: Option<u64>,
 }
 
 impl Recorder {
     pub fn new(writer: Option<Writer>, metrics: Option<Metrics>, shared: Arc<Shared>) -> Self {
-        Self { writer, metrics, details: DetailsCache::default(), shared, clock: WallClock::new() }
+        let netns = crate::sys::netns::own_cookie();
+        Self { writer, metrics, details: DetailsCache::default(), shared, clock: WallClock::new(), netns }
     }
 
     /// A row with the details of `pid` (read now, or cached).
     fn row(&mut self, time_ns: WallNs, kind: RowKind, pid: Option<i32>) -> Row {
-        let mut r = Row { pid, ..Row::at(time_ns, kind) };
+        let mut r = Row { pid, netns: self.netns, ..Row::at(time_ns, kind) };
         if let Some(d) = pid.and_then(|p| self.details.get(p)) {
             r.ppid = Some(d.proc.ppid);
             r.uid = Some(d.proc.uid);
@@ -149,6 +153,9 @@ impl Recorder {
         r.proto = rec.proto;
         r.addr = Some(rec.addr);
         r.cookie = Some(rec.cookie);
+        if rec.netns_cookie != 0 {
+            r.netns = Some(rec.netns_cookie);
+        }
         r.error = rec.error.map(|e| e.name().to_string());
         if rec.error_source == Some(ErrorSource::OtherNetns) {
             r.detail = Some(format!("in another network namespace (cookie {})", rec.netns_cookie));

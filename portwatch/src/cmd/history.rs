@@ -1,7 +1,7 @@
 //! `portwatch history`.
 use crate::{
     agent::history::store::Store,
-    cli::HistoryArgs,
+    cli::{HistoryArgs, NetnsChoice},
     config::DEFAULT_DB,
     error::{exit, Error, Result},
     model::time::{fmt_time, parse_when},
@@ -17,9 +17,17 @@ pub fn run(a: HistoryArgs) -> Result<u8> {
     let store = Store::open_readonly(&path)?;
     crate::cmd::notes(&store.unread_wal(&path).into_iter().collect::<Vec<_>>());
     let dberr = |e: rusqlite::Error| Error::Config(format!("history database {}: {e}", path.display()));
+    // A port number means something within one network namespace: this one's,
+    // unless asked for another or for all.
+    let home = crate::sys::netns::own_cookie();
+    let netns = match a.netns {
+        NetnsChoice::Own => home,
+        NetnsChoice::All => None,
+        NetnsChoice::Cookie(c) => Some(c),
+    };
     let rows = match (at, a.port) {
-        (Some(t), Some(p)) => store.holders_at(p, t).map_err(dberr)?,
-        _ => store.query(a.port, since, until, a.pid).map_err(dberr)?,
+        (Some(t), Some(p)) => store.holders_at(p, t, netns).map_err(dberr)?,
+        _ => store.query(a.port, since, until, a.pid, netns).map_err(dberr)?,
     };
     if a.json {
         println!("{}", to_json(&rows)?);
@@ -28,10 +36,10 @@ pub fn run(a: HistoryArgs) -> Result<u8> {
             println!("port {p} was not held (as far as the agent saw) at {}", fmt_time(t));
         } else {
             println!("port {p} at {} was held by:", fmt_time(t));
-            print!("{}", render(&rows));
+            print!("{}", render(&rows, home));
         }
     } else {
-        print!("{}", render(&rows));
+        print!("{}", render(&rows, home));
     }
     Ok(exit::OK)
 }

@@ -89,6 +89,9 @@ pub struct Row {
     pub error: Option<String>,
     /// Free text: who held the port, a verdict's evidence, a signal's outcome.
     pub detail: Option<String>,
+    /// The network namespace of the socket (its cookie, `SO_NETNS_COOKIE`): a port
+    /// number means something only within one. Rows of older databases have none.
+    pub netns: Option<u64>,
 }
 
 impl Row {

@@ -369,7 +369,7 @@ mod tests {
     use crate::agent::history::{test_row as row, RowKind::Bind};
 
     fn pids(path: &Path) -> Vec<i32> {
-        Store::open_readonly(path).unwrap().query(None, None, None, None).unwrap().iter().filter_map(|r| r.pid).collect()
+        Store::open_readonly(path).unwrap().query(None, None, None, None, None).unwrap().iter().filter_map(|r| r.pid).collect()
     }
 
     #[test]
