@@ -339,7 +339,15 @@ fn ensure_python_packages() -> Result<()> {
 fn bench(which: &str) -> Result<()> {
     setup()?;
     let venv = python::venv()?;
-    run(Command::new("bash").current_dir(root()).arg("bench/run.sh").arg(which).env("PATH", venv.path_env()))
+    // `hostile` (the agent under attack by an unprivileged user, held to 128 MiB)
+    // is a script of its own.
+    let script = if which == "hostile" { "bench/hostile.sh" } else { "bench/run.sh" };
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(root()).arg(script).env("PATH", venv.path_env());
+    if which != "hostile" {
+        cmd.arg(which);
+    }
+    run(&mut cmd)
 }
 
 fn main() -> Result<()> {
