@@ -27,6 +27,7 @@ PW=$ROOT/target/release/portwatch
 LOADGEN=$ROOT/target/release/pw-loadgen
 OUT_DIR=$ROOT/bench-out
 NOBODY=65534
+IDLE_UID=65533
 # nobody's python: the system one (a pyenv shim under /root is not nobody's to run).
 NPY=/usr/bin/python3
 
@@ -156,7 +157,7 @@ setpriv --reuid=$NOBODY --regid=$NOBODY --clear-groups $NPY - "$SOCK" "$P_ROOT" 
 import json, socket, sys, threading, time
 path, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 end = time.time() + secs
-counts = {"free": 0, "refused": 0, "garbage": 0, "huge": 0, "idle": 0, "errors": 0}
+counts = {"free": 0, "refused": 0, "turned_away": 0, "signalled": 0, "garbage": 0, "huge": 0, "errors": 0}
 lock = threading.Lock()
 def bump(k):
     with lock:
@@ -167,8 +168,15 @@ def one(payload, key):
         c.sendall(payload)
         if payload.endswith(b"\n"):
             reply = c.makefile().readline()
-            if key == "free" and '"ok":false' in reply.replace(" ", ""):
-                bump("refused")
+            if key == "free":
+                r = json.loads(reply) if reply else {}
+                if not r.get("ok"):
+                    bump("turned_away")  # over a limit: busy, too many connections
+                for rep in r.get("reports") or []:
+                    if (rep.get("plan") or {}).get("refused"):
+                        bump("refused")
+                    if (rep.get("plan") or {}).get("steps"):
+                        bump("signalled")
         c.close(); bump(key)
     except OSError:
         bump("errors")
@@ -179,19 +187,26 @@ free = json.dumps({"cmd": "free", "ports": [port], "force": True, "grace_ms": 10
 threads = [threading.Thread(target=loop, args=(free, "free")) for _ in range(3)]
 threads.append(threading.Thread(target=loop, args=(b"\x00\xff{not json\n", "garbage")))
 threads.append(threading.Thread(target=loop, args=(b"{" + b"x" * (1 << 20), "huge")))
-idle = []
-for _ in range(300):
-    try:
-        c = socket.socket(socket.AF_UNIX); c.connect(path); idle.append(c); counts["idle"] += 1
-    except OSError:
-        counts["errors"] += 1
 for t in threads: t.start()
 for t in threads: t.join()
-for c in idle: c.close()
 print(json.dumps(counts))
 EOF
 ATTACK=$!
 PIDS+=("$ATTACK")
+# 300 idle connections held by another unprivileged uid (a uid's own idle
+# connections would only use up its own share and turn its requests away).
+setpriv --reuid=$IDLE_UID --regid=$IDLE_UID --clear-groups $NPY - "$SOCK" "$SECS" >"$TMP/idle.log" 2>&1 <<'EOF' &
+import socket, sys, time
+held = []
+for _ in range(300):
+    try:
+        c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); held.append(c)
+    except OSError:
+        pass
+print(len(held), flush=True)
+time.sleep(float(sys.argv[2]))
+EOF
+PIDS+=("$!")
 
 # The root client, and the agent's memory, sampled while the attacks run.
 python3 - "$P_ROOT" "$SECS" "$AGENT" "$SOCK" "$TMP/portwatch" >"$TMP/watcher.json" <<'EOF'
@@ -263,10 +278,12 @@ st_ok=$(jq .status_ok <<<"$watcher")
 st_bad=$(jq .status_failed <<<"$watcher")
 frees=$(jq .free <<<"$control")
 refused=$(jq .refused <<<"$control")
+turned=$(jq .turned_away <<<"$control")
+signalled=$(jq .signalled <<<"$control")
 
 verdict=met
-[[ $alive == yes && $root_alive == yes && $root_signals == 0 && $signals_to_root == 0 && $stuck_reaped == yes && $ooms == 0 && $escaped == 0 && $st_bad == 0 ]] || verdict="**missed**"
-row="| $(date -u +%F) | ${SECS} s: UDP bind storm ${RATE}/s + hostile-name bind loop on a watched port; $frees \`free --force\` of a root service's port ($refused refused); garbage, 1 MiB lines, 300 idle connections | agent alive: $alive; peak RSS ${hwm} KiB (VmHWM), cgroup peak ${peak} MiB of ${LIMIT_MIB} MiB, OOM kills $ooms | root service signalled: $root_signals (history: $signals_to_root); served $served/$((served + unserved)); status answered $st_ok/$((st_ok + st_bad)); nobody's stuck listener reaped: $stuck_reaped; raw ESC in text history: $escaped | rows stored $rows, dropped $dropped, failed $failed; ring events lost $lost | $verdict |"
+[[ $alive == yes && $root_alive == yes && $root_signals == 0 && $signalled == 0 && $signals_to_root == 0 && $stuck_reaped == yes && $ooms == 0 && $escaped == 0 && $st_bad == 0 ]] || verdict="**missed**"
+row="| $(date -u +%F) | ${SECS} s: UDP bind storm ${RATE}/s + hostile-name bind loop on a watched port; $frees \`free --force\` of a root service's port ($refused plans refused, $turned turned away at a limit, $signalled with signal steps); garbage, 1 MiB lines; $(head -1 "$TMP/idle.log") idle connections held by uid $IDLE_UID | agent alive: $alive; peak RSS ${hwm} KiB (VmHWM), cgroup peak ${peak} MiB of ${LIMIT_MIB} MiB, OOM kills $ooms | root service signalled: $root_signals (history: $signals_to_root); served $served/$((served + unserved)); status answered $st_ok/$((st_ok + st_bad)); nobody's stuck listener reaped: $stuck_reaped; raw ESC in text history: $escaped | rows stored $rows, dropped $dropped, failed $failed; ring events lost $lost | $verdict |"
 mkdir -p "$OUT_DIR"
 {
     echo
