@@ -58,13 +58,6 @@ pub fn state_word(state: char) -> &'static str {
     }
 }
 
-/// A process a run left behind, with the ports it held.
-#[derive(Clone, Debug, Serialize)]
-pub struct Leftover {
-    pub proc: ProcInfo,
-    pub ports: Vec<(super::socket::Proto, u16)>,
-}
-
 /// A process holding a socket through one fd (in JSON: the process's fields and
 /// `fd`, side by side).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The history's timeline as text.
-use crate::{agent::history::Row, output::esc};
+use crate::{model::history::Row, output::esc};
 
 /// One line per row; a row of a network namespace other than `home` says which.
 pub fn render(rows: &[Row], home: Option<u64>) -> String {
@@ -40,7 +40,7 @@ pub fn render(rows: &[Row], home: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::history::{test_row, RowKind};
+    use crate::model::history::{test_row, RowKind};
 
     #[test]
     fn one_line_per_row_whatever_the_names() {
