@@ -417,3 +417,110 @@ fn history_is_kept_per_network_namespace() {
     let bad = portwatch(&["history", "--db", dbs, "--netns", "mine"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `history --html/--svg`: the timeline of a real agent's history — a job's server
+/// that held the port and closed, then another whose neighbour's bind failed —
+/// rendered by headless Chromium: the screenshot shows the bars in their owners'
+/// colours and the failed bind's red mark.
+#[test]
+fn the_timeline_renders_in_a_browser() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("history.db");
+    let dbs = db.to_str().expect("utf8");
+    let agent = start_agent(port, &db);
+    let first = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(1); s.close()"),
+        ])
+        .env("GITHUB_RUN_ID", "77")
+        .env("GITHUB_JOB", "smoke")
+        .status()
+        .expect("first server");
+    assert!(first.success());
+    let second = Command::new("python3")
+        .args(["-c", &format!("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nt = socket.socket()\ntry:\n    t.bind(('127.0.0.1', {port}))\nexcept OSError:\n    pass\ntime.sleep(1)")])
+        .status()
+        .expect("second server");
+    assert!(second.success());
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(agent.pid()), Signal::SIGTERM).expect("SIGTERM");
+    let mut agent = agent;
+    let _ = agent.0.wait();
+
+    let (html, svg) = (dir.path().join("t.html"), dir.path().join("t.svg"));
+    let out = portwatch(&["history", "--db", dbs, &port.to_string(), "--html", html.to_str().unwrap(), "--svg", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert_eq!(page.matches("class=\"bar\"").count(), 2, "two holders: {page}");
+    assert_eq!(page.matches("class=\"mark bind_failed\"").count(), 1, "{page}");
+    assert!(page.contains("job GITHUB_RUN_ID=77 GITHUB_JOB=smoke"), "{page}");
+    assert!(!page.contains("<script") && !page.contains("src="), "self-contained, no script: {page}");
+    assert!(std::fs::read_to_string(&svg).expect("svg").starts_with("<svg xmlns"));
+
+    // The page, and the drawing alone (the page's legend has swatches of every
+    // colour; the drawing's colours are its bars and marks only).
+    let shoot = |file: &std::path::Path, name: &str| {
+        let shot = dir.path().join(name);
+        let chrome = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1240,420"])
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(format!("file://{}", file.display()))
+            .env("HOME", dir.path())
+            .output()
+            .expect("chromium (cargo xtask test installs it)");
+        assert!(shot.exists(), "no screenshot of {}: {}", file.display(), String::from_utf8_lossy(&chrome.stderr));
+        shot
+    };
+    let (page_shot, drawing_shot) = (shoot(&html, "page.png"), shoot(&svg, "drawing.png"));
+    // Count the screenshot's pixels of the failed bind's red and of any strong
+    // colour (the bars), with a PNG decoder in the standard library's terms.
+    let check = r#"
+import struct, sys, zlib
+data = open(sys.argv[1], "rb").read()
+assert data[:8] == b"\x89PNG\r\n\x1a\n"
+pos, idat, w = 8, b"", 0
+while pos < len(data):
+    n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+    body = data[pos + 8:pos + 8 + n]
+    if kind == b"IHDR":
+        w, h, depth, ctype, _, _, inter = struct.unpack(">IIBBBBB", body)
+        assert depth == 8 and ctype in (2, 6) and inter == 0, (depth, ctype, inter)
+        bpp = 3 if ctype == 2 else 4
+    elif kind == b"IDAT":
+        idat += body
+    pos += 12 + n
+raw, stride, prev, red, vivid = zlib.decompress(idat), w * bpp, bytearray(w * bpp), 0, 0
+for y in range(h):
+    f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+    for i in range(stride):
+        a = line[i - bpp] if i >= bpp else 0
+        b = prev[i]; c = prev[i - bpp] if i >= bpp else 0
+        if f == 1: line[i] = (line[i] + a) & 255
+        elif f == 2: line[i] = (line[i] + b) & 255
+        elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
+        elif f == 4:
+            p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+    for x in range(0, stride, bpp):
+        r, g, bl = line[x], line[x + 1], line[x + 2]
+        if abs(r - 0xd6) < 12 and abs(g - 0x27) < 12 and abs(bl - 0x28) < 12: red += 1
+        if max(r, g, bl) - min(r, g, bl) > 90: vivid += 1
+    prev = line
+print(red, vivid)
+"#;
+    let count = |png: &std::path::Path| -> (u64, u64) {
+        let out = Command::new("python3").args(["-c", check]).arg(png).output().expect("png check");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: Vec<u64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        assert_eq!(n.len(), 2, "{text} {}", String::from_utf8_lossy(&out.stderr));
+        (n[0], n[1])
+    };
+    let (red, vivid) = count(&drawing_shot);
+    assert!(red >= 20, "the failed bind's red mark is not in the drawing ({red} px)");
+    assert!(vivid >= 5000, "the holders' bars are not in the drawing ({vivid} px of strong colour)");
+    let (_, vivid) = count(&page_shot);
+    assert!(vivid >= 5000, "the page does not show the drawing ({vivid} px of strong colour)");
+}

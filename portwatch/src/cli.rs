@@ -276,8 +276,16 @@ pub struct HistoryArgs {
     #[arg(long, value_name = "own|all|COOKIE", default_value = "own", value_parser = parse_netns)]
     pub netns: NetnsChoice,
     /// JSON array of rows instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["html", "svg"])]
     pub json: bool,
+    /// Write the timeline as a self-contained HTML page to FILE: a lane per port,
+    /// a bar per holder (coloured by CI job or process), marks for failed binds,
+    /// verdicts, signals and reaps; hover for details.
+    #[arg(long, value_name = "FILE", conflicts_with = "at")]
+    pub html: Option<PathBuf>,
+    /// Write the timeline as an SVG picture to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "at")]
+    pub svg: Option<PathBuf>,
     /// History database (default /var/lib/portwatch/history.db).
     #[arg(long)]
     pub db: Option<PathBuf>,

@@ -199,6 +199,17 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Headless Chromium renders the history timeline in the tests (a screenshot).
+fn ensure_chromium() -> Result<()> {
+    if output(Command::new("chromium").arg("--version")).is_some() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// promtool (Debian's prometheus package) checks the metrics exposition in the tests.
 fn ensure_promtool() -> Result<()> {
     if output(Command::new("promtool").arg("--version")).is_some() {
@@ -218,6 +229,7 @@ fn test(kernels: &str, args: &[String]) -> Result<()> {
     // system python is externally managed. The tests find this python3 first on PATH.
     let venv = python::venv()?;
     ensure_promtool()?;
+    ensure_chromium()?;
     // The integration tests (the `portwatch-tests` crate) run the release binaries;
     // `cargo test` builds only test executables, so build those first.
     run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "portwatch", "-p", "portwatch-loadgen"]))?;

@@ -69,11 +69,18 @@ const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay", "virti
 /// `--skip`) that run on the host only: their assertions are about throughput,
 /// which an emulated CPU cannot reach. `cargo xtask test` runs them on the host;
 /// vmtest prints each one it leaves out, with the reason.
-const HOST_ONLY: &[HostOnly] = &[HostOnly {
-    binary: "storm",
-    test: None,
-    why: "throughput test (a 100k binds/s storm), meaningless in an emulated guest; `cargo xtask test` runs it on the host",
-}];
+const HOST_ONLY: &[HostOnly] = &[
+    HostOnly {
+        binary: "storm",
+        test: None,
+        why: "throughput test (a 100k binds/s storm), meaningless in an emulated guest; `cargo xtask test` runs it on the host",
+    },
+    HostOnly {
+        binary: "history",
+        test: Some("the_timeline_renders_in_a_browser"),
+        why: "headless Chromium takes minutes to start under emulation; the timeline is the same on every kernel",
+    },
+];
 
 struct HostOnly {
     binary: &'static str,

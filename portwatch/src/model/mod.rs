@@ -11,4 +11,5 @@ pub mod process;
 pub mod socket;
 pub mod target;
 pub mod time;
+pub mod timeline;
 pub mod verdict;

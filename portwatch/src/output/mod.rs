@@ -14,6 +14,7 @@ pub mod free;
 pub mod history;
 pub mod progress;
 pub mod run;
+pub mod timeline;
 pub mod watch;
 pub mod who;
 
