@@ -524,3 +524,43 @@ print(red, vivid)
     let (_, vivid) = count(&page_shot);
     assert!(vivid >= 5000, "the page does not show the drawing ({vivid} px of strong colour)");
 }
+
+/// `check` at the start of a job: a held port is blamed in one line — who holds
+/// it, the job that left it and how long ago (from the agent's history when it
+/// saw the bind, else the holder's environment and age), stopped or not, and the
+/// accept queue.
+#[test]
+fn check_blames_the_job_that_left_a_port_held() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("history.db");
+    let agent = start_agent(port, &db);
+    let mut c = Command::new("python3")
+        .args(["-u", "-c", &format!("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(64)\ncs = [socket.create_connection(('127.0.0.1', {port})) for _ in range(3)]\nprint('READY', flush=True)\ntime.sleep(60)\n")])
+        .env("GITHUB_RUN_ID", "123456")
+        .env("GITHUB_JOB", "smoke")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("leftover server");
+    let out = c.stdout.take().expect("stdout");
+    let leftover = ChildGuard(c);
+    assert!(std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok).any(|l| l.starts_with("READY")));
+    kill(Pid::from_raw(leftover.pid()), Signal::SIGSTOP).expect("SIGSTOP");
+    std::thread::sleep(Duration::from_millis(800));
+    kill(Pid::from_raw(agent.pid()), Signal::SIGTERM).expect("SIGTERM");
+    let mut agent = agent;
+    let _ = agent.0.wait();
+
+    let p = port.to_string();
+    let out = portwatch(&["check", &p, "--db", db.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("port {port} held by python3 (pid {}), left by job GITHUB_RUN_ID=123456 GITHUB_JOB=smoke ", leftover.pid());
+    assert!(text.starts_with(&want), "{text}");
+    assert!(text.trim_end().ends_with("s ago, state T (stopped), accept queue 3/64"), "{text}");
+    // Without a history: the holder's own environment still names the job.
+    let out = portwatch(&["check", &p, "--db", "/nonexistent/history.db"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&want), "{}", String::from_utf8_lossy(&out.stdout));
+    kill(Pid::from_raw(leftover.pid()), Signal::SIGCONT).expect("SIGCONT");
+}

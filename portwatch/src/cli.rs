@@ -149,6 +149,10 @@ pub struct CheckArgs {
     /// server that sets SO_REUSEADDR, as most do, could bind it on every address).
     #[arg(long)]
     pub strict: bool,
+    /// The agent's history database, for which job left a holder and since when
+    /// (default /var/lib/portwatch/history.db; unused when unreadable).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 //! durations and times, readiness targets. Nothing here touches the system, so all
 //! of it is unit-tested without root. JSON names come from serde attributes here;
 //! human text is rendered in `output/`.
+pub mod blame;
 pub mod event;
 pub mod history;
 pub mod plan;

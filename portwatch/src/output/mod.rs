@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+pub mod blame;
 pub mod cleanup;
 pub mod doctor;
 pub mod free;
