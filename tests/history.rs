@@ -377,27 +377,13 @@ fn history_is_kept_per_network_namespace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("history.db");
     let dbs = db.to_str().expect("utf8");
-    let ns = format!("pwhist{}", std::process::id());
-    assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip netns").success());
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _ns = Ns(ns.clone());
+    let ns = portwatch_tests::Netns::create("hist");
     let agent = start_agent(port, &db);
-    let mut c = Command::new("ip")
-        .args(["netns", "exec", &ns, "python3", "-u", "-c"])
-        .arg(format!(
-            "import socket, time\ns = socket.socket(); s.bind(('0.0.0.0', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
-        ))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python in the namespace");
-    let out = c.stdout.take().expect("stdout");
-    let in_ns = ChildGuard(c);
-    assert!(std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok).any(|l| l.starts_with("READY")));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0, "python3", "-u", "-c"]).arg(format!(
+        "import socket, time\ns = socket.socket(); s.bind(('0.0.0.0', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
+    ));
+    let (in_ns, _) = portwatch_tests::spawn_ready(cmd);
     std::thread::sleep(Duration::from_millis(800));
     kill(Pid::from_raw(agent.pid()), Signal::SIGTERM).expect("SIGTERM");
     let mut agent = agent;
@@ -536,16 +522,11 @@ fn check_blames_the_job_that_left_a_port_held() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("history.db");
     let agent = start_agent(port, &db);
-    let mut c = Command::new("python3")
-        .args(["-u", "-c", &format!("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(64)\ncs = [socket.create_connection(('127.0.0.1', {port})) for _ in range(3)]\nprint('READY', flush=True)\ntime.sleep(60)\n")])
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", &format!("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(64)\ncs = [socket.create_connection(('127.0.0.1', {port})) for _ in range(3)]\nprint('READY', flush=True)\ntime.sleep(60)\n")])
         .env("GITHUB_RUN_ID", "123456")
-        .env("GITHUB_JOB", "smoke")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("leftover server");
-    let out = c.stdout.take().expect("stdout");
-    let leftover = ChildGuard(c);
-    assert!(std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok).any(|l| l.starts_with("READY")));
+        .env("GITHUB_JOB", "smoke");
+    let (leftover, _) = portwatch_tests::spawn_ready(cmd);
     kill(Pid::from_raw(leftover.pid()), Signal::SIGSTOP).expect("SIGSTOP");
     std::thread::sleep(Duration::from_millis(800));
     kill(Pid::from_raw(agent.pid()), Signal::SIGTERM).expect("SIGTERM");
