@@ -80,12 +80,27 @@ fn systemd_unit_verifies_and_example_config_parses() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let unit = std::fs::read_to_string(root.join("deploy/portwatch.service")).expect("unit");
     assert!(unit.contains("CapabilityBoundingSet=") && unit.contains("ProtectSystem=strict") && unit.contains("NoNewPrivileges=yes"));
+    // The control socket lives in the unit's runtime directory (ProtectSystem makes
+    // the rest of /run read-only), and systemd waits for READY=1.
+    assert!(unit.contains("RuntimeDirectory=portwatch") && unit.contains("Type=notify") && unit.contains("LimitNOFILE="));
+    assert!(unit.contains("SystemCallFilter=@system-service"));
     // systemd-analyze checks that ExecStart's binary exists: point it at this build.
     let dir = tempfile::tempdir().expect("tempdir");
     let copy = dir.path().join("portwatch.service");
     std::fs::write(&copy, unit.replace("/usr/local/bin/portwatch", portwatch_tests::bin())).expect("write unit");
     let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().expect("systemd-analyze");
     assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The hardening keeps its exposure score (systemd-analyze security; the README
+    // records it): at most 4.0 ("OK").
+    let sec = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&copy).output().expect("systemd-analyze security");
+    let text = String::from_utf8_lossy(&sec.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for portwatch.service: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {text}{}", String::from_utf8_lossy(&sec.stderr)));
+    assert!(score <= 4.0, "exposure {score}:\n{text}");
     // The example config is accepted (a dry run signals nothing).
     let cfg = root.join("deploy/portwatch.toml");
     let out = portwatch(&["cleanup", "--dry-run", "--json", "--stall", "200ms", "--config", cfg.to_str().expect("utf8")]);

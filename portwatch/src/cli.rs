@@ -243,7 +243,7 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Control socket path (default /run/portwatch.sock).
+    /// Control socket path (default /run/portwatch/portwatch.sock).
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Serve no control socket.

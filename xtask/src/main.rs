@@ -76,6 +76,11 @@ enum Cmd {
         /// Seconds one test binary may run in the guest before it is killed.
         #[arg(long, default_value_t = 240)]
         test_timeout: u64,
+        /// Only boot systemd as PID 1 with deploy/portwatch.service installed and
+        /// test the unit (start, socket, metrics, a reap, stop detaching every
+        /// hook); a full vmtest runs this too, after the test binaries.
+        #[arg(long, conflicts_with_all = ["shell", "init"])]
+        systemd: bool,
         /// Extra arguments for every test binary (after `--`), e.g. a filter or
         /// --test-threads=1.
         #[arg(last = true)]
@@ -335,8 +340,8 @@ fn main() -> Result<()> {
         Cmd::Lint => lint(),
         Cmd::Dist { check_only: true, .. } => dist::check(&dist::built_archive()?),
         Cmd::Dist { check_only: false, glibc } => dist::dist(glibc).map(|_| ()),
-        Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, args } => {
-            vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args })
+        Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, systemd, args } => {
+            vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args, systemd_only: systemd })
         }
     }
 }

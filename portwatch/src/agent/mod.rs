@@ -103,6 +103,13 @@ fn log_reap(rep: &PortReport) {
     }
 }
 
+/// Tells systemd about the agent's state (nothing outside systemd).
+fn sd_notify(state: &str) {
+    if let Err(e) = crate::sys::notify::notify(state) {
+        warn!(error = %e, state, "could not notify systemd");
+    }
+}
+
 /// Lifts the soft limit on open files to the hard one: the agent holds a socket
 /// per control or metrics client, pidfds while reaping, and files while sampling
 /// (the connection limits keep clients well below it).
@@ -190,6 +197,9 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_every = judge::probe_every(&cfg);
     let mut ticks: u64 = 0;
+    // systemd (Type=notify): ready once the hooks are attached, the control socket
+    // listens and the metrics are served.
+    sd_notify(&format!("READY=1\nSTATUS=watching {} port(s)", list.len()));
     info!(ports = ?list, existing_sockets = seeded, stall = %crate::model::time::human(cfg.stall), grace = %crate::model::time::human(cfg.grace), reap = cfg.reap, dry_run, "agent started");
     // Runs killed before they ended their processes leave a cgroup behind: looked for
     // now and then, ended with --reap (one search at a time, off the loop).
@@ -290,6 +300,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
             _ = sighup.recv() => break,
         }
     }
+    sd_notify("STOPPING=1\nSTATUS=stopping: detaching hooks, flushing history");
     // What is still in the ring buffer, then attempts that can no longer succeed.
     let rb = ring.get_mut();
     while let Some(item) = rb.next() {
