@@ -64,7 +64,8 @@ fn log_record(r: &Record) {
             // Names are chosen by processes: escaped, so none can forge a log line.
             let holder_comm = r.held_by.as_ref().and_then(|h| h.comm.as_deref()).map(|c| esc(c).into_owned());
             let comm = r.comm.as_deref().map(|c| esc(c).into_owned());
-            warn!(event = "bind_failed", error = e.name(), pid = r.pid, comm = comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, holder_pid, holder_comm = holder_comm.as_deref(), "socket event")
+            let held_by = r.held_by.as_ref().map(|h| crate::output::watch::held_by(h, r.port));
+            warn!(event = "bind_failed", error = e.name(), pid = r.pid, comm = comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, holder_pid, holder_comm = holder_comm.as_deref(), held_by = held_by.as_deref(), "bind failed")
         }
         // Every event is in the history and the metrics; logging each one would flood
         // the log pipeline in a bind storm (RUST_LOG=portwatch=debug shows them).
