@@ -252,6 +252,8 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     Ok(s) => s,
                     Err(e) => { warn!(error = %e, "sampling failed"); continue; }
                 };
+                // Sockets the agent did not see bound: an `observed` history row each.
+                recorder.observe(who.sockets.iter().filter(|s| cfg.ports.contains(s.port)));
                 let verdicts = engine.update(&sample);
                 if let Some(m) = &recorder.metrics {
                     for port in cfg.ports.iter() {
