@@ -138,6 +138,10 @@ fn setup() -> Result<()> {
     // What `dist` needs, said now when it cannot be had (dist then builds static glibc).
     let sb = dist::prepare_static();
     eprintln!("xtask: `cargo xtask dist` will build for {}", sb.target);
+    // promtool checks the metrics and the alerting rules in the tests.
+    if is_root() {
+        ensure_promtool()?;
+    }
     run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
 }
 
@@ -197,7 +201,8 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// promtool (Debian's prometheus package) checks the metrics exposition in the tests.
+/// promtool (Debian's prometheus package) checks the metrics exposition and the
+/// alerting rules (deploy/portwatch.rules.yml) in the tests.
 fn ensure_promtool() -> Result<()> {
     if output(Command::new("promtool").arg("--version")).is_some() {
         return Ok(());
