@@ -79,6 +79,7 @@ check "control socket refused to nobody outside the group" \
 	bash -c "! setpriv --reuid=65534 --regid=65534 --clear-groups python3 /tmp/status.py"
 check "metrics served (GET)" bash -c "curl -sSf http://127.0.0.1:9464/metrics | grep -E '^portwatch_build_info|^process_open_fds'"
 check "metrics HEAD" bash -c "curl -sSfI http://127.0.0.1:9464/metrics | grep -i '^content-length'"
+check "who iterators pinned in /sys/fs/bpf/portwatch" bash -c "ls -A /sys/fs/bpf/portwatch/*/ | grep ."
 during=$(bpf_state)
 echo "bpf running: $during" >>"$log"
 check "hooks attached while running" test "$during" != "$before"
@@ -115,6 +116,16 @@ for line in sys.stdin:
     if line.startswith(\"{\"):
         json.loads(line); n += 1
 assert n > 0, \"no JSON lines\"
+'"
+check "no warning in the journal but the stuck listener's" bash -c "journalctl -u portwatch -o cat --no-pager | python3 -c '
+import json, sys
+bad = []
+for line in sys.stdin:
+    if line.startswith(\"{\"):
+        v = json.loads(line)
+        if v[\"level\"] in (\"WARN\", \"ERROR\") and v[\"message\"] != \"listener stuck\":
+            bad.append(line)
+assert not bad, bad
 '"
 systemd-analyze security portwatch.service >"$dir/systemd-security.txt" 2>&1
 say "  $(tail -n 1 "$dir/systemd-security.txt")"
