@@ -29,10 +29,14 @@
 //! `vmtest --kernel 6.12 --init /lib/systemd/systemd --append systemd.unit=poweroff.target`
 //! boots the host's systemd and units and powers off (14 s under TCG). systemd
 //! mounts proc, sys and cgroup2 itself; the initramfs has mounted the results
-//! share already. A test would be a unit (on the kernel command line:
-//! `systemd.unit=`, or one the test puts in place) that writes into the results
-//! share and ends with `systemctl poweroff`; the harness's timeout kills qemu
-//! otherwise.
+//! share already. [`systemd_test`] (`vmtest --systemd`, and the end of a full
+//! run) is such a test: `xtask/vm/systemd-init.sh` (PID 1 first, from the
+//! results share) installs deploy/'s unit, sysusers and tmpfiles files, the
+//! release binary and a config into the overlay and execs systemd, which boots
+//! into `portwatch-vmtest.service` (`systemd.unit=`) running
+//! `xtask/vm/systemd-test.sh`; that writes `systemd.txt` and `systemd.status`
+//! into the results share and ends with `systemctl poweroff`; the harness's
+//! timeout kills qemu otherwise.
 //!
 //! Packages: [`ensure_vm_packages`] installs qemu-system-x86, busybox-static, cpio,
 //! kmod and xz-utils when missing. `vmtest` calls it itself (a no-op when all are
