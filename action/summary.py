@@ -31,7 +31,7 @@ from pathlib import Path
 
 # The variables, in the order, that the agent records as a process's job
 # (portwatch/src/model/process.rs), so both read the same.
-CI_VARS = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "CI_PIPELINE_ID", "BUILD_ID", "BUILD_NUMBER", "BUILDKITE_JOB_ID", "JOB_NAME")
+CI_VARS = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "CI_JOB_NAME", "CI_PIPELINE_ID", "BUILD_TAG", "BUILD_ID", "BUILD_NUMBER", "JOB_NAME", "BUILDKITE_JOB_ID", "BUILDKITE_LABEL")
 TAKES_PORT = ("observed", "bind", "listen")
 REAPING = ("stuck", "signal", "reaped", "refused")
 

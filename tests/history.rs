@@ -361,8 +361,104 @@ fn new_databases_are_0640_and_readable_by_a_reader_with_read_access_only() {
 }
 
 mod history {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
     pub fn now_rfc3339() -> String {
-        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+        humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    }
+
+    pub fn now_ns() -> i64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+    }
+
+    pub fn parse_ns(s: &str) -> i64 {
+        humantime::parse_rfc3339(s).unwrap().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+    }
+
+    /// The moment `ns` as a local time `offset_secs` east of UTC, with that offset.
+    pub fn rfc3339_with_offset(ns: i64, offset_secs: i64) -> String {
+        let shifted = UNIX_EPOCH + Duration::from_nanos((ns + offset_secs * 1_000_000_000) as u64);
+        let utc = humantime::format_rfc3339_seconds(shifted).to_string();
+        let sign = if offset_secs < 0 { '-' } else { '+' };
+        let o = offset_secs.abs();
+        format!("{}{sign}{:02}:{:02}", utc.trim_end_matches('Z'), o / 3600, o % 3600 / 60)
+    }
+}
+
+/// A server that held the port before the agent started: the agent writes an
+/// `observed` row for it (not seen binding) with its pid, command, CI job (GitLab's
+/// variables) and `since` = the process's start, so `history --at` (now, a
+/// relative time, a local time with an offset) names it. A socket bound while the
+/// agent runs gets its bind row and no `observed` one.
+#[test]
+fn history_knows_who_was_already_there() {
+    require_root();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("history.db");
+    let dbs = db.to_str().expect("utf8");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", &format!("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n")])
+        .env("CI_JOB_ID", "8812")
+        .env("CI_JOB_NAME", "integration")
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("holder");
+    let out = child.stdout.take().expect("stdout");
+    let holder = ChildGuard(child);
+    assert!(std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok).any(|l| l.starts_with("READY")));
+    let started_before = history::now_ns();
+    std::thread::sleep(Duration::from_millis(1100));
+    let agent = start_agent(port, &db);
+    let rows = wait_for("the observed row", Duration::from_secs(20), || {
+        let rows = history(&["--db", dbs, &port.to_string()]);
+        rows.iter().any(|r| r["event"] == "observed").then_some(rows)
+    });
+    let observed: Vec<_> = rows.iter().filter(|r| r["event"] == "observed").collect();
+    assert_eq!(observed.len(), 1, "{rows:#?}");
+    let o = observed[0];
+    assert_eq!(o["pid"], holder.pid());
+    assert_eq!(o["comm"], "python3");
+    assert_eq!(o["job"], "CI_JOB_ID=8812 CI_JOB_NAME=integration");
+    assert!(o["detail"].as_str().unwrap_or("").contains("not seen binding"), "{o:#?}");
+    // `since` (the row's time) is the holder's start: before the agent started.
+    let t = history::parse_ns(o["time"].as_str().unwrap());
+    assert!(t <= started_before && t > started_before - 30_000_000_000, "{} vs {started_before}", o["time"]);
+
+    // A socket bound under the agent's eyes: a bind row, no observed row.
+    let other = free_port();
+    drop(agent);
+    let agent = {
+        let (p1, p2) = (port.to_string(), other.to_string());
+        start_logged(&["agent", "--no-socket", "--interval", "200ms", "-p", &p1, "-p", &p2, "--db", dbs], "agent started").0
+    };
+    let (late, _) = spawn_python(&format!("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {other})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let rows = history(&["--db", dbs, &other.to_string()]);
+    assert!(rows.iter().any(|r| r["event"] == "bind" && r["pid"] == late.pid()), "{rows:#?}");
+    assert!(!rows.iter().any(|r| r["event"] == "observed"), "{rows:#?}");
+    drop(agent);
+
+    // --at: now, relative, and a local time with an offset.
+    let p = port.to_string();
+    for at in ["now", "-1s", "1s"] {
+        let a = history(&["--db", dbs, &p, "--at", at]);
+        assert!(a.iter().any(|r| r["pid"] == holder.pid() && r["event"] == "observed"), "--at {at}: {a:#?}");
+    }
+    let plus2 = history::rfc3339_with_offset(history::now_ns(), 2 * 3600);
+    assert!(plus2.ends_with("+02:00"), "{plus2}");
+    let a = history(&["--db", dbs, &p, "--at", &plus2]);
+    assert!(a.iter().any(|r| r["pid"] == holder.pid()), "--at {plus2}: {a:#?}");
+    // Long before the holder started: nobody.
+    assert!(history(&["--db", dbs, &p, "--at", "2000-01-01T02:00:00+02:00"]).is_empty());
+    let text = portwatch(&["history", "--db", dbs, &p, "--at", "now"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("observed") && text.contains(&holder.pid().to_string()), "{text}");
+    // Bad times: one line, exit 2.
+    for bad in ["yesterday", "2026-13-01T00:00:00+02:00", "-", "2026-12-01T07:00:00+25:00"] {
+        let out = portwatch(&["history", "--db", dbs, &p, "--at", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--at {bad}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "--at {bad}: {err}");
     }
 }
 

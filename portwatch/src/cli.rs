@@ -247,7 +247,7 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Control socket path (default /run/portwatch.sock).
+    /// Control socket path (default /run/portwatch/portwatch.sock).
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Serve no control socket.
@@ -263,17 +263,19 @@ pub struct HistoryArgs {
     /// Only this port.
     #[arg(value_parser = parse_port)]
     pub port: Option<u16>,
-    /// From this long ago (10m) or this time (2026-11-26T10:02:11Z).
-    #[arg(long)]
+    /// From this long ago (10m or -10m), `now`, or this time: UTC
+    /// (2026-11-26T10:02:11Z), with an offset (2026-11-26T12:02:11+02:00), or local
+    /// (2026-11-26 12:02:11).
+    #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
-    /// Up to this time.
-    #[arg(long)]
+    /// Up to this time (same forms as --since).
+    #[arg(long, allow_hyphen_values = true)]
     pub until: Option<String>,
     /// Only events of this pid.
     #[arg(long)]
     pub pid: Option<i32>,
-    /// Who held PORT at this moment.
-    #[arg(long, requires = "port")]
+    /// Who held PORT at this moment (same forms as --since: now, -10m, a time).
+    #[arg(long, requires = "port", allow_hyphen_values = true)]
     pub at: Option<String>,
     /// Network namespace: `own` (this command's, the default), `all`, or a
     /// namespace cookie (the `netns` of a JSON row).

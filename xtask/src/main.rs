@@ -83,6 +83,11 @@ enum Cmd {
         /// Seconds one test binary may run in the guest before it is killed.
         #[arg(long, default_value_t = 240)]
         test_timeout: u64,
+        /// Only boot systemd as PID 1 with deploy/portwatch.service installed and
+        /// test the unit (start, socket, metrics, a reap, stop detaching every
+        /// hook); a full vmtest runs this too, after the test binaries.
+        #[arg(long, conflicts_with_all = ["shell", "init"])]
+        systemd: bool,
         /// Extra arguments for every test binary (after `--`), e.g. a filter or
         /// --test-threads=1.
         #[arg(last = true)]
@@ -140,6 +145,10 @@ fn setup() -> Result<()> {
     // What `dist` needs, said now when it cannot be had (dist then builds static glibc).
     let sb = dist::prepare_static();
     eprintln!("xtask: `cargo xtask dist` will build for {}", sb.target);
+    // promtool checks the metrics and the alerting rules in the tests.
+    if is_root() {
+        ensure_promtool()?;
+    }
     run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
 }
 
@@ -210,7 +219,8 @@ fn ensure_chromium() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// promtool (Debian's prometheus package) checks the metrics exposition in the tests.
+/// promtool (Debian's prometheus package) checks the metrics exposition and the
+/// alerting rules (deploy/portwatch.rules.yml) in the tests.
 fn ensure_promtool() -> Result<()> {
     if output(Command::new("promtool").arg("--version")).is_some() {
         return Ok(());
@@ -257,6 +267,7 @@ fn test(kernels: &str, args: &[String]) -> Result<()> {
                 timeout: 600,
                 test_timeout: 240,
                 args: Vec::new(),
+                systemd_only: false,
             })?;
         }
         eprintln!("xtask: test: everything passed in {:.0}s", started.elapsed().as_secs_f64());
@@ -377,8 +388,8 @@ fn main() -> Result<()> {
         Cmd::Lint => lint(),
         Cmd::Dist { check_only: true, .. } => dist::check(&dist::built_archive()?),
         Cmd::Dist { check_only: false, glibc } => dist::dist(glibc).map(|_| ()),
-        Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, args } => {
-            vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args })
+        Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, systemd, args } => {
+            vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args, systemd_only: systemd })
         }
     }
 }

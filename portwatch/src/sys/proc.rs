@@ -139,6 +139,35 @@ pub fn details(pid: i32) -> Option<ProcDetails> {
     Some(ProcDetails { ancestry: Text::from(clip(chain.join(" < "))), job: job_from_environ(&env).map(|j| Text::from(clip(j))), proc })
 }
 
+/// The agent's own resource use, as Prometheus' `process_*` metrics report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SelfUsage {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+/// Reads [`SelfUsage`] from /proc/self (stat and the fd directory) and the rlimit.
+pub fn self_usage() -> Option<SelfUsage> {
+    use procfs::FromRead;
+    let stat = procfs::process::Stat::from_read(&read_small("/proc/self/stat", 4096).ok()?[..]).ok()?;
+    let tps = procfs::ticks_per_second().max(1) as f64;
+    let boot = procfs::boot_time_secs().ok()? as f64;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
+    Some(SelfUsage {
+        cpu_seconds: (stat.utime + stat.stime) as f64 / tps,
+        resident_bytes: stat.rss * procfs::page_size(),
+        virtual_bytes: stat.vsize,
+        open_fds,
+        max_fds,
+        start_time_seconds: boot + stat.starttime as f64 / tps,
+    })
+}
+
 fn start_time(ticks: u64) -> Option<SystemTime> {
     let boot = procfs::boot_time_secs().ok()?;
     let tps = procfs::ticks_per_second().max(1);
