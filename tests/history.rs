@@ -410,7 +410,9 @@ fn history_knows_who_was_already_there() {
     std::thread::sleep(Duration::from_millis(1100));
     let agent = start_agent(port, &db);
     let rows = wait_for("the observed row", Duration::from_secs(20), || {
-        let rows = history(&["--db", dbs, &port.to_string()]);
+        // The database appears with the agent's first batch.
+        let out = portwatch(&["history", "--json", "--db", dbs, &port.to_string()]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok().filter(|_| out.status.success())?;
         rows.iter().any(|r| r["event"] == "observed").then_some(rows)
     });
     let observed: Vec<_> = rows.iter().filter(|r| r["event"] == "observed").collect();
