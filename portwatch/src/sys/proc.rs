@@ -177,6 +177,13 @@ pub fn container_id(cgroup: &str) -> Option<String> {
 /// Whether this process runs in a pid namespace below the initial one: pids the
 /// kernel reports globally (as BPF programs see them) then differ from ours.
 pub fn in_nested_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The initial pid namespace has a fixed inode (PROC_PID_INIT_INO): one stat
+    // answers the common case; the status file (generated, ~1.5 KB) only otherwise.
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    if std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == PROC_PID_INIT_INO) {
+        return false;
+    }
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("NSpid:")).map(|l| l.split_whitespace().count() > 2))
