@@ -56,6 +56,8 @@ SCALE_FDS=${SCALE_FDS:-4}
 SCALE_THREADS=${SCALE_THREADS:-1}
 # run: timed `portwatch run` starts and ends.
 RUN_RUNS=${RUN_RUNS:-10}
+# who, scale: hyperfine batches per timing (commands interleaved batch by batch).
+TIME_ROUNDS=${TIME_ROUNDS:-10}
 # portwatch prints "watching" before its hooks report anything: binds in the next
 # ~0.1-0.3 s were seen to go unreported (and uncounted as lost), so measurements
 # start this long after the line (docs/benchmarks.md, "Known issues").
@@ -392,9 +394,27 @@ time_cmds() {
         shift 2
     done
     if ensure_hyperfine; then
-        TIME_METHOD="hyperfine $(hyperfine --version | awk '{print $2}') (\`-N --warmup 2 --runs $runs -i\`)"
-        hyperfine -N --warmup 2 --runs "$runs" -i --style none --export-json "$TMP/hf.json" "${args[@]}" >&2
-        jq -r '.results[] | "\(.command) \(.median) \(.mean) \(.stddev // 0) \(.min) \(.max)"' "$TMP/hf.json" >>"$times"
+        # In rounds: hyperfine runs all of one command before the next, so a burst
+        # of load (a build on the same two cores) would land on one command only.
+        # Each round runs every command runs/rounds times; the times are pooled.
+        local rounds=$TIME_ROUNDS per r
+        ((rounds > runs / 2)) && rounds=$((runs / 2))
+        ((rounds < 1)) && rounds=1
+        per=$((runs / rounds))
+        TIME_METHOD="hyperfine $(hyperfine --version | awk '{print $2}') (\`-N --warmup 1 --runs $per -i\`, $rounds rounds of every command, times pooled: $((per * rounds)) runs each)"
+        for ((r = 0; r < rounds; r++)); do
+            hyperfine -N --warmup 1 --runs "$per" -i --style none --export-json "$TMP/hf-$r.json" "${args[@]}" >&2
+        done
+        python3 - "$TMP" "$rounds" >>"$times" <<'PYEOF'
+import json, statistics as st, sys
+tmp, rounds = sys.argv[1], int(sys.argv[2])
+pooled = {}
+for r in range(rounds):
+    for res in json.load(open(f"{tmp}/hf-{r}.json"))["results"]:
+        pooled.setdefault(res["command"], []).extend(res["times"])
+for name, v in pooled.items():
+    print(name, st.median(v), st.mean(v), st.stdev(v) if len(v) > 1 else 0, min(v), max(v))
+PYEOF
         return
     fi
     TIME_METHOD="bash loop, $runs runs after 2 warm-ups, \`date +%s%N\` around each"
