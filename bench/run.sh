@@ -588,10 +588,12 @@ bench_scale() {
         ((procs > 0)) || procs=0
         hpid=
         if ((procs > 0)); then
-            "$LOADGEN" hold --procs "$procs" --fds "$SCALE_FDS" --threads "$SCALE_THREADS" >"$TMP/scale-hold.json" 2>"$TMP/scale-hold.err" &
+            # A file per size: the shell truncates it in the child, after `&`, so a
+            # reused one could still show the previous size's "pids" line.
+            "$LOADGEN" hold --procs "$procs" --fds "$SCALE_FDS" --threads "$SCALE_THREADS" >"$TMP/scale-hold-$size.json" 2>"$TMP/scale-hold-$size.err" &
             hpid=$!
             PIDS+=("$hpid")
-            wait_for_line '"pids"' "$TMP/scale-hold.json" 300 "$hpid"
+            wait_for_line '"pids"' "$TMP/scale-hold-$size.json" 300 "$hpid"
         fi
         ntasks=$(host_tasks)
         nprocs=$(ls /proc | grep -c '^[0-9]')
