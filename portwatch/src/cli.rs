@@ -39,6 +39,45 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `who` and `check` alone, for their start-up: clap builds every argument of every
+/// command it is given before it parses, and the whole CLI is most of a one-shot
+/// command's own start-up. `main` tries this first for `who`/`check` and takes
+/// [`Cli`] for anything this does not accept (help, errors), so what is printed
+/// never differs.
+#[derive(Debug, Parser)]
+#[command(name = "portwatch")]
+pub struct OneShot {
+    #[command(subcommand)]
+    pub command: OneShotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OneShotCommand {
+    Who(WhoArgs),
+    Check(CheckArgs),
+}
+
+impl OneShot {
+    /// The command, when the arguments are a `who` or `check` this parser accepts.
+    pub fn parse_args<I, T>(args: I) -> Option<Command>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args = args.into_iter().map(Into::into);
+        let argv0 = args.next()?;
+        let first = args.next()?;
+        if first != "who" && first != "check" {
+            return None;
+        }
+        let one = Self::try_parse_from([argv0, first].into_iter().chain(args)).ok()?;
+        Some(match one.command {
+            OneShotCommand::Who(a) => Command::Who(a),
+            OneShotCommand::Check(a) => Command::Check(a),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream binds (with failures), listens, accept-queue arrivals and closes as they
@@ -469,6 +508,40 @@ mod tests {
         walk(&cmd, "portwatch", &mut missing);
         assert!(missing.is_empty(), "arguments without help text: {missing:?}");
         cmd.debug_assert();
+    }
+
+    #[test]
+    fn one_shot_parser_agrees_with_the_full_one() {
+        let cases: &[&[&str]] = &[
+            &["who", "5050"],
+            &["who", "5050-5052,8080", "--json", "-v", "--tcp"],
+            &["who", "--method", "proc", "--clients", "-w", "5050"],
+            &["check", "5050"],
+            &["check", "-q", "--udp", "--tcp", "--strict", "--json", "5050,5051"],
+        ];
+        for case in cases {
+            let argv: Vec<&str> = std::iter::once("portwatch").chain(case.iter().copied()).collect();
+            let full = Cli::try_parse_from(&argv).unwrap().command;
+            let one = OneShot::parse_args(&argv).unwrap_or_else(|| panic!("not taken: {argv:?}"));
+            assert_eq!(format!("{one:?}"), format!("{full:?}"), "{argv:?}");
+        }
+        // Help, errors and other commands are left to the full parser.
+        let declined: &[&[&str]] = &[
+            &["who", "--help"],
+            &["who", "-h"],
+            &["check", "--version"],
+            &["who"],
+            &["who", "0"],
+            &["who", "abc"],
+            &["check", "--bogus", "5050"],
+            &["watch"],
+            &["--version"],
+            &[],
+        ];
+        for case in declined {
+            let argv: Vec<&str> = std::iter::once("portwatch").chain(case.iter().copied()).collect();
+            assert!(OneShot::parse_args(&argv).is_none(), "{argv:?}");
+        }
     }
 
     #[test]

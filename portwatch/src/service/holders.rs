@@ -408,14 +408,6 @@ pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Resul
         verdict.push((port, free));
     }
     let look: PortSet = verdict.iter().filter(|(_, f)| *f != Some(true)).map(|(p, _)| *p).collect();
-    // Connections on the ports (TIME_WAIT included, which no process holds): they
-    // matter to a bind without SO_REUSEADDR, and say why a port nobody holds is held.
-    let all: Vec<u16> = ports.iter().collect();
-    let lingering = if tcp {
-        sockdiag::sockets_on_ports(&all, Query { tcp: true, udp: false, connections: true }).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
     let who = if look.is_empty() {
         WhoResult::default()
     } else {
@@ -435,6 +427,24 @@ pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Resul
             .collect();
         holders.sort();
         holders.dedup();
+        // Connections on the port (TIME_WAIT included, which no process holds): they
+        // matter to a bind without SO_REUSEADDR, and say why a port nobody holds is
+        // held. Only the notes below use them, so they are looked up only when a note
+        // can follow: a port free for SO_REUSEADDR that a bind without it would not
+        // get (a strict bind tells, cheaply), or a held port with no holder. The
+        // lookup is a dump of the established hash, which the kernel walks whole
+        // (about 2 ms per family on a large host, whatever the port).
+        let wants_conns = tcp
+            && if free {
+                strict == Strictness::ReuseAddr && test_bind(Proto::Tcp, port, Strictness::Strict) != Some(true)
+            } else {
+                holders.is_empty()
+            };
+        let lingering = if wants_conns {
+            sockdiag::sockets_on_ports(&[port], Query { tcp: true, udp: false, connections: true }).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
         for s in lingering.iter().filter(|s| s.port == port && !matches!(s.sock_state(), SockState::Listen | SockState::Bound)) {
             *by_state.entry(s.sock_state().name()).or_default() += 1;
