@@ -518,6 +518,7 @@ mod tests {
             &["who", "--method", "proc", "--clients", "-w", "5050"],
             &["check", "5050"],
             &["check", "-q", "--udp", "--tcp", "--strict", "--json", "5050,5051"],
+            &["check", "--db", "/var/tmp/h.db", "5050"],
         ];
         for case in cases {
             let argv: Vec<&str> = std::iter::once("portwatch").chain(case.iter().copied()).collect();

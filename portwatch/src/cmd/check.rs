@@ -4,7 +4,7 @@ use crate::{
     cli::CheckArgs,
     config::DEFAULT_DB,
     error::{exit, Result},
-    model::{ports, ports::PortSet},
+    model::ports,
     output::{blame, to_json},
     service::{
         blame::blame,
@@ -16,7 +16,7 @@ pub fn run(a: CheckArgs) -> Result<u8> {
     let ports = ports::merge(&a.ports);
     let (tcp, udp) = (a.tcp || !a.udp, a.udp);
     let strict = if a.strict { Strictness::Strict } else { Strictness::ReuseAddr };
-    let (st, notes) = holders::check(&ports, tcp, udp, strict)?;
+    let holders::CheckResult { statuses: st, notes, sockets } = holders::check(&ports, tcp, udp, strict)?;
     if !a.quiet {
         crate::cmd::notes(&notes);
         if a.json {
@@ -24,8 +24,7 @@ pub fn run(a: CheckArgs) -> Result<u8> {
         } else {
             // A held port: who is in the way, which job left it and how long ago
             // (the agent's history, when readable), stopped or not, its queue.
-            let held: PortSet = st.iter().filter(|s| !s.free).map(|s| s.port).collect();
-            let blames = if held.is_empty() || !crate::cmd::is_root() {
+            let blames = if st.iter().all(|s| s.free) || !crate::cmd::is_root() {
                 Vec::new()
             } else {
                 let store = Store::open_readonly(a.db.as_deref().unwrap_or(DEFAULT_DB.as_ref())).ok();
@@ -33,7 +32,7 @@ pub fn run(a: CheckArgs) -> Result<u8> {
                     let row = store.as_ref()?.first_seen(cookie).ok()??;
                     Some((row.time_ns, row.job.as_deref().map(str::to_owned)))
                 };
-                blame(&held, tcp, udp, &lookup).unwrap_or_default()
+                blame(&sockets, &lookup)
             };
             print!("{}", blame::render(&st, &blames));
         }

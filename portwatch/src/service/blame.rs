@@ -1,9 +1,11 @@
 //! Who is in the way of a job that wants its ports: for every holder of a held
 //! port, the line the job's log and summary show (see [`Blame`]).
 use crate::{
-    error::Result,
-    model::{blame::Blame, ports::PortSet, time::WallNs},
-    service::holders::{self, WhoOptions},
+    model::{
+        blame::Blame,
+        socket::{Proto, SockState, Socket},
+        time::WallNs,
+    },
     sys::{clock::wall_now_ns, proc},
 };
 
@@ -11,14 +13,15 @@ use crate::{
 /// its port, and the CI job that bound it.
 pub type HistoryLookup<'a> = &'a dyn Fn(u64) -> Option<(WallNs, Option<String>)>;
 
-/// The holders of `ports`, blamed: the job from the history (else the holder's
-/// environment), how long it has held the port (history, else the process's age),
-/// the holder's state and the listener's accept queue.
-pub fn blame(ports: &PortSet, tcp: bool, udp: bool, history: HistoryLookup<'_>) -> Result<Vec<Blame>> {
-    let r = holders::gather(ports, WhoOptions { tcp, udp, connections: false, prefetch: true, ..WhoOptions::default() })?;
+/// The holders of the sockets in the way (listening or bound TCP sockets, UDP
+/// sockets) among `sockets`, blamed: the job from the history (else the holder's
+/// environment), how long it has held the port (history, else the process's
+/// age), the holder's state and the listener's accept queue.
+pub fn blame(sockets: &[Socket], history: HistoryLookup<'_>) -> Vec<Blame> {
     let now = wall_now_ns();
     let mut out = Vec::new();
-    for s in &r.sockets {
+    let in_the_way = |s: &&Socket| s.proto == Proto::Udp || matches!(s.state, SockState::Listen | SockState::Bound);
+    for s in sockets.iter().filter(in_the_way) {
         let seen = history(s.cookie);
         for h in &s.holders {
             let (held_secs, held_source) = match &seen {
@@ -47,5 +50,5 @@ pub fn blame(ports: &PortSet, tcp: bool, udp: bool, history: HistoryLookup<'_>) 
             }
         }
     }
-    Ok(out)
+    out
 }

@@ -390,9 +390,17 @@ pub fn test_bind(proto: Proto, port: u16, strict: Strictness) -> Option<bool> {
     answer(try_bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED))).or_else(|| answer(try_bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
 }
 
+/// What `check` found: each port's status, notes, and the sockets it looked at on
+/// the ports that are not free (with their holders), for whoever wants to say more.
+pub struct CheckResult {
+    pub statuses: Vec<PortStatus>,
+    pub notes: Vec<String>,
+    pub sockets: Vec<Socket>,
+}
+
 /// `check`: whether each port is free (as [`Strictness`] defines it, asked of the
 /// kernel with a test bind), and who holds those that are not.
-pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Result<(Vec<PortStatus>, Vec<String>)> {
+pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Result<CheckResult> {
     let protos: Vec<Proto> = [(tcp, Proto::Tcp), (udp, Proto::Udp)].into_iter().filter(|(on, _)| *on).map(|(_, p)| p).collect();
     // Held ports (or ports the test cannot decide) get one look at what is on them.
     let mut verdict: Vec<(u16, Option<bool>)> = Vec::new();
@@ -465,5 +473,5 @@ pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Resul
         }
         out.push(PortStatus { port, free, holders: if free { Vec::new() } else { holders }, notes });
     }
-    Ok((out, who.notes))
+    Ok(CheckResult { statuses: out, notes: who.notes, sockets: who.sockets })
 }
