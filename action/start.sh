@@ -54,6 +54,10 @@ done
 log "agent $(cat "$state/agent.pid") watching ports ${ports[*]} (log: $state/agent.log)"
 
 if [[ "${PORTWATCH_FREE:-true}" == true ]]; then
+    # Who is in the way, in one line each (the job that left it, how long ago,
+    # stopped or not, the accept queue): in the log now and in the summary.
+    "${as_root[@]}" "$pw" check "${ports[@]}" >"$state/blame.txt" 2>/dev/null || true
+    grep '^port ' "$state/blame.txt" | while IFS= read -r line; do warn "$line"; done || true
     # Who holds the ports now, and their jobs, for the summary.
     "${as_root[@]}" "$pw" who --json "${ports[@]}" >"$state/before.json" 2>/dev/null || true
     "${as_root[@]}" python3 "$here/summary.py" --state "$state" --snapshot || warn "could not record the holders' jobs (python3?)"

@@ -7,6 +7,7 @@
   ports, started, free.status
 
   jobs.json      the job ids of the holders found at the start (--snapshot)
+  blame.txt      `portwatch check` at the start: a line per holder in the way
 
 and the processes of this job still running: those whose environment carries every
 VAR=VALUE given on the command line (the runner's per-job RUNNER_TRACKING_ID,
@@ -30,7 +31,7 @@ from pathlib import Path
 
 # The variables, in the order, that the agent records as a process's job
 # (portwatch/src/model/process.rs), so both read the same.
-CI_VARS = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "CI_PIPELINE_ID", "BUILD_ID", "BUILD_NUMBER", "BUILDKITE_JOB_ID", "JOB_NAME")
+CI_VARS = ("GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "CI_JOB_NAME", "CI_PIPELINE_ID", "BUILD_TAG", "BUILD_ID", "BUILD_NUMBER", "JOB_NAME", "BUILDKITE_JOB_ID", "BUILDKITE_LABEL")
 TAKES_PORT = ("observed", "bind", "listen")
 REAPING = ("stuck", "signal", "reaped", "refused")
 
@@ -205,6 +206,16 @@ def main():
         for r in failed[:20]:
             w(f"- {r.get('time')} port {r.get('port')}: pid {r.get('pid')} ({md(r.get('comm'), 30)}) {r.get('error') or ''}; {md(r.get('detail'), 160)}")
     w("")
+
+    # In the way at the start: `portwatch check`'s blame lines.
+    blame_file = st / "blame.txt"
+    blamed = [l for l in (blame_file.read_text(errors="replace").splitlines() if blame_file.exists() else []) if l.startswith("port ")]
+    if blamed:
+        w("### In the way at the start")
+        w("")
+        for l in blamed[:40]:
+            w(f"- {md(l, 300)}")
+        w("")
 
     # Freed at the start, reaped during the job.
     w("### Freed and reaped")

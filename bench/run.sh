@@ -5,8 +5,12 @@
 #   overhead  getpid and bind+listen+close cost without portwatch, with
 #             `portwatch watch --port <other>` and with `portwatch watch` (all ports)
 #   loss      `portwatch watch --json` (all ports) under a UDP bind storm: events, lost
-#   who       `portwatch who` vs lsof, ss -p and fuser on a gunicorn port, with
-#             400 processes x 100 fds loading the host
+#   who       `portwatch who` and `check` vs /bin/true (the exec floor), lsof,
+#             ss -p and fuser on a gunicorn port, with 400 processes x 100 fds
+#             loading the host; the static musl build too when it is built
+#   scale     `portwatch who`/`check` and /bin/true at 500, 2000 and 10000 tasks
+#   run       `portwatch run -p PORT -- python3 server.py`: listen -> "ready",
+#             and the command's exit -> run's exit (one leftover to end)
 #   reap      `portwatch agent --reap`: verdict latency and time to free a port held
 #             by a listener that never accepts (dies on SIGTERM / ignores it), and
 #             `portwatch free --force` on a SIGSTOPped listener
@@ -21,7 +25,8 @@
 # Each section prints a markdown fragment and appends it to bench-out/results.md.
 # Knobs (environment): BENCH_ROUNDS (overhead, default 5), GETPID_ITERS (2000000),
 # BIND_ITERS (20000), STORM_SECONDS (10), STORM_THREADS (1), STORM_RATE (120000), HOLD_PROCS (400),
-# HOLD_FDS (100), WHO_RUNS (20), WATCH_SETTLE (1 s), REAP_RUNS (5), REAP_STALL
+# HOLD_FDS (100), WHO_RUNS (20), WHO_FAST_RUNS (100), SCALE_TASKS ("500 2000 10000"),
+# SCALE_FDS (4), SCALE_THREADS (1), RUN_RUNS (10), WATCH_SETTLE (1 s), REAP_RUNS (5), REAP_STALL
 # (2 s), REAP_GRACE (1 s), REAP_INTERVAL_MS (200), FREE_RUNS (5), FOOT_PORTS
 # (7000-7099), FOOT_WARMUP (5 s), FOOT_SECONDS (60), CHURN_ROUNDS (7), CHURN_ITERS
 # (20000), BINDALL_ROUNDS (7).
@@ -48,6 +53,17 @@ STORM_RATE=${STORM_RATE:-120000}
 HOLD_PROCS=${HOLD_PROCS:-400}
 HOLD_FDS=${HOLD_FDS:-100}
 WHO_RUNS=${WHO_RUNS:-20}
+# who, scale: runs of the fast commands (/bin/true, portwatch who/check/--version).
+WHO_FAST_RUNS=${WHO_FAST_RUNS:-100}
+# scale: host task counts to measure at, fds per loadgen process (half UDP sockets:
+# keep 10000 x SCALE_FDS/2 below the ephemeral port range), tasks per process.
+SCALE_TASKS=${SCALE_TASKS:-500 2000 10000}
+SCALE_FDS=${SCALE_FDS:-4}
+SCALE_THREADS=${SCALE_THREADS:-1}
+# run: timed `portwatch run` starts and ends.
+RUN_RUNS=${RUN_RUNS:-10}
+# who, scale: hyperfine batches per timing (commands interleaved batch by batch).
+TIME_ROUNDS=${TIME_ROUNDS:-10}
 # portwatch prints "watching" before its hooks report anything: binds in the next
 # ~0.1-0.3 s were seen to go unreported (and uncounted as lost), so measurements
 # start this long after the line (docs/benchmarks.md, "Known issues").
@@ -75,8 +91,8 @@ say() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 
 case $WHICH in
-overhead | loss | who | reap | footprint | churn | bindall | all) ;;
-*) die "unknown benchmark '$WHICH' (overhead, loss, who, reap, footprint, churn, bindall, all)" ;;
+overhead | loss | who | scale | run | reap | footprint | churn | bindall | all) ;;
+*) die "unknown benchmark '$WHICH' (overhead, loss, who, scale, run, reap, footprint, churn, bindall, all)" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (portwatch attaches eBPF programs)"
 for tool in python3 jq ss awk; do
@@ -375,24 +391,93 @@ ensure_hyperfine() {
     command -v hyperfine >/dev/null
 }
 
-# loop_time NAME CMD...: WHO_RUNS timed runs after 2 warm-ups; appends "NAME MEAN STDDEV" (s).
-loop_time() {
-    local name=$1 i t0 t1
-    shift
-    local ts=()
-    for ((i = 0; i < 2; i++)); do "$@" >/dev/null 2>&1 || true; done
-    for ((i = 0; i < WHO_RUNS; i++)); do
-        t0=$(date +%s%N)
-        "$@" >/dev/null 2>&1 || true
-        t1=$(date +%s%N)
-        ts+=("$(((t1 - t0)))")
+# time_cmds TIMES RUNS NAME CMD [NAME CMD ...]: times each command line (run
+# without a shell) RUNS times after 2 warm-ups, with hyperfine -N when it can be
+# had, else a bash loop; appends "NAME MEDIAN MEAN SD MIN MAX" (seconds) to the
+# file TIMES. Sets TIME_METHOD to a description.
+time_cmds() {
+    local times=$1 runs=$2
+    shift 2
+    local args=() names=() cmds=() i
+    while (($#)); do
+        names+=("$1") cmds+=("$2")
+        args+=(-n "$1" "$2")
+        shift 2
     done
-    echo "$name $(calc "st.mean(int(x) for x in sys.argv[1:])/1e9" "${ts[@]}") $(calc "st.stdev(int(x) for x in sys.argv[1:])/1e9" "${ts[@]}")" >>"$TMP/who-times"
+    if ensure_hyperfine; then
+        # In rounds: hyperfine runs all of one command before the next, so a burst
+        # of load (a build on the same two cores) would land on one command only.
+        # Each round runs every command runs/rounds times; the times are pooled.
+        local rounds=$TIME_ROUNDS per r
+        ((rounds > runs / 2)) && rounds=$((runs / 2))
+        ((rounds < 1)) && rounds=1
+        per=$((runs / rounds))
+        TIME_METHOD="hyperfine $(hyperfine --version | awk '{print $2}') (\`-N --warmup 1 --runs $per -i\`, $rounds rounds of every command, times pooled: $((per * rounds)) runs each)"
+        for ((r = 0; r < rounds; r++)); do
+            hyperfine -N --warmup 1 --runs "$per" -i --style none --export-json "$TMP/hf-$r.json" "${args[@]}" >&2
+        done
+        python3 - "$TMP" "$rounds" >>"$times" <<'PYEOF'
+import json, statistics as st, sys
+tmp, rounds = sys.argv[1], int(sys.argv[2])
+pooled = {}
+for r in range(rounds):
+    for res in json.load(open(f"{tmp}/hf-{r}.json"))["results"]:
+        pooled.setdefault(res["command"], []).extend(res["times"])
+for name, v in pooled.items():
+    print(name, st.median(v), st.mean(v), st.stdev(v) if len(v) > 1 else 0, min(v), max(v))
+PYEOF
+        return
+    fi
+    TIME_METHOD="bash loop, $runs runs after 2 warm-ups, \`date +%s%N\` around each"
+    local t0 t1 ts c
+    for i in "${!names[@]}"; do
+        ts=()
+        read -ra c <<<"${cmds[$i]}"
+        for ((t = 0; t < 2; t++)); do "${c[@]}" >/dev/null 2>&1 || true; done
+        for ((t = 0; t < runs; t++)); do
+            t0=$(date +%s%N)
+            "${c[@]}" >/dev/null 2>&1 || true
+            t1=$(date +%s%N)
+            ts+=("$((t1 - t0))")
+        done
+        echo "${names[$i]} $(calc "' '.join(str(x/1e9) for x in [st.median(v), st.mean(v), st.stdev(v), min(v), max(v)]) if (v := [int(x) for x in sys.argv[1:]]) else ''" "${ts[@]}")" >>"$times"
+    done
+}
+
+# t_field TIMES NAME FIELD: a figure of a timed command, in ms (FIELD: median,
+# mean, sd, min, max).
+t_field() {
+    awk -v n="$2" -v f="$3" 'BEGIN{split("median mean sd min max", k, " "); for (i in k) col[k[i]] = i + 1}
+        $1==n{printf "%.3f", $(col[f]) * 1000; exit}' "$1"
+}
+
+# t_cell TIMES NAME: "median (min–max, sd)" in ms, for a table cell.
+t_cell() {
+    local times=$1 name=$2
+    echo "$(t_field "$times" "$name" median) ($(t_field "$times" "$name" min)–$(t_field "$times" "$name" max), sd $(t_field "$times" "$name" sd))"
+}
+
+# who_phase_medians RUNS PORT: runs `portwatch who -v PORT` RUNS times and prints
+# the median of each phase it reports ("holders pass 0.31 ms, sock_diag ...") and
+# of its total.
+who_phase_medians() {
+    local runs=$1 port=$2 i
+    for ((i = 0; i < runs; i++)); do "$PW" who -v "$port" 2>&1 >/dev/null | grep 'holders found by' || true; done |
+        python3 -c '
+import re, statistics as st, sys
+phases, totals = {}, []
+for line in sys.stdin:
+    m = re.search(r"in ([0-9.]+) ms", line)
+    if m: totals.append(float(m.group(1)))
+    for name, ms in re.findall(r"([a-z_/ ]+?) ([0-9.]+) ms", line.split("(", 1)[1] if "(" in line else ""):
+        phases.setdefault(name.strip(" ,"), []).append(float(ms))
+parts = ", ".join(f"{k} {st.median(v):.3f} ms" for k, v in phases.items())
+print(f"{st.median(totals):.3f} ms in all ({parts}), medians of {len(totals)} runs" if totals else "no -v line")'
 }
 
 bench_who() {
     section_start
-    say "who: gunicorn ($GUNICORN_WORKERS workers) + $HOLD_PROCS processes x $HOLD_FDS fds; portwatch who vs lsof, ss -p, fuser"
+    say "who: gunicorn ($GUNICORN_WORKERS workers) + $HOLD_PROCS processes x $HOLD_FDS fds; portwatch who and check vs /bin/true, lsof, ss -p, fuser"
     command -v lsof >/dev/null || die "lsof is required (apt-get install lsof)"
     command -v fuser >/dev/null || die "fuser is required (apt-get install psmisc)"
 
@@ -406,68 +491,84 @@ bench_who() {
     hpid=$!
     PIDS+=("$hpid")
     wait_for_line '"pids"' "$TMP/hold.json" 120 "$hpid"
-    local nprocs nfds
+    local nprocs nfds ntasks
     nprocs=$(ls /proc | grep -c '^[0-9]')
+    ntasks=$(ls -d /proc/[0-9]*/task/[0-9]* 2>/dev/null | wc -l || true)
     nfds=$(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 2>/dev/null | wc -l || true)
-    say "  gunicorn pid $gpid on 127.0.0.1:$port ($n workers); host now has $nprocs processes, $nfds open fds"
+    say "  gunicorn pid $gpid on 127.0.0.1:$port ($n workers); host now has $nprocs processes ($ntasks tasks), $nfds open fds"
 
     "$PW" who "$port" >/dev/null # first run pins the iterator
-    local c_pw c_lsof c_ss c_fuser
-    c_pw=$("$PW" who -v "$port" --json 2>"$TMP/who-notes" | jq '[.[].holders[]?.pid] | unique | length')
-    local c_tf
+    local c_pw c_lsof c_ss c_fuser c_tf c_check
+    c_pw=$("$PW" who "$port" --json | jq '[.[].holders[]?.pid] | unique | length')
     c_tf=$("$PW" who --method task-file "$port" --json | jq '[.[].holders[]?.pid] | unique | length')
+    c_check=$("$PW" check --json "$port" | jq '[.[].holders[]?.pid] | unique | length' || true)
     c_lsof=$(lsof -nP -i:"$port" 2>/dev/null | awk 'NR>1{print $2}' | sort -u | wc -l || true)
     c_ss=$(ss -ltnp "sport = :$port" | grep -o 'pid=[0-9]*' | sort -u | wc -l || true)
     c_fuser=$(fuser "$port/tcp" 2>/dev/null | tr -s ' \t' '\n' | grep -c '^[0-9][0-9]*$' || true)
-    say "  holders found: portwatch $c_pw, lsof $c_lsof, ss $c_ss, fuser $c_fuser (expected $expected)"
+    say "  holders found: portwatch who $c_pw, check $c_check, lsof $c_lsof, ss $c_ss, fuser $c_fuser (expected $expected)"
 
-    local method
-    : >"$TMP/who-times"
-    if ensure_hyperfine; then
-        method="hyperfine $(hyperfine --version | awk '{print $2}') (\`-N --warmup 2 --runs $WHO_RUNS -i\`)"
-        hyperfine -N --warmup 2 --runs "$WHO_RUNS" -i --style basic --export-json "$TMP/who.json" \
-            -n portwatch "$PW who $port" \
-            -n portwatch-task-file "$PW who --method task-file $port" \
-            -n lsof "lsof -nP -i:$port" \
-            -n ss "ss -ltnp 'sport = :$port'" \
-            -n fuser "fuser $port/tcp" >&2
-        jq -r '.results[] | "\(.command) \(.mean) \(.stddev)"' "$TMP/who.json" >"$TMP/who-times"
-    else
-        method="bash loop, $WHO_RUNS runs after 2 warm-ups, \`date +%s%N\` around each"
-        loop_time portwatch "$PW" who "$port"
-        loop_time portwatch-task-file "$PW" who --method task-file "$port"
-        loop_time lsof lsof -nP -i:"$port"
-        loop_time ss ss -ltnp "sport = :$port"
-        loop_time fuser fuser "$port/tcp"
-    fi
-    mean() { awk -v n="$1" '$1==n{print $2}' "$TMP/who-times"; }
-    sd() { awk -v n="$1" '$1==n{print $3}' "$TMP/who-times"; }
-    local t_pw t_lsof t_ss t_fuser
-    t_pw=$(mean portwatch) t_lsof=$(mean lsof) t_ss=$(mean ss) t_fuser=$(mean fuser)
-    ms() { calc "'%.2f ± %.2f' % (float(sys.argv[1])*1e3, float(sys.argv[2])*1e3)" "$(mean "$1")" "$(sd "$1")"; }
-    ratio() { calc "round(float(sys.argv[1])/float(sys.argv[2]), 1)" "$1" "$t_pw"; }
-    local r_lsof r_ss r_fuser
-    r_lsof=$(ratio "$t_lsof") r_ss=$(ratio "$t_ss") r_fuser=$(ratio "$t_fuser")
+    local times=$TMP/who-times
+    : >"$times"
+    # The fast commands get more runs than the slow ones (their medians are what
+    # the goals are about); /bin/true, the exec floor, is timed in the same batch.
+    local musl_cmds=()
+    [[ -n $PW_MUSL ]] && musl_cmds=(who-musl "$PW_MUSL who $port" check-musl "$PW_MUSL check $port" version-musl "$PW_MUSL --version")
+    time_cmds "$times" "$WHO_FAST_RUNS" \
+        true "/bin/true" \
+        version "$PW --version" \
+        who "$PW who $port" \
+        check "$PW check $port" \
+        "${musl_cmds[@]}"
+    local fast_method=$TIME_METHOD
+    time_cmds "$times" "$WHO_RUNS" \
+        task-file "$PW who --method task-file $port" \
+        lsof "lsof -nP -i:$port" \
+        ss "ss -ltnp 'sport = :$port'" \
+        fuser "fuser $port/tcp"
+    local slow_method=$TIME_METHOD
+    local phases
+    phases=$(who_phase_medians 40 "$port")
+
+    local m_true m_pw m_check m_lsof m_ss m_fuser
+    m_true=$(t_field "$times" true median) m_pw=$(t_field "$times" who median) m_check=$(t_field "$times" check median)
+    m_lsof=$(t_field "$times" lsof median) m_ss=$(t_field "$times" ss median) m_fuser=$(t_field "$times" fuser median)
+    ratio() { calc "round(float(sys.argv[1])/float(sys.argv[2]), 1)" "$1" "$m_pw"; }
+    local r_lsof r_ss r_fuser over over_check
+    r_lsof=$(ratio "$m_lsof") r_ss=$(ratio "$m_ss") r_fuser=$(ratio "$m_fuser")
+    over=$(calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$m_pw" "$m_true")
+    over_check=$(calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$m_check" "$m_true")
 
     local f=$TMP/who.md
     {
         section_header who
-        echo "- Setup: gunicorn, $n sync workers, trivial WSGI app on 127.0.0.1:$port; \`pw-loadgen hold --procs $HOLD_PROCS --fds $HOLD_FDS\` (half /dev/null, half UDP sockets on 127.0.0.1); host total during the run: $nprocs processes, $nfds open fds"
-        echo "- Timing: $method; \`portwatch who $port\` warmed once first (pins the BPF iterator)"
+        echo "- Setup: gunicorn, $n sync workers, trivial WSGI app on 127.0.0.1:$port; \`pw-loadgen hold --procs $HOLD_PROCS --fds $HOLD_FDS\` (half /dev/null, half UDP sockets on 127.0.0.1); host total during the run: $nprocs processes ($ntasks tasks), $nfds open fds"
+        echo "- Timing: $fast_method for /bin/true, \`portwatch --version\`, \`who\` and \`check\`; $slow_method for the others; \`portwatch who $port\` ran once first (pins the BPF iterator). Figures are ms: median (min–max, standard deviation); ratios are of medians"
         echo "- Expected holders: $expected (gunicorn master + $n workers)"
         echo
-        echo "| command | mean ms (± sd) | × portwatch | holders found |"
-        echo "|---|---:|---:|---:|"
-        echo "| \`portwatch who $port\` | $(ms portwatch) | 1 | $c_pw |"
-        echo "| \`portwatch who --method task-file $port\` (the fallback) | $(ms portwatch-task-file) | $(ratio "$(mean portwatch-task-file)") | $c_tf |"
-        echo "| \`lsof -nP -i:$port\` | $(ms lsof) | $r_lsof | $c_lsof |"
-        echo "| \`ss -ltnp 'sport = :$port'\` | $(ms ss) | $r_ss | $c_ss |"
-        echo "| \`fuser $port/tcp\` | $(ms fuser) | $r_fuser | $c_fuser |"
-        echo
-        if [[ -s $TMP/who-notes ]]; then
-            echo "- portwatch said (\`who -v\`, holder count run): $(tr '\n' ' ' <"$TMP/who-notes")"
+        echo "| command | ms: median (min–max, sd) | median − /bin/true | × portwatch who | holders found |"
+        echo "|---|---:|---:|---:|---:|"
+        echo "| \`/bin/true\` (the exec floor) | $(t_cell "$times" true) | 0 | | |"
+        echo "| \`portwatch --version\` | $(t_cell "$times" version) | $(calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$(t_field "$times" version median)" "$m_true") | | |"
+        echo "| \`portwatch who $port\` | $(t_cell "$times" who) | $over | 1 | $c_pw |"
+        echo "| \`portwatch check $port\` | $(t_cell "$times" check) | $over_check | $(ratio "$m_check") | $c_check |"
+        if [[ -n $PW_MUSL ]]; then
+            local mm
+            for mm in version who check; do
+                echo "| \`portwatch $([[ $mm == version ]] && printf '%s' --version || printf '%s' "$mm $port")\`, static musl build | $(t_cell "$times" "$mm-musl") | $(calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$(t_field "$times" "$mm-musl" median)" "$m_true") | $([[ $mm == version ]] || ratio "$(t_field "$times" "$mm-musl" median)") | |"
+            done
         fi
-        echo "- Goals: ≥ 100× faster than lsof: $(verdict "$r_lsof >= 100"); ≥ 50× faster than ss -p: $(verdict "$r_ss >= 50"); holders ≥ every other tool's count: $(verdict "$c_pw >= max($c_lsof, $c_ss, $c_fuser)") (and $(verdict "$c_pw == $expected") against the $expected expected)"
+        echo "| \`portwatch who --method task-file $port\` (the fallback) | $(t_cell "$times" task-file) | | $(ratio "$(t_field "$times" task-file median)") | $c_tf |"
+        echo "| \`lsof -nP -i:$port\` | $(t_cell "$times" lsof) | | $r_lsof | $c_lsof |"
+        echo "| \`ss -ltnp 'sport = :$port'\` | $(t_cell "$times" ss) | | $r_ss | $c_ss |"
+        echo "| \`fuser $port/tcp\` | $(t_cell "$times" fuser) | | $r_fuser | $c_fuser |"
+        echo
+        echo "- portwatch's own account (\`who -v\`): $phases"
+        if [[ -n $PW_MUSL ]]; then
+            local mw
+            mw=$(t_field "$times" who-musl median)
+            echo "- Static musl build (\`cargo build --release --target x86_64-unknown-linux-musl -p portwatch\`, built $PW_MUSL_MTIME): who − /bin/true = $(calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$mw" "$m_true") ms: $(verdict "$mw - $m_true <= 0.6") against the 0.6 ms goal; lsof / who $(calc "round(float(sys.argv[1])/float(sys.argv[2]), 1)" "$m_lsof" "$mw")×, \`ss -ltnp\` / who $(calc "round(float(sys.argv[1])/float(sys.argv[2]), 1)" "$m_ss" "$mw")×"
+        fi
+        echo "- Goals (issue 17), glibc build: who ≤ /bin/true + 0.6 ms: $(verdict "$over <= 0.6") ($over ms); ≥ 150× faster than lsof: $(verdict "$r_lsof >= 150"); ≥ 70× faster than \`ss -ltnp\`: $(verdict "$r_ss >= 70"); check as fast as who: $(verdict "$m_check <= $m_pw * 1.05") ($m_check vs $m_pw ms); holders ≥ every other tool's count: $(verdict "$c_pw >= max($c_lsof, $c_ss, $c_fuser)") (and $(verdict "$c_pw == $expected") against the $expected expected)"
         echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >"$f"
     emit "$f"
@@ -475,6 +576,185 @@ bench_who() {
     # Tear down now, so a following section does not run with 400 extra processes.
     kill -TERM "$hpid" "$gpid"
     wait "$hpid" "$gpid" 2>/dev/null || true
+}
+
+# --- scale -------------------------------------------------------------------
+
+# The host's task count (threads included), as iter/task visits them.
+host_tasks() { ls -d /proc/[0-9]*/task/[0-9]* 2>/dev/null | wc -l || true; }
+
+bench_scale() {
+    section_start
+    say "scale: portwatch who/check on a gunicorn port at $SCALE_TASKS tasks (pw-loadgen hold, $SCALE_FDS fds each, $SCALE_THREADS task(s) per process), /bin/true in the same runs"
+    local port gpid n base
+    port=$(pick_port)
+    start_gunicorn "$port" "$TMP/scale-gunicorn.log"
+    gpid=$GUNICORN_PID n=$GUNICORN_NWORKERS
+    "$PW" who "$port" >/dev/null # pins the iterator
+    : >"$TMP/scale-rows"
+    local size hpid procs ntasks nprocs times phases m_true m_pw m_check
+    for size in $SCALE_TASKS; do
+        base=$(host_tasks)
+        procs=$(((size - base) / SCALE_THREADS))
+        ((procs > 0)) || procs=0
+        hpid=
+        if ((procs > 0)); then
+            # A file per size: the shell truncates it in the child, after `&`, so a
+            # reused one could still show the previous size's "pids" line.
+            "$LOADGEN" hold --procs "$procs" --fds "$SCALE_FDS" --threads "$SCALE_THREADS" >"$TMP/scale-hold-$size.json" 2>"$TMP/scale-hold-$size.err" &
+            hpid=$!
+            PIDS+=("$hpid")
+            wait_for_line '"pids"' "$TMP/scale-hold-$size.json" 300 "$hpid"
+        fi
+        ntasks=$(host_tasks)
+        nprocs=$(ls /proc | grep -c '^[0-9]')
+        say "  $size: $nprocs processes, $ntasks tasks"
+        sleep 1
+        times=$TMP/scale-times-$size
+        : >"$times"
+        local musl_cmds=()
+        [[ -n $PW_MUSL ]] && musl_cmds=(who-musl "$PW_MUSL who $port")
+        time_cmds "$times" "$WHO_FAST_RUNS" \
+            true "/bin/true" \
+            who "$PW who $port" \
+            check "$PW check $port" \
+            "${musl_cmds[@]}"
+        phases=$(who_phase_medians 40 "$port")
+        m_true=$(t_field "$times" true median) m_pw=$(t_field "$times" who median) m_check=$(t_field "$times" check median)
+        echo "| $size | $nprocs | $ntasks | $(t_cell "$times" true) | $(t_cell "$times" who) | $(calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$m_pw" "$m_true") | $(t_cell "$times" check) | $(calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$m_check" "$m_true") | $([[ -n $PW_MUSL ]] && calc "'%.3f' % (float(sys.argv[1]) - float(sys.argv[2]))" "$(t_field "$times" who-musl median)" "$m_true" || echo -) | $phases |" >>"$TMP/scale-rows"
+        echo "$size $ntasks $m_true $m_pw $m_check" >>"$TMP/scale-sum"
+        if [[ -n $hpid ]]; then stop_child "$hpid" TERM 60; fi
+    done
+    stop_child "$gpid" TERM 10
+    local last over
+    last=$(tail -n 1 "$TMP/scale-sum")
+    over=$(awk '{printf "%.3f", $4 - $3}' <<<"$last")
+
+    local f=$TMP/scale.md
+    {
+        section_header scale
+        echo "- Setup: gunicorn, $n sync workers, trivial WSGI app on 127.0.0.1:$port (5 holders); then, per size, \`pw-loadgen hold --procs N --fds $SCALE_FDS --threads $SCALE_THREADS\` with N chosen so the host has about that many tasks (iter/task visits every task, threads included)"
+        echo "- Timing: $TIME_METHOD, the three commands in the same batch at each size. Figures are ms: median (min–max, standard deviation). The last column is \`who -v\`'s own account (medians of 40 runs)"
+        echo
+        echo "| tasks asked | processes | tasks | \`/bin/true\` | \`portwatch who $port\` | who − true | \`portwatch check $port\` | check − true | who (static musl) − true | \`who -v\` phases |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        cat "$TMP/scale-rows"
+        echo
+        echo "- Goal (issue 17): at 10,000 tasks who ≤ /bin/true + 3 ms: $(verdict "$over <= 3") ($over ms at $(awk '{print $2}' <<<"$last") tasks)"
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
+# --- run -----------------------------------------------------------------------
+
+bench_run() {
+    section_start
+    say "run: $RUN_RUNS x portwatch run -p PORT -- python3 server.py PORT: listen -> ready, command exit -> run's exit"
+    cat >"$TMP/runserver.py" <<'PYEOF'
+# runserver.py PORT TSFILE: listens on 127.0.0.1:PORT, writes the time right after
+# listen() to TSFILE, leaves one leftover (a forked, setsid'd sleeper that dies on
+# SIGTERM), serves one connection, writes the time right before it exits 0.
+import os, socket, sys, time
+port, tsfile = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(16)
+t_listen = time.time()
+pid = os.fork()
+if pid == 0:
+    s.close()
+    os.setsid()
+    time.sleep(3600)
+    os._exit(0)
+with open(tsfile, "w") as f:
+    f.write(f"listen {t_listen:.6f}\nleftover {pid}\n")
+c, _ = s.accept()
+c.close()
+with open(tsfile, "a") as f:
+    f.write(f"exit {time.time():.6f}\n")
+    f.flush()
+os._exit(0)
+PYEOF
+    cat >"$TMP/runbench.py" <<'PYEOF'
+# runbench.py PW PORT SERVER TSFILE: one timed `portwatch run`; prints a JSON line.
+import json, os, socket, subprocess, sys, threading, time
+pw, port, server, tsfile = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+lines = []
+ready = threading.Event()
+p = subprocess.Popen([pw, "run", "-p", str(port), "--timeout", "20s", "--grace", "2s", "--", sys.executable, server, str(port), tsfile],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+t_ready = None
+def read():
+    global t_ready
+    for line in p.stderr:
+        now = time.time()
+        lines.append(line.rstrip("\n"))
+        if t_ready is None and "ready after" in line:
+            t_ready = now
+            ready.set()
+threading.Thread(target=read, daemon=True).start()
+ok = ready.wait(25)
+ts = {}
+def load():
+    try:
+        for l in open(tsfile):
+            k, v = l.split()
+            ts[k] = float(v)
+    except OSError:
+        pass
+load()
+if ok:
+    time.sleep(0.2)  # let the ready line's followers settle; not part of either figure
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+rc = p.wait(30)
+t_end = time.time()
+time.sleep(0.05)
+load()
+leftover = int(ts.get("leftover", 0))
+alive = False
+if leftover:
+    try:
+        st = open(f"/proc/{leftover}/stat").read().split(")")[-1].split()[0]
+        alive = st != "Z"
+    except OSError:
+        pass
+print(json.dumps({
+    "port": port, "rc": rc, "ready": ok,
+    "listen_to_ready_ms": (t_ready - ts["listen"]) * 1e3 if ok and "listen" in ts else None,
+    "exit_to_end_ms": (t_end - ts["exit"]) * 1e3 if "exit" in ts else None,
+    "leftover_alive_after": alive,
+    "stderr": lines[-6:],
+}))
+PYEOF
+    : >"$TMP/run-runs.jsonl"
+    local n port
+    for ((n = 1; n <= RUN_RUNS; n++)); do
+        port=$(pick_port)
+        rm -f "$TMP/run-ts"
+        python3 "$TMP/runbench.py" "$PW" "$port" "$TMP/runserver.py" "$TMP/run-ts" >>"$TMP/run-runs.jsonl"
+        say "  run #$n: $(tail -n 1 "$TMP/run-runs.jsonl" | jq -c '{rc, listen_to_ready_ms, exit_to_end_ms, leftover_alive_after}')"
+    done
+    local f=$TMP/run.md
+    {
+        section_header run
+        echo "- Command, per run (a fresh port each): \`portwatch run -p PORT --timeout 20s --grace 2s -- python3 runserver.py PORT TSFILE\`, stderr read line by line by a python3 driver that notes \`time.time()\` when the \"ready after\" line arrives"
+        echo "- The server: bind + \`listen(16)\` on 127.0.0.1:PORT, writes \`time.time()\` right after listen(), forks one leftover (setsid, sleeps, dies on SIGTERM), accepts one connection (the driver's, 0.2 s after ready), writes \`time.time()\` and exits 0"
+        echo "- listen → ready = the driver's time of the ready line − the server's listen time; command exit → run's exit = the driver's time when \`run\` has exited (waitpid) − the server's exit time. Goals (issue 12): < 50 ms and < 100 ms"
+        echo
+        echo "| run | exit code | listen → ready (ms) | command exit → run's exit (ms) | leftover alive after |"
+        echo "|---:|---:|---:|---:|---|"
+        jq -r '"| \(input_line_number) | \(.rc) | \(.listen_to_ready_ms // "-" | if type == "number" then (.*10|round/10) else . end) | \(.exit_to_end_ms // "-" | if type == "number" then (.*10|round/10) else . end) | \(.leftover_alive_after) |"' "$TMP/run-runs.jsonl"
+        echo
+        jq -rs '
+          def med: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
+          ([.[].listen_to_ready_ms | select(. != null)]) as $r | ([.[].exit_to_end_ms | select(. != null)]) as $e |
+          "- listen → ready: median \($r | med | .*10|round/10) ms, max \($r | max | .*10|round/10) ms (goal < 50 ms: \(if ($r|length) == length and ($r|max) < 50 then "met" else "**missed**" end)); command exit → run exit: median \($e | med | .*10|round/10) ms, max \($e | max | .*10|round/10) ms (goal < 100 ms: \(if ($e|length) == length and ($e|max) < 100 then "met" else "**missed**" end)); goals judged on the worst run"' "$TMP/run-runs.jsonl"
+        echo "- \`run\`'s stderr, first run: $(head -n 1 "$TMP/run-runs.jsonl" | jq -r '.stderr | map("`" + . + "`") | join(" / ")')"
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
 }
 
 # --- helpers for reap and footprint ------------------------------------------
@@ -1012,12 +1292,23 @@ fi
 PW_MTIME=$(date -u -r "$PW_BUILT" '+%Y-%m-%d %H:%M UTC')
 cp "$PW_BUILT" "$TMP/portwatch"
 PW=$TMP/portwatch
+# The static musl build (what `cargo xtask dist` ships), when one was built from
+# the same tree: who and scale time it beside the glibc build.
+PW_MUSL_BUILT=$ROOT/target/x86_64-unknown-linux-musl/release/portwatch
+PW_MUSL=
+if [[ -x $PW_MUSL_BUILT ]]; then
+    PW_MUSL_MTIME=$(date -u -r "$PW_MUSL_BUILT" '+%Y-%m-%d %H:%M UTC')
+    cp "$PW_MUSL_BUILT" "$TMP/portwatch-musl"
+    PW_MUSL=$TMP/portwatch-musl
+fi
 "$PW" doctor >/dev/null 2>&1 || say "warning: \`portwatch doctor\` reports problems; watch/who may fail"
 
 case $WHICH in
 overhead) bench_overhead ;;
 loss) bench_loss ;;
 who) bench_who ;;
+scale) bench_scale ;;
+run) bench_run ;;
 reap) bench_reap ;;
 footprint) bench_footprint ;;
 churn) bench_churn ;;
@@ -1026,6 +1317,8 @@ all)
     bench_overhead
     bench_loss
     bench_who
+    bench_scale
+    bench_run
     bench_reap
     bench_footprint
     bench_churn

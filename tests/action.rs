@@ -165,6 +165,14 @@ fn summary_names_what_held_freed_reaped_and_leaked() {
     let _agent = PidGuard(agent);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(agent > 0 && alive(agent), "the agent runs: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "::warning title=portwatch::port {a} held by python3 (pid {}), left by job GITHUB_RUN_ID=4700",
+            earlier.pid()
+        )),
+        "the start step names who is in the way: {}",
+        text(&out)
+    );
     wait_until("the earlier job's listener is freed", Duration::from_secs(10), || !alive(earlier.pid()));
 
     // The job: a listener on A that stops (the agent reaps it), and one on B it leaks.
@@ -194,6 +202,11 @@ fn summary_names_what_held_freed_reaped_and_leaked() {
         "{summary}"
     );
     assert!(summary.contains(&format!("port {a}: agent **reaped**")), "{summary}");
+    // Blamed at the start, in the job's log and the summary: the earlier job's
+    // listener, its job, its state and queue.
+    let blame = format!("port {a} held by python3 (pid {}), left by job GITHUB_RUN_ID=4700 GITHUB_JOB=earlier ", earlier.pid());
+    let in_way = summary.split("### In the way at the start").nth(1).and_then(|s| s.split("###").next()).unwrap_or("");
+    assert!(in_way.contains(&blame) && in_way.contains("accept queue 0/"), "{summary}");
     assert!(summary.contains(&format!("agent **signal** pid {} (`python3`) `SIGTERM delivered", stopped.pid())), "{summary}");
     // Left behind: the leaked listener, what it holds, its job.
     let left = summary.split("### Left behind").nth(1).unwrap_or("");

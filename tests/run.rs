@@ -191,14 +191,21 @@ fn free_clears_a_stopped_leftover_and_the_new_server_is_the_one_ready() {
 fn a_port_taken_by_an_outsider_while_starting_fails_at_once_naming_it() {
     require_root();
     let port = free_port();
-    let cmd = format!("sleep 1; exec python3 -m http.server {port} --bind 127.0.0.1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = dir.path().join("started");
+    let cmd = format!("touch {}; sleep 1; exec python3 -m http.server {port} --bind 127.0.0.1", started.display());
     let run = Command::new(bin())
         .args(["run", "-p", &port.to_string(), "--timeout", "30s", "--", "sh", "-c", &cmd])
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
-    // The outsider binds after the run's check and before the command's bind.
-    std::thread::sleep(Duration::from_millis(300));
+    // The outsider binds after the run's check (the command has started) and
+    // before the command's bind.
+    let t0 = Instant::now();
+    while !started.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (outsider, _) = spawn_python(&format!(
         "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(60)\n"
     ));

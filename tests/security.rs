@@ -505,21 +505,13 @@ fn megabyte_command_lines_cost_the_agent_little() {
 fn a_failed_bind_in_another_network_namespace_is_not_blamed_on_the_host() {
     require_root();
     let port = free_port();
-    let ns = format!("pwsec{}", std::process::id());
-    assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip netns").success());
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _ns = Ns(ns.clone());
+    let ns = portwatch_tests::Netns::create("sec");
     let (_host, _) = spawn_python(&listener_script("127.0.0.1", port));
     let watch = portwatch_tests::Watch::start(&["--port", &port.to_string()]);
     let script = format!(
         "import socket\na = socket.socket(); a.bind(('0.0.0.0', {port}))\nb = socket.socket()\ntry:\n    b.bind(('0.0.0.0', {port}))\nexcept OSError:\n    pass\n"
     );
-    let st = Command::new("ip").args(["netns", "exec", &ns, "python3", "-c", &script]).status().expect("netns python");
+    let st = Command::new("ip").args(["netns", "exec", &ns.0, "python3", "-c", &script]).status().expect("netns python");
     assert!(st.success());
     let (events, _) = watch.stop();
     let failed: Vec<&serde_json::Value> = events.iter().filter(|e| e["error"].is_string()).collect();

@@ -39,6 +39,45 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `who` and `check` alone, for their start-up: clap builds every argument of every
+/// command it is given before it parses, and the whole CLI is most of a one-shot
+/// command's own start-up. `main` tries this first for `who`/`check` and takes
+/// [`Cli`] for anything this does not accept (help, errors), so what is printed
+/// never differs.
+#[derive(Debug, Parser)]
+#[command(name = "portwatch")]
+pub struct OneShot {
+    #[command(subcommand)]
+    pub command: OneShotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OneShotCommand {
+    Who(WhoArgs),
+    Check(CheckArgs),
+}
+
+impl OneShot {
+    /// The command, when the arguments are a `who` or `check` this parser accepts.
+    pub fn parse_args<I, T>(args: I) -> Option<Command>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args = args.into_iter().map(Into::into);
+        let argv0 = args.next()?;
+        let first = args.next()?;
+        if first != "who" && first != "check" {
+            return None;
+        }
+        let one = Self::try_parse_from([argv0, first].into_iter().chain(args)).ok()?;
+        Some(match one.command {
+            OneShotCommand::Who(a) => Command::Who(a),
+            OneShotCommand::Check(a) => Command::Check(a),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream binds (with failures), listens, accept-queue arrivals and closes as they
@@ -154,6 +193,10 @@ pub struct CheckArgs {
     /// server that sets SO_REUSEADDR, as most do, could bind it on every address).
     #[arg(long)]
     pub strict: bool,
+    /// The agent's history database, for which job left a holder and since when
+    /// (default /var/lib/portwatch/history.db; unused when unreadable).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -248,7 +291,7 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Control socket path (default /run/portwatch.sock).
+    /// Control socket path (default /run/portwatch/portwatch.sock).
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Serve no control socket.
@@ -264,24 +307,59 @@ pub struct HistoryArgs {
     /// Only this port.
     #[arg(value_parser = parse_port)]
     pub port: Option<u16>,
-    /// From this long ago (10m) or this time (2026-11-26T10:02:11Z).
-    #[arg(long)]
+    /// From this long ago (10m or -10m), `now`, or this time: UTC
+    /// (2026-11-26T10:02:11Z), with an offset (2026-11-26T12:02:11+02:00), or local
+    /// (2026-11-26 12:02:11).
+    #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
-    /// Up to this time.
-    #[arg(long)]
+    /// Up to this time (same forms as --since).
+    #[arg(long, allow_hyphen_values = true)]
     pub until: Option<String>,
     /// Only events of this pid.
     #[arg(long)]
     pub pid: Option<i32>,
-    /// Who held PORT at this moment.
-    #[arg(long, requires = "port")]
+    /// Who held PORT at this moment (same forms as --since: now, -10m, a time).
+    #[arg(long, requires = "port", allow_hyphen_values = true)]
     pub at: Option<String>,
+    /// Network namespace: `own` (this command's, the default), `all`, or a
+    /// namespace cookie (the `netns` of a JSON row).
+    #[arg(long, value_name = "own|all|COOKIE", default_value = "own", value_parser = parse_netns)]
+    pub netns: NetnsChoice,
     /// JSON array of rows instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["html", "svg"])]
     pub json: bool,
+    /// Write the timeline as a self-contained HTML page to FILE: a lane per port,
+    /// a bar per holder (coloured by CI job or process), marks for failed binds,
+    /// verdicts, signals and reaps; hover for details.
+    #[arg(long, value_name = "FILE", conflicts_with = "at")]
+    pub html: Option<PathBuf>,
+    /// Write the timeline as an SVG picture to FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "at")]
+    pub svg: Option<PathBuf>,
     /// History database (default /var/lib/portwatch/history.db).
     #[arg(long)]
     pub db: Option<PathBuf>,
+}
+
+/// Which network namespace's history `history` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsChoice {
+    Own,
+    All,
+    Cookie(u64),
+}
+
+fn parse_netns(s: &str) -> std::result::Result<NetnsChoice, String> {
+    match s {
+        "own" => Ok(NetnsChoice::Own),
+        "all" => Ok(NetnsChoice::All),
+        _ => s
+            .parse::<u64>()
+            .ok()
+            .filter(|&c| c != 0)
+            .map(NetnsChoice::Cookie)
+            .ok_or_else(|| format!("'{s}' is not own, all or a namespace cookie (a positive number)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -435,6 +513,41 @@ mod tests {
         walk(&cmd, "portwatch", &mut missing);
         assert!(missing.is_empty(), "arguments without help text: {missing:?}");
         cmd.debug_assert();
+    }
+
+    #[test]
+    fn one_shot_parser_agrees_with_the_full_one() {
+        let cases: &[&[&str]] = &[
+            &["who", "5050"],
+            &["who", "5050-5052,8080", "--json", "-v", "--tcp"],
+            &["who", "--method", "proc", "--clients", "-w", "5050"],
+            &["check", "5050"],
+            &["check", "-q", "--udp", "--tcp", "--strict", "--json", "5050,5051"],
+            &["check", "--db", "/var/tmp/h.db", "5050"],
+        ];
+        for case in cases {
+            let argv: Vec<&str> = std::iter::once("portwatch").chain(case.iter().copied()).collect();
+            let full = Cli::try_parse_from(&argv).unwrap().command;
+            let one = OneShot::parse_args(&argv).unwrap_or_else(|| panic!("not taken: {argv:?}"));
+            assert_eq!(format!("{one:?}"), format!("{full:?}"), "{argv:?}");
+        }
+        // Help, errors and other commands are left to the full parser.
+        let declined: &[&[&str]] = &[
+            &["who", "--help"],
+            &["who", "-h"],
+            &["check", "--version"],
+            &["who"],
+            &["who", "0"],
+            &["who", "abc"],
+            &["check", "--bogus", "5050"],
+            &["watch"],
+            &["--version"],
+            &[],
+        ];
+        for case in declined {
+            let argv: Vec<&str> = std::iter::once("portwatch").chain(case.iter().copied()).collect();
+            assert!(OneShot::parse_args(&argv).is_none(), "{argv:?}");
+        }
     }
 
     #[test]

@@ -10,8 +10,12 @@ use crate::{
     model::{ports::PortSet, target::HttpTarget, time::parse_duration},
 };
 
-/// The agent's control socket.
-pub const DEFAULT_SOCKET: &str = "/run/portwatch.sock";
+/// The agent's control socket, in the runtime directory systemd makes for the
+/// unit (`RuntimeDirectory=portwatch`); the agent creates the directory itself
+/// when run by hand.
+pub const DEFAULT_SOCKET: &str = "/run/portwatch/portwatch.sock";
+/// The directory of [`DEFAULT_SOCKET`].
+pub const DEFAULT_SOCKET_DIR: &str = "/run/portwatch";
 /// The agent's history database.
 pub const DEFAULT_DB: &str = "/var/lib/portwatch/history.db";
 /// The history database's size in use, at most (`max_db_size`).

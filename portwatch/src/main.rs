@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
 use portwatch::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, OneShot},
     cmd,
     error::{exit, Result},
 };
@@ -45,7 +45,9 @@ fn one_line(text: &str) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `who` and `check` first through a parser that knows only them (start-up).
+    let parsed = OneShot::parse_args(std::env::args_os()).map(|command| Cli { command }).map_or_else(Cli::try_parse, Ok);
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             return match e.kind() {

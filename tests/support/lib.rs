@@ -113,12 +113,36 @@ pub fn portwatch_unprivileged(args: &[&str]) -> Output {
 /// Starts a python3 script; waits until it prints a line starting with `READY`, and
 /// returns the guard and the rest of that line.
 pub fn spawn_python(script: &str) -> (ChildGuard, String) {
-    let mut child =
-        Command::new("python3").args(["-u", "-c", script]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn python3");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", script]);
+    spawn_ready(cmd)
+}
+
+/// Starts `cmd` (its stdout piped); waits until it prints a line starting with
+/// `READY`, and returns the guard and the rest of that line.
+pub fn spawn_ready(mut cmd: Command) -> (ChildGuard, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let guard = ChildGuard(child);
     let line = read_line_matching(stdout, "READY", Duration::from_secs(20));
     (guard, line.trim_start_matches("READY").trim().to_string())
+}
+
+/// A network namespace the test creates (`ip netns add`), deleted when dropped.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn create(tag: &str) -> Self {
+        let name = format!("pw{tag}{}", std::process::id());
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns").success());
+        Self(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 fn read_line_matching<R: Read + Send + 'static>(r: R, prefix: &'static str, timeout: Duration) -> String {

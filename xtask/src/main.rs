@@ -41,9 +41,16 @@ enum Cmd {
     /// Setup, then show portwatch catching a throwaway server on a real port.
     Demo,
     /// Setup, lint, then run every test: unit tests, the privileged kernel tests (the
-    /// action's scripts among them), the pytest plugin and example, the release bundle.
+    /// action's scripts among them), the pytest plugin and example, the release bundle,
+    /// and then the kernel matrix (`vmtest --kernel all`: the same test binaries on
+    /// Debian's 6.1 and 6.12 kernels under qemu).
     Test {
-        /// Extra arguments for `cargo test` (after `--`).
+        /// Kernels for the matrix after the host suite: all, a comma list such as
+        /// 6.1, or none (the host suite only).
+        #[arg(long, default_value = "all")]
+        kernels: String,
+        /// Extra arguments for `cargo test` (after `--`); with them, only the host
+        /// suite runs, filtered.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -76,6 +83,11 @@ enum Cmd {
         /// Seconds one test binary may run in the guest before it is killed.
         #[arg(long, default_value_t = 240)]
         test_timeout: u64,
+        /// Only boot systemd as PID 1 with deploy/portwatch.service installed and
+        /// test the unit (start, socket, metrics, a reap, stop detaching every
+        /// hook); a full vmtest runs this too, after the test binaries.
+        #[arg(long, conflicts_with_all = ["shell", "init"])]
+        systemd: bool,
         /// Extra arguments for every test binary (after `--`), e.g. a filter or
         /// --test-threads=1.
         #[arg(last = true)]
@@ -133,6 +145,10 @@ fn setup() -> Result<()> {
     // What `dist` needs, said now when it cannot be had (dist then builds static glibc).
     let sb = dist::prepare_static();
     eprintln!("xtask: `cargo xtask dist` will build for {}", sb.target);
+    // promtool checks the metrics and the alerting rules in the tests.
+    if is_root() {
+        ensure_promtool()?;
+    }
     run(Command::new("cargo").current_dir(root()).args(["build", "--release"]))
 }
 
@@ -192,7 +208,19 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// promtool (Debian's prometheus package) checks the metrics exposition in the tests.
+/// Headless Chromium renders the history timeline in the tests (a screenshot).
+fn ensure_chromium() -> Result<()> {
+    if output(Command::new("chromium").arg("--version")).is_some() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// promtool (Debian's prometheus package) checks the metrics exposition and the
+/// alerting rules (deploy/portwatch.rules.yml) in the tests.
 fn ensure_promtool() -> Result<()> {
     if output(Command::new("promtool").arg("--version")).is_some() {
         return Ok(());
@@ -203,13 +231,15 @@ fn ensure_promtool() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(kernels: &str, args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
     prepare()?;
     lint()?;
     // flask, gunicorn, pytest and the pytest plugin, in target/venv: Debian 12's
     // system python is externally managed. The tests find this python3 first on PATH.
     let venv = python::venv()?;
     ensure_promtool()?;
+    ensure_chromium()?;
     // The integration tests (the `portwatch-tests` crate) run the release binaries;
     // `cargo test` builds only test executables, so build those first.
     run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "portwatch", "-p", "portwatch-loadgen"]))?;
@@ -226,6 +256,21 @@ fn test(args: &[String]) -> Result<()> {
         pytest_example(&venv)?;
         python::plugin_tests(&venv, &root().join("target/release/portwatch"))?;
         dist::dist(false)?;
+        eprintln!("xtask: host suite passed in {:.0}s", started.elapsed().as_secs_f64());
+        if kernels != "none" {
+            vmtest::vmtest(&vmtest::Options {
+                kernel: kernels.to_owned(),
+                accel: vmtest::AccelChoice::Auto,
+                shell: None,
+                init: None,
+                append: String::new(),
+                timeout: 600,
+                test_timeout: 240,
+                args: Vec::new(),
+                systemd_only: false,
+            })?;
+        }
+        eprintln!("xtask: test: everything passed in {:.0}s", started.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -317,7 +362,15 @@ fn ensure_python_packages() -> Result<()> {
 fn bench(which: &str) -> Result<()> {
     setup()?;
     let venv = python::venv()?;
-    run(Command::new("bash").current_dir(root()).arg("bench/run.sh").arg(which).env("PATH", venv.path_env()))
+    // `hostile` (the agent under attack by an unprivileged user, held to 128 MiB)
+    // is a script of its own.
+    let script = if which == "hostile" { "bench/hostile.sh" } else { "bench/run.sh" };
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(root()).arg(script).env("PATH", venv.path_env());
+    if which != "hostile" {
+        cmd.arg(which);
+    }
+    run(&mut cmd)
 }
 
 fn main() -> Result<()> {
@@ -330,13 +383,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Demo => demo(),
-        Cmd::Test { args } => test(&args),
+        Cmd::Test { kernels, args } => test(&kernels, &args),
         Cmd::Bench { which } => bench(&which),
         Cmd::Lint => lint(),
         Cmd::Dist { check_only: true, .. } => dist::check(&dist::built_archive()?),
         Cmd::Dist { check_only: false, glibc } => dist::dist(glibc).map(|_| ()),
-        Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, args } => {
-            vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args })
+        Cmd::Vmtest { kernel, accel, shell, init, append, timeout, test_timeout, systemd, args } => {
+            vmtest::vmtest(&vmtest::Options { kernel, accel, shell, init, append, timeout, test_timeout, args, systemd_only: systemd })
         }
     }
 }

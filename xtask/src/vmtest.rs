@@ -29,10 +29,14 @@
 //! `vmtest --kernel 6.12 --init /lib/systemd/systemd --append systemd.unit=poweroff.target`
 //! boots the host's systemd and units and powers off (14 s under TCG). systemd
 //! mounts proc, sys and cgroup2 itself; the initramfs has mounted the results
-//! share already. A test would be a unit (on the kernel command line:
-//! `systemd.unit=`, or one the test puts in place) that writes into the results
-//! share and ends with `systemctl poweroff`; the harness's timeout kills qemu
-//! otherwise.
+//! share already. [`systemd_test`] (`vmtest --systemd`, and the end of a full
+//! run) is such a test: `xtask/vm/systemd-init.sh` (PID 1 first, from the
+//! results share) installs deploy/'s unit, sysusers and tmpfiles files, the
+//! release binary and a config into the overlay and execs systemd, which boots
+//! into `portwatch-vmtest.service` (`systemd.unit=`) running
+//! `xtask/vm/systemd-test.sh`; that writes `systemd.txt` and `systemd.status`
+//! into the results share and ends with `systemctl poweroff`; the harness's
+//! timeout kills qemu otherwise.
 //!
 //! Packages: [`ensure_vm_packages`] installs qemu-system-x86, busybox-static, cpio,
 //! kmod and xz-utils when missing. `vmtest` calls it itself (a no-op when all are
@@ -69,11 +73,18 @@ const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay", "virti
 /// `--skip`) that run on the host only: their assertions are about throughput,
 /// which an emulated CPU cannot reach. `cargo xtask test` runs them on the host;
 /// vmtest prints each one it leaves out, with the reason.
-const HOST_ONLY: &[HostOnly] = &[HostOnly {
-    binary: "storm",
-    test: None,
-    why: "throughput test (a 100k binds/s storm), meaningless in an emulated guest; `cargo xtask test` runs it on the host",
-}];
+const HOST_ONLY: &[HostOnly] = &[
+    HostOnly {
+        binary: "storm",
+        test: None,
+        why: "throughput test (a 100k binds/s storm), meaningless in an emulated guest; `cargo xtask test` runs it on the host",
+    },
+    HostOnly {
+        binary: "history",
+        test: Some("the_timeline_renders_in_a_browser"),
+        why: "headless Chromium takes minutes to start under emulation; the timeline is the same on every kernel",
+    },
+];
 
 struct HostOnly {
     binary: &'static str,
@@ -422,6 +433,10 @@ pub enum Init<'a> {
     Script(Plan),
     /// Any program of the host's root, e.g. `/lib/systemd/systemd`.
     Program(&'a Path),
+    /// Files written into the results share (name, text, executable) once it is
+    /// emptied; the one named `init` is PID 1 (e.g. a script that prepares the
+    /// overlay and execs systemd: [`systemd_test`]).
+    Staged { files: Vec<(&'static str, String)>, init: &'static str },
 }
 
 /// plan.sh: what guest.sh runs, as shell lines.
@@ -510,6 +525,12 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
             guest
         }
         Init::Program(p) => p.to_path_buf(),
+        Init::Staged { files, init } => {
+            for (name, text) in files {
+                write_executable(&results.join(name), text)?;
+            }
+            results.join(init)
+        }
     };
     let mut cmdline =
         format!("console=ttyS0 panic=-1 loglevel=4 vmtest.init={} vmtest.results={text}", init.to_str().context("init path is not UTF-8")?);
@@ -874,6 +895,8 @@ pub struct Options {
     pub timeout: u64,
     pub test_timeout: u64,
     pub args: Vec<String>,
+    /// Only the systemd test ([`systemd_test`]), not the test binaries.
+    pub systemd_only: bool,
 }
 
 /// `cargo xtask setup --vm`: the packages, and each default kernel with its
@@ -894,6 +917,31 @@ pub fn vmtest(o: &Options) -> Result<()> {
         bail!("--kernel: give a series such as 6.1, a comma list, or all");
     }
     ensure_vm_packages()?;
+    if o.systemd_only {
+        crate::prepare()?;
+        let kernels = series.iter().map(|s| fetch_kernel(s)).collect::<Result<Vec<_>>>()?;
+        let first = kernels.first().context("no kernel")?;
+        let (accel, why) = choose_accel(o.accel, first)?;
+        eprintln!("xtask: vmtest: accelerator {}: {why}", accel.name());
+        let bad: Vec<String> = kernels
+            .iter()
+            .filter_map(|k| match systemd_test(k, accel) {
+                Ok(true) => None,
+                Ok(false) => Some(k.series.clone()),
+                Err(e) => {
+                    eprintln!("xtask: vmtest --systemd: {}: {e:#}", k.series);
+                    Some(k.series.clone())
+                }
+            })
+            .collect();
+        println!("\nxtask: vmtest took {:.0}s", started.elapsed().as_secs_f64());
+        println!("vmtest --systemd: {} kernel(s) passed, {} failed", kernels.len() - bad.len(), bad.len());
+        if !bad.is_empty() {
+            eprintln!("xtask: vmtest --systemd failed on {}", bad.join(", "));
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let tests = if o.shell.is_none() && o.init.is_none() {
         crate::prepare()?;
         crate::ensure_python_packages()?;
@@ -1057,6 +1105,17 @@ pub fn vmtest(o: &Options) -> Result<()> {
         }
     }
     print!("{text}");
+    // The shipped unit under systemd as PID 1, on each kernel.
+    for k in &kernels {
+        match systemd_test(k, accel) {
+            Ok(true) => {}
+            Ok(false) => bad_kernels.push(format!("{} (systemd)", k.series)),
+            Err(e) => {
+                println!("  systemd test on kernel {}: {e:#}", k.series);
+                bad_kernels.push(format!("{} (systemd)", k.series));
+            }
+        }
+    }
     println!("\nxtask: vmtest took {:.0}s", started.elapsed().as_secs_f64());
     // The plain closing line CI reads.
     println!("vmtest: {total_passed} passed, {total_failed} failed");
@@ -1067,6 +1126,74 @@ pub fn vmtest(o: &Options) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The port the systemd test's agent watches (the guest has only loopback and
+/// nothing else running on it).
+const SYSTEMD_TEST_PORT: u16 = 5050;
+/// A boot of systemd, the agent's start and stop, a reap: about a minute under
+/// TCG on a quiet host; killed after this long.
+const SYSTEMD_TEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// `vmtest --systemd` (and the end of every `vmtest` run): boots the host's
+/// systemd as PID 1 on `k` with deploy/'s unit, sysusers and tmpfiles files and
+/// the release binary installed into the guest's overlay (`xtask/vm/systemd-init.sh`),
+/// and runs `xtask/vm/systemd-test.sh` as a unit: `systemctl start` (Type=notify),
+/// the control socket and its group, `portwatch status`, metrics (GET and HEAD),
+/// a SIGSTOPped listener reaped, JSON in the journal, `systemctl stop` leaving no
+/// hook attached. Prints each check; true when every one passed.
+pub fn systemd_test(k: &Kernel, accel: Accel) -> Result<bool> {
+    let root = root();
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "portwatch"]))?;
+    let bin = root.join("target/release/portwatch");
+    let results = k.dir.join("results-systemd");
+    let env = format!(
+        "PW_BIN={}\nPW_DEPLOY={}\nPW_PORT={SYSTEMD_TEST_PORT}\n",
+        sh_quote(&bin.to_string_lossy()),
+        sh_quote(&root.join("deploy").to_string_lossy())
+    );
+    eprintln!("xtask: vmtest --systemd: booting {} ({}, {})", k.series, k.release, accel.name());
+    let out = boot(&Boot {
+        kernel: k,
+        accel,
+        results: &results,
+        init: Init::Staged {
+            files: vec![
+                ("systemd-env.sh", env),
+                ("systemd-init.sh", include_str!("../vm/systemd-init.sh").to_owned()),
+                ("systemd-test.sh", include_str!("../vm/systemd-test.sh").to_owned()),
+            ],
+            init: "systemd-init.sh",
+        },
+        append: "systemd.unit=portwatch-vmtest.service systemd.show_status=0",
+        timeout: SYSTEMD_TEST_TIMEOUT,
+        echo: Echo::Progress,
+        abort_on: &["Kernel panic - not syncing", "KVM internal error"],
+    })?;
+    let report = fs::read_to_string(results.join("systemd.txt")).unwrap_or_default();
+    let fails = fs::read_to_string(results.join("systemd.status")).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    println!("\n== systemd as PID 1, kernel {} ({}, {}, {:.0}s) ==", k.series, k.release, accel.name(), out.elapsed.as_secs_f64());
+    for line in report.lines() {
+        println!("  {line}");
+    }
+    let ok = match fails {
+        Some(0) => true,
+        Some(n) => {
+            println!("  {n} check(s) failed; details: {}", results.join("systemd-detail.log").display());
+            false
+        }
+        None => {
+            println!("  the test did not finish ({}); console: {}", out.why_unfinished(), out.console.display());
+            let tail = fs::read_to_string(&out.console).unwrap_or_default();
+            let lines: Vec<&str> = tail.lines().collect();
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                println!("    | {l}");
+            }
+            false
+        }
+    };
+    println!("  systemd test on kernel {}: {}", k.series, if ok { "ok" } else { "FAILED" });
+    Ok(ok)
 }
 
 #[cfg(test)]

@@ -81,6 +81,10 @@ enum Cmd {
         procs: usize,
         #[arg(long, default_value_t = 100)]
         fds: usize,
+        /// Tasks per child: 1 is the main thread alone; more adds sleeping threads
+        /// that share its fd table (each is a task to an `iter/task` program).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -91,7 +95,7 @@ fn main() {
         Cmd::Bindloop { iters, port, rounds } => bindloop(iters, port, rounds),
         Cmd::Storm { seconds, threads, rate, port } => storm(seconds, threads, rate, port),
         Cmd::Churn { iters, port, rounds } => churn(iters, port, rounds),
-        Cmd::Hold { procs, fds } => hold(procs, fds),
+        Cmd::Hold { procs, fds, threads } => hold(procs, fds, threads),
     };
     if let Err(e) = r {
         eprintln!("pw-loadgen: {e}");
@@ -379,7 +383,7 @@ fn storm(seconds: f64, threads: usize, rate: u64, port: u16) -> io::Result<()> {
 
 /// Child side of `hold`: open the fds, report ready on `ready_w`, sleep until killed.
 /// Never returns.
-fn hold_child(fds: usize, parent: libc::pid_t, ready_w: libc::c_int) -> ! {
+fn hold_child(fds: usize, threads: usize, parent: libc::pid_t, ready_w: libc::c_int) -> ! {
     // SAFETY: only async-signal-safe libc calls between fork and _exit (the parent
     // is single-threaded at fork time, so any libc call would be fine anyway).
     unsafe {
@@ -409,6 +413,15 @@ fn hold_child(fds: usize, parent: libc::pid_t, ready_w: libc::c_int) -> ! {
                 libc::_exit(2);
             }
         }
+        // The parent is single-threaded, so threads may be made after fork.
+        for _ in 1..threads.max(1) {
+            let t = std::thread::Builder::new().stack_size(32 * 1024).spawn(|| loop {
+                libc::pause();
+            });
+            if t.is_err() {
+                libc::_exit(5);
+            }
+        }
         let b = [1u8];
         if libc::write(ready_w, b.as_ptr().cast(), 1) != 1 {
             libc::_exit(4);
@@ -432,7 +445,7 @@ fn kill_all(pids: &[libc::pid_t]) {
     }
 }
 
-fn hold(procs: usize, fds: usize) -> io::Result<()> {
+fn hold(procs: usize, fds: usize, threads: usize) -> io::Result<()> {
     // SAFETY: signal-mask and fork plumbing; the process is single-threaded here.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -459,7 +472,7 @@ fn hold(procs: usize, fds: usize) -> io::Result<()> {
                 }
                 0 => {
                     libc::close(ready_r);
-                    hold_child(fds, me, ready_w)
+                    hold_child(fds, threads, me, ready_w)
                 }
                 pid => pids.push(pid),
             }
@@ -479,11 +492,14 @@ fn hold(procs: usize, fds: usize) -> io::Result<()> {
         libc::close(ready_r);
         if ready < procs {
             kill_all(&pids);
-            return Err(io::Error::other(format!("only {ready} of {procs} children opened their {fds} fds (fd limit? `ulimit -n`)")));
+            return Err(io::Error::other(format!(
+                "only {ready} of {procs} children opened their {fds} fds and started {threads} task(s) (fd or task limit? `ulimit -n`, `ulimit -u`)"
+            )));
         }
         let list: Vec<String> = pids.iter().map(ToString::to_string).collect();
         println!(
-            "{{\"bench\":\"hold\",\"parent\":{me},\"procs\":{procs},\"fds_per_proc\":{fds},\"ready_secs\":{:.3},\"pids\":[{}]}}",
+            "{{\"bench\":\"hold\",\"parent\":{me},\"procs\":{procs},\"fds_per_proc\":{fds},\"tasks_per_proc\":{},\"ready_secs\":{:.3},\"pids\":[{}]}}",
+            threads.max(1),
             t.elapsed().as_secs_f64(),
             list.join(",")
         );

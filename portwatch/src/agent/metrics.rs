@@ -16,6 +16,7 @@ use crate::{
     agent::history::writer::Health,
     error::{Error, Result},
     model::verdict::Verdict,
+    sys::proc::SelfUsage,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +78,13 @@ pub struct Metrics {
 }
 
 pub const REASONS: &[&str] = &["accept_stall", "holders_stopped", "probe_failing", "bound_not_listening", "leftover"];
+/// `portwatch_events_total{event}`: the socket events, failed binds (known, or of
+/// unknown outcome), and sockets observed without their bind.
+pub const EVENTS: &[&str] = &["bind", "listen", "close", "accept", "bind_failed", "bind_unknown", "observed"];
+/// `portwatch_signals_total{signal}`: what reaping sends.
+pub const SIGNALS: &[&str] = &["SIGTERM", "SIGCONT", "SIGKILL"];
+/// `portwatch_reaps_total{outcome}`.
+pub const OUTCOMES: &[&str] = &["freed", "still_held", "refused", "dry_run"];
 
 impl Metrics {
     pub fn new() -> (Self, Registry) {
@@ -114,7 +122,25 @@ impl Metrics {
         let build: Family<VersionLabel, Gauge> = Family::default();
         build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
         r.register("build_info", "portwatch build information", build);
+        m.zero();
         (m, r)
+    }
+
+    /// Every counter's known series at 0, so that a rate or an alert on them has
+    /// a value from the agent's start, not only after the first event.
+    fn zero(&self) {
+        for e in EVENTS {
+            let _ = self.events.get_or_create(&EventLabel { event: (*e).to_string() });
+        }
+        for r in REASONS {
+            let _ = self.verdicts.get_or_create(&ReasonLabel { reason: (*r).to_string() });
+        }
+        for s in SIGNALS {
+            let _ = self.signals.get_or_create(&SignalLabel { signal: (*s).to_string() });
+        }
+        for o in OUTCOMES {
+            let _ = self.reaps.get_or_create(&OutcomeLabel { outcome: (*o).to_string() });
+        }
     }
 
     /// Sets the per-port gauges from one sample.
@@ -187,6 +213,36 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
+/// The standard `process_*` metrics (as Prometheus' client libraries export them)
+/// for the agent itself, in the text format.
+pub fn render_process(u: &SelfUsage) -> String {
+    let mut out = String::new();
+    let mut one = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    };
+    one("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", format!("{}", u.cpu_seconds));
+    one("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", u.resident_bytes.to_string());
+    one("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", u.virtual_bytes.to_string());
+    one("process_open_fds", "gauge", "Number of open file descriptors.", u.open_fds.to_string());
+    one("process_max_fds", "gauge", "Maximum number of open file descriptors.", u.max_fds.to_string());
+    one(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        format!("{}", u.start_time_seconds),
+    );
+    out
+}
+
+/// The whole exposition: the agent's metrics, then its `process_*` ones.
+fn render_all(registry: &Registry) -> String {
+    let mut body = render(registry);
+    if let Some(u) = crate::sys::proc::self_usage() {
+        body.push_str(&render_process(&u));
+    }
+    body
+}
+
 /// Connections the metrics endpoint serves at once; more wait in the backlog.
 const MAX_SCRAPES: usize = 8;
 /// A scrape must send its request within this long.
@@ -234,7 +290,7 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>) -> Result<tokio::t
                 let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
                 let is_metrics = path == "/metrics" || path.starts_with("/metrics?");
                 let (status, ctype, body) = match (method, is_metrics) {
-                    ("GET" | "HEAD", true) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&registry)),
+                    ("GET" | "HEAD", true) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render_all(&registry)),
                     ("GET" | "HEAD", false) => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
                     _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".to_string()),
                 };
@@ -290,5 +346,40 @@ mod tests {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
         assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn counters_start_at_zero() {
+        let (_m, r) = Metrics::new();
+        let text = render(&r);
+        for needle in [
+            "portwatch_events_total{event=\"bind_failed\"} 0",
+            "portwatch_events_total{event=\"observed\"} 0",
+            "portwatch_verdicts_total{reason=\"accept_stall\"} 0",
+            "portwatch_signals_total{signal=\"SIGKILL\"} 0",
+            "portwatch_reaps_total{outcome=\"freed\"} 0",
+            "portwatch_ringbuf_lost_events_total 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn process_metrics() {
+        let u = SelfUsage {
+            cpu_seconds: 1.5,
+            resident_bytes: 4096,
+            virtual_bytes: 8192,
+            open_fds: 7,
+            max_fds: 1024,
+            start_time_seconds: 1_700_000_000.25,
+        };
+        let text = render_process(&u);
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.5\n"), "{text}");
+        assert!(text.contains("process_resident_memory_bytes 4096\n"));
+        assert!(text.contains("process_open_fds 7\n"));
+        assert!(text.contains("process_start_time_seconds 1700000000.25\n"));
+        let live = crate::sys::proc::self_usage().unwrap();
+        assert!(live.open_fds > 0 && live.resident_bytes > 0 && live.start_time_seconds > 1e9);
     }
 }

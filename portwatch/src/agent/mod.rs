@@ -76,7 +76,8 @@ fn log_record(r: &Record) {
             // Names are chosen by processes: escaped, so none can forge a log line.
             let holder_comm = r.held_by.as_ref().and_then(|h| h.comm.as_deref()).map(|c| esc(c).into_owned());
             let comm = r.comm.as_deref().map(|c| esc(c).into_owned());
-            warn!(event = "bind_failed", error = e.name(), pid = r.pid, comm = comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, holder_pid, holder_comm = holder_comm.as_deref(), "socket event")
+            let held_by = r.held_by.as_ref().map(|h| crate::output::watch::held_by(h, r.port));
+            warn!(event = "bind_failed", error = e.name(), pid = r.pid, comm = comm.as_deref(), proto = r.proto.map(|p| p.name()), addr = %r.addr, port = r.port, holder_pid, holder_comm = holder_comm.as_deref(), held_by = held_by.as_deref(), "bind failed")
         }
         // Every event is in the history and the metrics; logging each one would flood
         // the log pipeline in a bind storm (RUST_LOG=portwatch=debug shows them).
@@ -112,6 +113,13 @@ fn log_reap(rep: &PortReport) {
                 warn!(port = rep.port, elapsed_ms = o.elapsed_ms, survivors = ?o.survivors, signals = ?signals, "reaped, but the port is still held");
             }
         }
+    }
+}
+
+/// Tells systemd about the agent's state (nothing outside systemd).
+fn sd_notify(state: &str) {
+    if let Err(e) = crate::sys::notify::notify(state) {
+        warn!(error = %e, state, "could not notify systemd");
     }
 }
 
@@ -227,6 +235,9 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_every = judge::probe_every(&cfg);
     let mut ticks: u64 = 0;
+    // systemd (Type=notify): ready once the hooks are attached, the control socket
+    // listens and the metrics are served.
+    sd_notify(&format!("READY=1\nSTATUS=watching {} port(s)", list.len()));
     info!(ports = ?list, existing_sockets = seeded, stall = %crate::model::time::human(cfg.stall), grace = %crate::model::time::human(cfg.grace), reap = cfg.reap, dry_run, "agent started");
     // Runs killed before they ended their processes leave a cgroup behind: looked for
     // now and then, ended with --reap (one search at a time, off the loop).
@@ -318,6 +329,9 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     Ok(s) => s,
                     Err(e) => { warn!(error = %e, "sampling failed"); continue; }
                 };
+                // Sockets the agent did not see bound: an `observed` history row each.
+                // (A /proc read for a socket seen twice unseen: rare, and brief.)
+                lock(&recorder).observe(who.sockets.iter().filter(|s| cfg.ports.contains(s.port)));
                 let verdicts = engine.update(&sample);
                 if let Some(m) = &metrics {
                     for port in cfg.ports.iter() {
@@ -374,6 +388,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
             _ = sighup.recv() => break,
         }
     }
+    sd_notify("STOPPING=1\nSTATUS=stopping: detaching hooks, flushing history");
     // What is still in the ring buffer; the event thread then expires attempts that
     // can no longer succeed.
     let mut rest = pending.take().unwrap_or_default();

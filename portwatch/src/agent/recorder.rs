@@ -1,7 +1,7 @@
 //! Turns what the agent sees and does into history rows and metrics, with process
 //! details captured while the processes still exist.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,6 +16,7 @@ use crate::{
         event::{Activity, ErrorSource, Record},
         plan::PortReport,
         process::ProcDetails,
+        socket::Socket,
         time::{fmt_time, WallNs},
         verdict::Verdict,
     },
@@ -97,16 +98,22 @@ pub struct Recorder {
     details: DetailsCache,
     shared: Arc<Shared>,
     clock: WallClock,
+    /// The agent's own network namespace: that of the sockets it samples and
+    /// reaps (sock_diag answers for it only).
+    netns: Option<u64>,
+    /// Sockets found unseen (not bound before the agent's eyes) in the last sample.
+    unseen: HashSet<u64>,
 }
 
 impl Recorder {
     pub fn new(writer: Option<Writer>, metrics: Option<Metrics>, shared: Arc<Shared>) -> Self {
-        Self { writer, metrics, details: DetailsCache::default(), shared, clock: WallClock::new() }
+        let netns = crate::sys::netns::own_cookie();
+        Self { writer, metrics, details: DetailsCache::default(), shared, clock: WallClock::new(), netns, unseen: HashSet::new() }
     }
 
     /// A row with the details of `pid` (read now, or cached).
     fn row(&mut self, time_ns: WallNs, kind: RowKind, pid: Option<i32>) -> Row {
-        let mut r = Row { pid, ..Row::at(time_ns, kind) };
+        let mut r = Row { pid, netns: self.netns, ..Row::at(time_ns, kind) };
         if let Some(d) = pid.and_then(|p| self.details.get(p)) {
             r.ppid = Some(d.proc.ppid);
             r.uid = Some(d.proc.uid);
@@ -149,6 +156,9 @@ impl Recorder {
         r.proto = rec.proto;
         r.addr = Some(rec.addr);
         r.cookie = Some(rec.cookie);
+        if rec.netns_cookie != 0 {
+            r.netns = Some(rec.netns_cookie);
+        }
         r.error = rec.error.map(|e| e.name().to_string());
         if rec.error_source == Some(ErrorSource::OtherNetns) {
             r.detail = Some(format!("in another network namespace (cookie {})", rec.netns_cookie));
@@ -180,6 +190,49 @@ impl Recorder {
             }
         }
         self.record(r);
+    }
+
+    /// Sockets on the watched ports that the agent did not see being bound (there
+    /// before it started, or bound while its events were lost), from a sample: one
+    /// `observed` row each, once, with the first holder's details and the time of
+    /// that process's start as the row's time and the socket's `since` (it has held
+    /// the port since then at most). Marked in `detail` as observed, not seen binding.
+    ///
+    /// A socket is written the second sample in a row it is found unseen: its bind
+    /// event, if there is one, may still be in the ring buffer at the first.
+    pub fn observe<'a>(&mut self, sockets: impl IntoIterator<Item = &'a Socket>) {
+        let now = wall_now_ns();
+        let unseen: Vec<&Socket> = {
+            let seen = lock(&self.shared.seen);
+            sockets.into_iter().filter(|s| s.cookie != 0 && !seen.contains_key(&s.cookie)).collect()
+        };
+        let before = std::mem::replace(&mut self.unseen, unseen.iter().map(|s| s.cookie).collect());
+        for s in unseen {
+            if !before.contains(&s.cookie) {
+                continue;
+            }
+            self.unseen.remove(&s.cookie);
+            let holder = s.holders.first().map(|h| &h.proc);
+            let since = observed_since(holder.and_then(|p| p.start_time), now);
+            let mut r = self.row(since, RowKind::Observed, holder.map(|p| p.pid));
+            if r.comm.is_none() {
+                r.comm = holder.map(|p| p.comm.clone());
+            }
+            r.port = Some(s.port);
+            r.proto = Some(s.proto);
+            r.addr = Some(s.addr);
+            r.cookie = Some(s.cookie);
+            r.detail = Some(format!(
+                "{} socket observed by the agent at {} (not seen binding); since its holder's start",
+                s.state.name(),
+                fmt_time(now)
+            ));
+            lock(&self.shared.seen).insert(s.cookie, Tenure { since, job: r.job.as_deref().map(String::from) });
+            if let Some(m) = &self.metrics {
+                m.event("observed");
+            }
+            self.record(r);
+        }
     }
 
     pub fn verdict(&mut self, v: &Verdict) {
@@ -251,10 +304,24 @@ impl Recorder {
     }
 }
 
+/// An observed socket's `since`: its holder's start (seconds since the epoch), or
+/// now when the holder is unknown; never in the future.
+fn observed_since(start_secs: Option<u64>, now: WallNs) -> WallNs {
+    start_secs.and_then(|s| i64::try_from(s).ok()).and_then(|s| s.checked_mul(1_000_000_000)).map_or(now, |t| t.min(now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::process::ProcInfo;
+
+    #[test]
+    fn observed_since_is_the_holders_start() {
+        assert_eq!(observed_since(Some(100), 500_000_000_000), 100_000_000_000);
+        assert_eq!(observed_since(None, 5), 5);
+        assert_eq!(observed_since(Some(1000), 5), 5);
+        assert_eq!(observed_since(Some(u64::MAX), 5), 5);
+    }
 
     #[test]
     fn details_cache_is_bounded_by_bytes() {

@@ -39,14 +39,20 @@ pub fn run(a: AgentArgs) -> Result<u8> {
 }
 
 /// Logs on stderr: text (coloured on a terminal, unless NO_COLOR is set), or JSON
-/// lines with typed fields.
+/// lines with typed fields (`output::log`); under systemd with stderr in the
+/// journal, every line starts with its `<N>` priority and text lines carry no
+/// timestamp (journald stamps them).
 fn init_logging(json: bool) {
+    use crate::output::log::{stderr_is_journal, JournalText, JsonFormat};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let ansi = std::io::stderr().is_terminal() && !no_color;
+    let journal = stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal() && !no_color && !journal;
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
-        b.json().flatten_event(true).init();
+        b.event_format(JsonFormat { journal }).init();
+    } else if journal {
+        b.event_format(JournalText).init();
     } else {
         b.init();
     }

@@ -6,9 +6,8 @@ use crate::{
     cli::RunArgs,
     error::{exit, Error, Result},
     model::{
-        plan::{Ending, PortReport},
+        plan::{Ending, Leftover, PortReport},
         ports,
-        process::Leftover,
         socket::Socket,
     },
     output::{self, esc, progress::Progress, to_json},

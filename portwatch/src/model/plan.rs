@@ -315,6 +315,13 @@ impl Outcome {
     }
 }
 
+/// A process a run left behind, with the ports it held.
+#[derive(Clone, Debug, Serialize)]
+pub struct Leftover {
+    pub proc: ProcInfo,
+    pub ports: Vec<(Proto, u16)>,
+}
+
 /// What ending a set of processes did: who was planned, who was refused and why,
 /// and the signals.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -58,13 +58,6 @@ pub fn state_word(state: char) -> &'static str {
     }
 }
 
-/// A process a run left behind, with the ports it held.
-#[derive(Clone, Debug, Serialize)]
-pub struct Leftover {
-    pub proc: ProcInfo,
-    pub ports: Vec<(super::socket::Proto, u16)>,
-}
-
 /// A process holding a socket through one fd (in JSON: the process's fields and
 /// `fd`, side by side).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,9 +93,25 @@ pub fn may_signal(sender: Creds, target: Creds) -> bool {
 }
 
 /// Environment variables that name the CI job a process belongs to, in the order
-/// they are shown.
-pub const JOB_VARS: &[&str] =
-    &["GITHUB_RUN_ID", "GITHUB_JOB", "CI_JOB_ID", "CI_PIPELINE_ID", "BUILD_ID", "BUILD_NUMBER", "BUILDKITE_JOB_ID", "JOB_NAME"];
+/// they are shown: what each runner sets in its jobs' environment (GitHub Actions,
+/// GitLab CI, Jenkins, Buildkite).
+pub const JOB_VARS: &[&str] = &[
+    // GitHub Actions
+    "GITHUB_RUN_ID",
+    "GITHUB_JOB",
+    // GitLab CI
+    "CI_JOB_ID",
+    "CI_JOB_NAME",
+    "CI_PIPELINE_ID",
+    // Jenkins
+    "BUILD_TAG",
+    "BUILD_ID",
+    "BUILD_NUMBER",
+    "JOB_NAME",
+    // Buildkite
+    "BUILDKITE_JOB_ID",
+    "BUILDKITE_LABEL",
+];
 
 /// The CI job identity in an environment block (NUL-separated `KEY=value`).
 pub fn job_from_environ(env: &[u8]) -> Option<String> {
@@ -148,6 +157,12 @@ mod tests {
         let env = b"PATH=/bin\0GITHUB_JOB=test\0GITHUB_RUN_ID=4711\0HOME=/root\0";
         assert_eq!(job_from_environ(env).as_deref(), Some("GITHUB_RUN_ID=4711 GITHUB_JOB=test"));
         assert_eq!(job_from_environ(b"GITHUB_RUN_IDX=1\0"), None);
+        let gitlab = b"CI_JOB_NAME=unit\0CI_JOB_ID=99\0CI_PIPELINE_ID=7\0";
+        assert_eq!(job_from_environ(gitlab).as_deref(), Some("CI_JOB_ID=99 CI_JOB_NAME=unit CI_PIPELINE_ID=7"));
+        let jenkins = b"JOB_NAME=app/main\0BUILD_TAG=jenkins-app-main-12\0";
+        assert_eq!(job_from_environ(jenkins).as_deref(), Some("BUILD_TAG=jenkins-app-main-12 JOB_NAME=app/main"));
+        let bk = b"BUILDKITE_LABEL=:rust: test\0BUILDKITE_JOB_ID=0190-ab\0";
+        assert_eq!(job_from_environ(bk).as_deref(), Some("BUILDKITE_JOB_ID=0190-ab BUILDKITE_LABEL=:rust: test"));
         assert_eq!(job_from_environ(b"BUILD_ID=7\0CI_JOB_ID=3\0").as_deref(), Some("CI_JOB_ID=3 BUILD_ID=7"));
     }
 }

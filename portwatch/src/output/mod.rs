@@ -8,12 +8,15 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+pub mod blame;
 pub mod cleanup;
 pub mod doctor;
 pub mod free;
 pub mod history;
+pub mod log;
 pub mod progress;
 pub mod run;
+pub mod timeline;
 pub mod watch;
 pub mod who;
 

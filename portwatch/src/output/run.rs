@@ -1,8 +1,7 @@
 //! What `run` says about the processes in its way and those it ended.
 use crate::{
     model::{
-        plan::{Ending, Signal},
-        process::Leftover,
+        plan::{Ending, Leftover, Signal},
         socket::{Proto, Socket},
     },
     output::{age, esc, truncate},

@@ -1,7 +1,7 @@
 //! `watch` records: an aligned table or JSON lines.
 use crate::{
     model::{
-        event::{Activity, ErrorSource, Record},
+        event::{Activity, ErrorSource, HeldBy, Record},
         socket::endpoint,
     },
     output::esc,
@@ -9,6 +9,17 @@ use crate::{
 };
 
 pub const HEADER: &str = "TIME          EVENT   PID      COMM             PROTO  ADDRESS                                          RESULT";
+
+/// Who a failed bind ran into, names escaped: `held by pid 8330 (python3) listen
+/// 127.0.0.1:5050` (the pid and command when known; the socket always).
+pub fn held_by(h: &HeldBy, port: u16) -> String {
+    let who = match (h.pids.as_slice(), &h.comm) {
+        ([], _) => String::new(),
+        ([pid, ..], Some(comm)) => format!("pid {pid} ({}) ", esc(comm)),
+        (pids, None) => format!("pid {} ", pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
+    };
+    format!("held by {who}{} {}", h.state.name(), endpoint(h.addr, port))
+}
 
 /// One line of the human table.
 pub fn human_line(r: &Record, clock: &WallClock) -> String {
@@ -19,12 +30,7 @@ pub fn human_line(r: &Record, clock: &WallClock) -> String {
         (Some(e), _) => {
             let mut s = e.name().to_string();
             if let Some(h) = &r.held_by {
-                let who = match (h.pids.as_slice(), &h.comm) {
-                    ([], _) => String::new(),
-                    ([pid, ..], Some(comm)) => format!("pid {pid} ({}) ", esc(comm)),
-                    (pids, None) => format!("pid {} ", pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
-                };
-                s.push_str(&format!(" (held by {who}{} {} inode {})", h.state.name(), endpoint(h.addr, r.port), h.inode));
+                s.push_str(&format!(" ({} inode {})", held_by(h, r.port), h.inode));
             }
             s
         }

@@ -390,9 +390,17 @@ pub fn test_bind(proto: Proto, port: u16, strict: Strictness) -> Option<bool> {
     answer(try_bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED))).or_else(|| answer(try_bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
 }
 
+/// What `check` found: each port's status, notes, and the sockets it looked at on
+/// the ports that are not free (with their holders), for whoever wants to say more.
+pub struct CheckResult {
+    pub statuses: Vec<PortStatus>,
+    pub notes: Vec<String>,
+    pub sockets: Vec<Socket>,
+}
+
 /// `check`: whether each port is free (as [`Strictness`] defines it, asked of the
 /// kernel with a test bind), and who holds those that are not.
-pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Result<(Vec<PortStatus>, Vec<String>)> {
+pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Result<CheckResult> {
     let protos: Vec<Proto> = [(tcp, Proto::Tcp), (udp, Proto::Udp)].into_iter().filter(|(on, _)| *on).map(|(_, p)| p).collect();
     // Held ports (or ports the test cannot decide) get one look at what is on them.
     let mut verdict: Vec<(u16, Option<bool>)> = Vec::new();
@@ -408,14 +416,6 @@ pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Resul
         verdict.push((port, free));
     }
     let look: PortSet = verdict.iter().filter(|(_, f)| *f != Some(true)).map(|(p, _)| *p).collect();
-    // Connections on the ports (TIME_WAIT included, which no process holds): they
-    // matter to a bind without SO_REUSEADDR, and say why a port nobody holds is held.
-    let all: Vec<u16> = ports.iter().collect();
-    let lingering = if tcp {
-        sockdiag::sockets_on_ports(&all, Query { tcp: true, udp: false, connections: true }).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
     let who = if look.is_empty() {
         WhoResult::default()
     } else {
@@ -435,6 +435,24 @@ pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Resul
             .collect();
         holders.sort();
         holders.dedup();
+        // Connections on the port (TIME_WAIT included, which no process holds): they
+        // matter to a bind without SO_REUSEADDR, and say why a port nobody holds is
+        // held. Only the notes below use them, so they are looked up only when a note
+        // can follow: a port free for SO_REUSEADDR that a bind without it would not
+        // get (a strict bind tells, cheaply), or a held port with no holder. The
+        // lookup is a dump of the established hash, which the kernel walks whole
+        // (about 2 ms per family on a large host, whatever the port).
+        let wants_conns = tcp
+            && if free {
+                strict == Strictness::ReuseAddr && test_bind(Proto::Tcp, port, Strictness::Strict) != Some(true)
+            } else {
+                holders.is_empty()
+            };
+        let lingering = if wants_conns {
+            sockdiag::sockets_on_ports(&[port], Query { tcp: true, udp: false, connections: true }).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
         for s in lingering.iter().filter(|s| s.port == port && !matches!(s.sock_state(), SockState::Listen | SockState::Bound)) {
             *by_state.entry(s.sock_state().name()).or_default() += 1;
@@ -455,5 +473,5 @@ pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Resul
         }
         out.push(PortStatus { port, free, holders: if free { Vec::new() } else { holders }, notes });
     }
-    Ok((out, who.notes))
+    Ok(CheckResult { statuses: out, notes: who.notes, sockets: who.sockets })
 }

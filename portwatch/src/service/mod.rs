@@ -2,6 +2,7 @@
 //! finding holders, reaping by plan, readiness, health probes, the event pipeline,
 //! sampling for verdicts, supervising a service, probing the host. Services call
 //! `model`, `sys` and `ebpf`; they never call commands, and never print.
+pub mod blame;
 pub mod doctor;
 pub mod events;
 pub mod holders;

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod mmap;
 pub mod mounts;
 pub mod netns;
+pub mod notify;
 pub mod pidfd;
 pub mod proc;
 pub mod sockdiag;

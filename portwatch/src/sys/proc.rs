@@ -33,24 +33,56 @@ pub fn clip(mut s: String) -> String {
 /// `read_to_end` adds a stat, a seek and 32-byte probe reads for files that report
 /// size 0, as /proc files do; `who` reads three files per holder).
 /// At most `limit` bytes are read (a command line may be megabytes long).
+///
+/// The page-sized buffer is this thread's, reused; the answer is a copy of what
+/// was read. A fresh 4 KiB buffer per file cost, with musl's allocator (the
+/// static build), an mmap and a munmap each time.
 fn read_small(path: &str, limit: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+    /// Larger reads (a process's environment) use a buffer of their own.
+    const SCRATCH_MAX: usize = 16 * 1024;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; limit.min(4096)];
+    if limit > SCRATCH_MAX {
+        let mut buf = Vec::new();
+        let len = read_into(&mut f, &mut buf, limit)?;
+        buf.truncate(len);
+        return Ok(buf);
+    }
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => read_into(&mut f, &mut buf, limit).map(|len| buf[..len].to_vec()),
+        Err(_) => {
+            let mut buf = Vec::new();
+            read_into(&mut f, &mut buf, limit).map(|len| {
+                buf.truncate(len);
+                buf
+            })
+        }
+    })
+}
+
+/// Reads `f` into `buf` (grown as needed, page-sized first, up to `limit`);
+/// returns the length read.
+fn read_into(f: &mut std::fs::File, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    use std::io::Read;
+    if buf.len() < limit.min(4096) {
+        buf.resize(limit.min(4096), 0);
+    }
     let mut len = 0;
     while len < limit {
         if len == buf.len() {
             buf.resize((buf.len() * 2).min(limit), 0);
         }
-        match f.read(&mut buf[len..]) {
+        let end = buf.len().min(limit);
+        match f.read(&mut buf[len..end]) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    buf.truncate(len);
-    Ok(buf)
+    Ok(len)
 }
 
 /// Reads one process; `None` if it is gone or unreadable. Reads `stat`, `cmdline`
@@ -139,6 +171,35 @@ pub fn details(pid: i32) -> Option<ProcDetails> {
     Some(ProcDetails { ancestry: Text::from(clip(chain.join(" < "))), job: job_from_environ(&env).map(|j| Text::from(clip(j))), proc })
 }
 
+/// The agent's own resource use, as Prometheus' `process_*` metrics report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SelfUsage {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+/// Reads [`SelfUsage`] from /proc/self (stat and the fd directory) and the rlimit.
+pub fn self_usage() -> Option<SelfUsage> {
+    use procfs::FromRead;
+    let stat = procfs::process::Stat::from_read(&read_small("/proc/self/stat", 4096).ok()?[..]).ok()?;
+    let tps = procfs::ticks_per_second().max(1) as f64;
+    let boot = procfs::boot_time_secs().ok()? as f64;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
+    Some(SelfUsage {
+        cpu_seconds: (stat.utime + stat.stime) as f64 / tps,
+        resident_bytes: stat.rss * procfs::page_size(),
+        virtual_bytes: stat.vsize,
+        open_fds,
+        max_fds,
+        start_time_seconds: boot + stat.starttime as f64 / tps,
+    })
+}
+
 fn start_time(ticks: u64) -> Option<SystemTime> {
     let boot = procfs::boot_time_secs().ok()?;
     let tps = procfs::ticks_per_second().max(1);
@@ -177,6 +238,13 @@ pub fn container_id(cgroup: &str) -> Option<String> {
 /// Whether this process runs in a pid namespace below the initial one: pids the
 /// kernel reports globally (as BPF programs see them) then differ from ours.
 pub fn in_nested_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The initial pid namespace has a fixed inode (PROC_PID_INIT_INO): one stat
+    // answers the common case; the status file (generated, ~1.5 KB) only otherwise.
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    if std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == PROC_PID_INIT_INO) {
+        return false;
+    }
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("NSpid:")).map(|l| l.split_whitespace().count() > 2))
@@ -325,6 +393,26 @@ pub fn walk_socket_holders(inodes: &HashSet<u64>) -> (Vec<FdHolder>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_small_reads_whole_files_up_to_the_limit_with_its_buffer_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let (small_path, big_path) = (dir.path().join("small"), dir.path().join("big"));
+        std::fs::write(&small_path, b"hello").unwrap();
+        std::fs::write(&big_path, &big).unwrap();
+        let (small_path, big_path) = (small_path.to_str().unwrap(), big_path.to_str().unwrap());
+        // The thread's buffer grows to 16 KiB, then serves shorter reads and limits.
+        assert_eq!(read_small(big_path, 16 * 1024).unwrap(), big[..16 * 1024]);
+        assert_eq!(read_small(small_path, 4096).unwrap(), b"hello");
+        assert_eq!(read_small(big_path, 4096).unwrap(), big[..4096]);
+        assert_eq!(read_small(big_path, 100).unwrap(), big[..100]);
+        assert_eq!(read_small(small_path, 3).unwrap(), b"hel");
+        // Beyond the shared buffer's size: a buffer of its own.
+        assert_eq!(read_small(big_path, 256 * 1024).unwrap(), big);
+        assert_eq!(read_small(big_path, 20_000).unwrap(), big[..20_000]);
+        assert!(read_small(dir.path().join("missing").to_str().unwrap(), 64).is_err());
+    }
 
     #[test]
     fn cgroup_paths_and_container_ids() {

@@ -5,7 +5,7 @@
 //! size; and every signal sent on a caller's behalf is recorded with who asked.
 use std::{
     collections::HashMap,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -275,6 +275,38 @@ pub fn remove_stale(path: &Path) -> Result<()> {
     }
 }
 
+/// Makes the default socket's directory (`/run/portwatch`) when the agent runs
+/// without systemd's `RuntimeDirectory=`: 0755 root. An existing one is used only
+/// if it is a real directory owned by root and not writable by others (a symbolic
+/// link or someone else's directory there could redirect the socket).
+pub fn ensure_default_dir(path: &Path) -> Result<()> {
+    let dir = Path::new(crate::config::DEFAULT_SOCKET_DIR);
+    if path.parent() != Some(dir) {
+        return Ok(());
+    }
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().mode(0o755).create(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+        }
+        Err(e) => Err(Error::io(format!("checking {}", dir.display()), e)),
+        Ok(m) => runtime_dir_ok(m.file_type().is_dir(), m.uid(), m.mode()).map_err(|why| Error::Usage(format!("{}: {why}", dir.display()))),
+    }
+}
+
+/// Whether an existing runtime directory may hold the agent's socket.
+fn runtime_dir_ok(is_dir: bool, uid: u32, mode: u32) -> std::result::Result<(), &'static str> {
+    if !is_dir {
+        return Err("not a directory (a symbolic link or a file); refusing to put the control socket there");
+    }
+    if uid != nix::unistd::geteuid().as_raw() && uid != 0 {
+        return Err("owned by another user; refusing to put the control socket there");
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err("writable by group or others; refusing to put the control socket there");
+    }
+    Ok(())
+}
+
 /// Binds the socket (replacing a stale one), sets its mode and group, and serves it.
 /// Reaps done for callers are sent to `reaped`.
 pub async fn serve(
@@ -284,6 +316,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     reaped: mpsc::Sender<Reaped>,
 ) -> Result<tokio::task::JoinHandle<()>> {
+    ensure_default_dir(path)?;
     if std::fs::symlink_metadata(path).is_ok() {
         // A live agent answers; a stale socket file does not and is replaced.
         if UnixStream::connect(path).await.is_ok() {
@@ -382,5 +415,17 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
         remove_stale(&sock).unwrap();
         assert!(!sock.exists());
+    }
+
+    #[test]
+    fn runtime_dir_must_be_ours() {
+        assert!(runtime_dir_ok(true, 0, 0o40755).is_ok());
+        assert!(runtime_dir_ok(false, 0, 0o120777).unwrap_err().contains("not a directory"));
+        assert!(runtime_dir_ok(true, 0, 0o40777).unwrap_err().contains("writable"));
+        assert!(runtime_dir_ok(true, 0, 0o41777).is_ok());
+        if !nix::unistd::geteuid().is_root() {
+            assert!(runtime_dir_ok(true, 0, 0o40755).is_ok());
+        }
+        assert!(runtime_dir_ok(true, 4242, 0o40755).is_err() || nix::unistd::geteuid().as_raw() == 4242);
     }
 }

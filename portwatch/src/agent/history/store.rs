@@ -51,22 +51,25 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT NOT NULL,
     port INTEGER, proto TEXT, addr TEXT,
     pid INTEGER, comm TEXT, proc_id INTEGER REFERENCES processes(id),
-    cookie INTEGER, error TEXT, detail TEXT
+    cookie INTEGER, error TEXT, detail TEXT, netns INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_port_time ON events(port, time_ns);
 CREATE INDEX IF NOT EXISTS events_cookie ON events(cookie);
 ";
 
 /// Bumped when the tables change; older tables are kept under another name.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-/// A database from an earlier schema keeps its rows in `events_v<N>`; new rows go
-/// to fresh tables.
+/// A database from before version 2 keeps its rows in `events_v<N>`; new rows go
+/// to fresh tables. Version 2 gains a column.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let has_events: bool =
         conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'", [], |r| r.get::<_, i64>(0))? > 0;
-    if has_events && version < SCHEMA_VERSION {
+    if has_events && version == 2 {
+        // Version 3 added the network namespace; older rows have none.
+        conn.execute_batch("ALTER TABLE events ADD COLUMN netns INTEGER;")?;
+    } else if has_events && version < SCHEMA_VERSION {
         conn.execute_batch(&format!(
             "ALTER TABLE events RENAME TO events_v{version};
              DROP INDEX IF EXISTS events_port_time; DROP INDEX IF EXISTS events_time; DROP INDEX IF EXISTS events_cookie;"
@@ -75,7 +78,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-const SELECT: &str = "SELECT e.id, e.time_ns, e.event, e.port, e.proto, e.addr, e.pid, e.comm, e.cookie, e.error, e.detail,
+const SELECT: &str = "SELECT e.id, e.time_ns, e.event, e.port, e.proto, e.addr, e.pid, e.comm, e.cookie, e.error, e.detail, e.netns,
     p.ppid, p.uid, p.cmdline, p.cgroup, p.ancestry, p.job
     FROM events e LEFT JOIN processes p ON p.id = e.proc_id";
 
@@ -396,9 +399,11 @@ impl Store {
             let kinds: Vec<&str> = rows.iter().map(|r| r.event.name()).collect();
             let protos: Vec<Option<&str>> = rows.iter().map(|r| r.proto.map(|p| p.name())).collect();
             let addrs: Vec<Option<String>> = rows.iter().map(|r| r.addr.map(|a| a.to_string())).collect();
+            let netns: Vec<Option<i64>> = rows.iter().map(|r| r.netns.map(|n| n as i64)).collect();
             const CHUNK: usize = 64;
-            const COLS: &str = "INSERT INTO events (time_ns, event, port, proto, addr, pid, comm, proc_id, cookie, error, detail) VALUES ";
-            let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+            const COLS: &str =
+                "INSERT INTO events (time_ns, event, port, proto, addr, pid, comm, proc_id, cookie, error, detail, netns) VALUES ";
+            let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
             let many = format!("{COLS}{}", vec![one; CHUNK].join(", "));
             let single = format!("{COLS}{one}");
             let mut start = 0;
@@ -406,7 +411,7 @@ impl Store {
                 let n = (rows.len() - start).min(CHUNK);
                 let mut st = if n == CHUNK { tx.prepare_cached(&many)? } else { tx.prepare_cached(&single)? };
                 let end = if n == CHUNK { start + CHUNK } else { start + 1 };
-                let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity((end - start) * 11);
+                let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity((end - start) * 12);
                 for i in start..end {
                     let r = &rows[i];
                     args.extend_from_slice(&[
@@ -421,6 +426,7 @@ impl Store {
                         &cookies[i],
                         &r.error,
                         &r.detail,
+                        &netns[i],
                     ]);
                 }
                 st.execute(args.as_slice())?;
@@ -463,19 +469,30 @@ impl Store {
                 cookie: r.get::<_, Option<i64>>("cookie")?.map(|c| c as u64),
                 error: r.get("error")?,
                 detail: r.get("detail")?,
+                netns: r.get::<_, Option<i64>>("netns")?.map(|n| n as u64),
             })
         })?;
         it.collect()
     }
 
-    /// The timeline, oldest first.
-    pub fn query(&self, port: Option<u16>, since: Option<i64>, until: Option<i64>, pid: Option<i32>) -> rusqlite::Result<Vec<Row>> {
+    /// The timeline, oldest first: of one network namespace (and rows that name
+    /// none), or of all with `netns` None.
+    pub fn query(
+        &self,
+        port: Option<u16>,
+        since: Option<i64>,
+        until: Option<i64>,
+        pid: Option<i32>,
+        netns: Option<u64>,
+    ) -> rusqlite::Result<Vec<Row>> {
+        let netns = netns.map(|n| n as i64);
         self.rows(
             &format!(
                 "{SELECT} WHERE (?1 IS NULL OR e.port = ?1) AND (?2 IS NULL OR e.time_ns >= ?2)
-                 AND (?3 IS NULL OR e.time_ns <= ?3) AND (?4 IS NULL OR e.pid = ?4) ORDER BY e.time_ns, e.id"
+                 AND (?3 IS NULL OR e.time_ns <= ?3) AND (?4 IS NULL OR e.pid = ?4)
+                 AND (?5 IS NULL OR e.netns IS NULL OR e.netns = ?5) ORDER BY e.time_ns, e.id"
             ),
-            &[&port, &since, &until, &pid],
+            &[&port, &since, &until, &pid, &netns],
         )
     }
 
@@ -503,18 +520,21 @@ impl Store {
     }
 
     /// Who held `port` at `at`: sockets bound or listening on it by then and not yet
-    /// closed (their first bind/listen row each).
-    pub fn holders_at(&self, port: u16, at: i64) -> rusqlite::Result<Vec<Row>> {
+    /// closed (their first bind/listen row each), in the network namespace `netns`
+    /// (None: any).
+    pub fn holders_at(&self, port: u16, at: i64, netns: Option<u64>) -> rusqlite::Result<Vec<Row>> {
+        let netns = netns.map(|n| n as i64);
         self.rows(
             &format!(
                 "{SELECT} WHERE e.port = ?1 AND e.event IN ('bind', 'listen', 'observed') AND e.time_ns <= ?2
+                   AND (?3 IS NULL OR e.netns IS NULL OR e.netns = ?3)
                    AND e.cookie IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM events c WHERE c.cookie = e.cookie AND c.event = 'close'
                                    AND c.time_ns >= e.time_ns AND c.time_ns <= ?2)
                    AND e.id = (SELECT MIN(f.id) FROM events f WHERE f.cookie = e.cookie AND f.event IN ('bind', 'listen', 'observed'))
                  ORDER BY e.time_ns"
             ),
-            &[&port, &at],
+            &[&port, &at, &netns],
         )
     }
 
@@ -570,10 +590,10 @@ mod tests {
             row(310, Bind, 6000, 901, 4),
         ])
         .unwrap();
-        assert_eq!(s.query(Some(5050), None, None, None).unwrap().len(), 5);
-        assert_eq!(s.query(None, Some(150), Some(300), None).unwrap().len(), 3);
-        assert_eq!(s.query(None, None, None, Some(812)).unwrap()[0].event, BindFailed);
-        let at = |t| s.holders_at(5050, t).unwrap().iter().map(|r| r.pid.unwrap()).collect::<Vec<_>>();
+        assert_eq!(s.query(Some(5050), None, None, None, None).unwrap().len(), 5);
+        assert_eq!(s.query(None, Some(150), Some(300), None, None).unwrap().len(), 3);
+        assert_eq!(s.query(None, None, None, Some(812), None).unwrap()[0].event, BindFailed);
+        let at = |t| s.holders_at(5050, t, None).unwrap().iter().map(|r| r.pid.unwrap()).collect::<Vec<_>>();
         assert_eq!(at(99), Vec::<i32>::new());
         assert_eq!(at(120), vec![377]);
         assert_eq!(at(250), Vec::<i32>::new());
@@ -603,6 +623,56 @@ mod tests {
         assert_eq!(Store::open_readonly(&path).unwrap().count().unwrap(), 2);
     }
 
+    #[test]
+    fn a_port_is_held_per_network_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("h.db")).unwrap();
+        let (host, other) = (7, 9);
+        let in_ns = |mut r: Row, ns: u64| {
+            r.netns = Some(ns);
+            r
+        };
+        s.insert(&[
+            in_ns(row(100, Listen, 5050, 377, 1), host),
+            in_ns(row(110, Listen, 5050, 400, 2), other),
+            in_ns(row(120, Close, 5050, 377, 1), host),
+            // An old row: no namespace known, shown everywhere.
+            row(90, Bind, 5050, 50, 3),
+        ])
+        .unwrap();
+        let at = |t, ns| s.holders_at(5050, t, ns).unwrap().iter().map(|r| r.pid.unwrap()).collect::<Vec<_>>();
+        assert_eq!(at(115, Some(host)), vec![50, 377]);
+        assert_eq!(at(115, Some(other)), vec![50, 400]);
+        assert_eq!(at(130, Some(host)), vec![50]);
+        assert_eq!(at(130, None), vec![50, 400]);
+        let pids = |ns| s.query(Some(5050), None, None, None, ns).unwrap().iter().map(|r| r.pid.unwrap()).collect::<Vec<_>>();
+        assert_eq!(pids(Some(other)), vec![50, 400]);
+        assert_eq!(pids(None).len(), 4);
+        assert_eq!(s.query(None, None, None, Some(400), None).unwrap()[0].netns, Some(other));
+    }
+
+    #[test]
+    fn a_version_2_database_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE processes (id INTEGER PRIMARY KEY, pid INTEGER, ppid INTEGER, uid INTEGER, cmdline TEXT,
+                     cgroup TEXT, ancestry TEXT, job TEXT);
+                 CREATE TABLE events (id INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL, event TEXT NOT NULL, port INTEGER,
+                     proto TEXT, addr TEXT, pid INTEGER, comm TEXT, proc_id INTEGER, cookie INTEGER, error TEXT, detail TEXT);
+                 INSERT INTO events (time_ns, event, port, pid, cookie) VALUES (5, 'listen', 5050, 42, 1);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        s.insert(&[Row { netns: Some(3), ..row(6, Bind, 6000, 43, 2) }]).unwrap();
+        let rows = s.query(None, None, None, None, Some(3)).unwrap();
+        assert_eq!(rows.iter().map(|r| (r.pid, r.netns)).collect::<Vec<_>>(), vec![(Some(42), None), (Some(43), Some(3))]);
+    }
+
     fn rows_at(from: i64, n: i64) -> Vec<Row> {
         (from..from + n).map(|t| row(t, Bind, 5050, 1, t as u64)).collect()
     }
@@ -623,12 +693,12 @@ mod tests {
             assert!(s.count().unwrap() <= 100);
             assert_eq!(s.row_count(), s.count().unwrap(), "counted, not COUNT(*)");
         }
-        let kept = s.query(None, None, None, None).unwrap();
+        let kept = s.query(None, None, None, None, None).unwrap();
         assert_eq!(kept.len(), 100);
         assert_eq!(kept.last().unwrap().time_ns, 1936, "the newest are kept");
         // A batch larger than the bound keeps its newest rows.
         assert_eq!(s.insert(&rows_at(10_000, 250)).unwrap(), 250);
-        let kept = s.query(None, None, None, None).unwrap();
+        let kept = s.query(None, None, None, None, None).unwrap();
         assert_eq!((kept.len(), kept[0].time_ns), (100, 10_150));
         // Rows deleted behind its back (an operator with sqlite3): counted again.
         s.conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 60)", []).unwrap();
@@ -697,7 +767,7 @@ mod tests {
         let r = Store::open_readonly(&path);
         std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
         let r = r.unwrap();
-        assert_eq!(r.query(None, None, None, None).unwrap().len(), 3);
+        assert_eq!(r.query(None, None, None, None, None).unwrap().len(), 3);
         if !nix::unistd::geteuid().is_root() {
             assert!(r.immutable);
         }

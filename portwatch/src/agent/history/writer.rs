@@ -42,11 +42,11 @@ impl Default for Retention {
 }
 
 /// Rows the writer may have queued before new ones are dropped.
-pub const QUEUE_ROWS: usize = 100_000;
+pub const QUEUE_ROWS: usize = 50_000;
 /// Bytes the queued rows may hold (estimated by [`row_bytes`]) before new ones
 /// are dropped: command lines, cgroups, parent chains and jobs are up to 4 KiB
 /// each, so rows are not all alike.
-pub const QUEUE_BYTES: usize = 32 << 20;
+pub const QUEUE_BYTES: usize = 16 << 20;
 /// The first wait before opening the database again after a failure; it doubles
 /// up to `RETRY_MAX`.
 pub const RETRY_FIRST: Duration = Duration::from_secs(2);
@@ -369,7 +369,7 @@ mod tests {
     use crate::agent::history::{test_row as row, RowKind::Bind};
 
     fn pids(path: &Path) -> Vec<i32> {
-        Store::open_readonly(path).unwrap().query(None, None, None, None).unwrap().iter().filter_map(|r| r.pid).collect()
+        Store::open_readonly(path).unwrap().query(None, None, None, None, None).unwrap().iter().filter_map(|r| r.pid).collect()
     }
 
     #[test]

@@ -34,9 +34,9 @@ use self::{detach::notify, tree::Tree};
 use crate::{
     error::{exit, Error, Result},
     model::{
-        plan::{self, Ending, FreeStatus, PortReport},
+        plan::{self, Ending, FreeStatus, Leftover, PortReport},
         ports::PortSet,
-        process::{Leftover, ProcInfo},
+        process::ProcInfo,
         socket::Socket,
         target::Target,
         time::human,

@@ -10,8 +10,7 @@ use std::{
 
 use crate::{
     model::{
-        plan::{Caller, Ending, Protect, Sequence},
-        process::Leftover,
+        plan::{Caller, Ending, Leftover, Protect, Sequence},
         socket::Proto,
     },
     service::{readiness::Claim, reaper},
