@@ -217,6 +217,15 @@ section_header() { # NAME
     host_lines
 }
 
+ratio_range() { # RATIOS... -> "min–max" to 3 places
+    calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "$@"
+}
+# The closing lines of a paired (without/with) section, from the caller's BASE and
+# WITH arrays: the fastest run of each and their ratio, and the baseline's spread.
+paired_notes() {
+    echo "- Fastest run of each condition (interference only adds time): without $(calc "min(map(float, sys.argv[1:]))" "${BASE[@]}") ns, with $(calc "min(map(float, sys.argv[1:]))" "${WITH[@]}") ns, ratio $(calc "round(min(map(float, sys.argv[2:2+int(sys.argv[1])])) / min(map(float, sys.argv[2+int(sys.argv[1]):])), 3)" "${#WITH[@]}" "${WITH[@]}" "${BASE[@]}")"
+    echo "- Baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"
+}
 verdict() { # OK-CONDITION (python expression) -> "met" / "**missed**"
     if [[ $(calc "$1") == True ]]; then echo "met"; else echo "**missed**"; fi
 }
@@ -311,7 +320,6 @@ bench_overhead() {
         done
     done
     med() { calc "round(st.median(map(float, sys.argv[1:])), ${DIGITS:-1})" "$@"; }
-    rng() { calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "$@"; }
     local gb gf ga bb bf ba grf gra brf bra
     gb=$(med "${G_BASE[@]}") gf=$(med "${G_FILT[@]}") ga=$(med "${G_ALL[@]}")
     bb=$(med "${B_BASE[@]}") bf=$(med "${B_FILT[@]}") ba=$(med "${B_ALL[@]}")
@@ -326,12 +334,12 @@ bench_overhead() {
         echo
         echo "| workload | baseline ns/op | watch --port $wport ns/op | ratio | watch (all ports) ns/op | ratio | goal | result |"
         echo "|---|---:|---:|---:|---:|---:|---|---|"
-        echo "| getpid | $gb | $gf | $grf ($(rng "${G_RF[@]}")) | $ga | $gra ($(rng "${G_RA[@]}")) | ≤ 1.01 | port filter: $(verdict "$grf <= 1.01"), all ports: $(verdict "$gra <= 1.01") |"
-        echo "| bind+listen+close | $bb | $bf | $brf ($(rng "${B_RF[@]}")) | $ba | $bra ($(rng "${B_RA[@]}")) | ≤ 1.05 | port filter: $(verdict "$brf <= 1.05"), all ports: $(verdict "$bra <= 1.05") |"
+        echo "| getpid | $gb | $gf | $grf ($(ratio_range "${G_RF[@]}")) | $ga | $gra ($(ratio_range "${G_RA[@]}")) | ≤ 1.01 | port filter: $(verdict "$grf <= 1.01"), all ports: $(verdict "$gra <= 1.01") |"
+        echo "| bind+listen+close | $bb | $bf | $brf ($(ratio_range "${B_RF[@]}")) | $ba | $bra ($(ratio_range "${B_RA[@]}")) | ≤ 1.05 | port filter: $(verdict "$brf <= 1.05"), all ports: $(verdict "$bra <= 1.05") |"
         echo
         echo "Best single timed round per condition (ns/op), and ratios of those minima: getpid baseline ${MIN[g_base]}, port filter ${MIN[g_filt]} ($(calc "round(${MIN[g_filt]}/${MIN[g_base]}, 3)")), all ports ${MIN[g_all]} ($(calc "round(${MIN[g_all]}/${MIN[g_base]}, 3)")); bind+listen+close baseline ${MIN[b_base]}, port filter ${MIN[b_filt]} ($(calc "round(${MIN[b_filt]}/${MIN[b_base]}, 3)")), all ports ${MIN[b_all]} ($(calc "round(${MIN[b_all]}/${MIN[b_base]}, 3)"))."
         echo
-        echo "Baseline spread over rounds (noise floor): getpid $(rng "${G_BASE[@]}") ns, bind+listen+close $(rng "${B_BASE[@]}") ns; a ratio inside that spread cannot be told from noise."
+        echo "Baseline spread over rounds (noise floor): getpid $(ratio_range "${G_BASE[@]}") ns, bind+listen+close $(ratio_range "${B_BASE[@]}") ns; a ratio inside that spread cannot be told from noise."
         echo
         echo "portwatch's own summary per attached run (a complete all-ports run prints $(((BIND_ITERS / 10 + 5 * BIND_ITERS) * 3)) events: bind, listen and close for each of the $((BIND_ITERS / 10 + 5 * BIND_ITERS)) bindloop iterations incl. warm-up; \`lost\` counts kernel records, of which a bind makes two):"
         echo
@@ -1223,11 +1231,10 @@ bench_churn() {
         echo
         echo "| without, ns/conn (median) | with agent, ns/conn (median) | ratio (median of rounds, range) | agent CPU µs/conn, ticks (median) | agent CPU µs/conn, schedstat (median) | time goal | CPU goal |"
         echo "|---:|---:|---:|---:|---:|---|---|"
-        echo "| $mb | $mw | $mr ($(calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${RATIO[@]}")) | $tk | $sc | $(verdict "$mr <= 1.03") | $(verdict "max($tk, $sc) <= 0.5") |"
+        echo "| $mb | $mw | $mr ($(ratio_range "${RATIO[@]}")) | $tk | $sc | $(verdict "$mr <= 1.03") | $(verdict "max($tk, $sc) <= 0.5") |"
         echo
         printf '%s\n' "${NOTES[@]}"
-        echo "- Fastest run of each condition (interference only adds time): without $(calc "min(map(float, sys.argv[1:]))" "${BASE[@]}") ns, with $(calc "min(map(float, sys.argv[1:]))" "${WITH[@]}") ns, ratio $(calc "round(min(map(float, sys.argv[2:2+int(sys.argv[1])])) / min(map(float, sys.argv[2+int(sys.argv[1]):])), 3)" "${#WITH[@]}" "${WITH[@]}" "${BASE[@]}")"
-        echo "- Baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"
+        paired_notes
         echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >"$f"
     emit "$f"
@@ -1269,11 +1276,10 @@ bench_bindall() {
         echo
         echo "| without, ns/op (median) | with watch (all ports), ns/op (median) | ratio (median of rounds, range) | lost (all rounds) | goal | result |"
         echo "|---:|---:|---:|---:|---|---|"
-        echo "| $mb | $mw | $mr ($(calc "'%.3f–%.3f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${RATIO[@]}")) | $lost_total | ≤ 1.10, 0 lost | ratio: $(verdict "$mr <= 1.10"), loss: $(verdict "$lost_total == 0") |"
+        echo "| $mb | $mw | $mr ($(ratio_range "${RATIO[@]}")) | $lost_total | ≤ 1.10, 0 lost | ratio: $(verdict "$mr <= 1.10"), loss: $(verdict "$lost_total == 0") |"
         echo
         printf '%s\n' "${NOTES[@]}"
-        echo "- Fastest run of each condition (interference only adds time): without $(calc "min(map(float, sys.argv[1:]))" "${BASE[@]}") ns, with $(calc "min(map(float, sys.argv[1:]))" "${WITH[@]}") ns, ratio $(calc "round(min(map(float, sys.argv[2:2+int(sys.argv[1])])) / min(map(float, sys.argv[2+int(sys.argv[1]):])), 3)" "${#WITH[@]}" "${WITH[@]}" "${BASE[@]}")"
-        echo "- Baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"
+        paired_notes
         echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     } >"$f"
     emit "$f"

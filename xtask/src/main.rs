@@ -210,25 +210,22 @@ fn free_port() -> Result<u16> {
 
 /// Headless Chromium renders the history timeline in the tests (a screenshot).
 fn ensure_chromium() -> Result<()> {
-    if output(Command::new("chromium").arg("--version")).is_some() {
-        return Ok(());
-    }
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "chromium"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    ensure_debian_package("chromium", "chromium")
 }
 
 /// promtool (Debian's prometheus package) checks the metrics exposition and the
 /// alerting rules (deploy/portwatch.rules.yml) in the tests.
 fn ensure_promtool() -> Result<()> {
-    if output(Command::new("promtool").arg("--version")).is_some() {
+    ensure_debian_package("promtool", "prometheus")
+}
+
+/// Installs Debian's `package` unless `program --version` already runs.
+fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
+    if output(Command::new(program).arg("--version")).is_some() {
         return Ok(());
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "prometheus"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends", package]).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn test(kernels: &str, args: &[String]) -> Result<()> {

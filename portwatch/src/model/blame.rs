@@ -22,11 +22,20 @@ pub struct Blame {
     pub job: Option<String>,
     /// How long it has held the port (history), or the process's age.
     pub held_secs: Option<u64>,
-    /// Where `held_secs` comes from: `history` (the agent saw it bind, or found
-    /// it) or `process` (the holder's start).
-    pub held_source: &'static str,
+    /// Where `held_secs` comes from.
+    pub held_source: HeldSource,
     pub accept_queue: Option<u32>,
     pub backlog: Option<u32>,
+}
+
+/// Where a holder's time on the port comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldSource {
+    /// The agent's history: it saw the socket bound, or found it.
+    History,
+    /// The holder's start (no history of the socket).
+    Process,
 }
 
 /// `37 min ago`, `2 h 5 min ago`, `12 s ago`.
@@ -48,7 +57,7 @@ impl Blame {
         match (job, self.held_secs) {
             (Some(j), Some(t)) => s.push_str(&format!(", left by job {j} {}", ago(t))),
             (Some(j), None) => s.push_str(&format!(", left by job {j}")),
-            (None, Some(t)) if self.held_source == "history" => s.push_str(&format!(", holding it since {}", ago(t))),
+            (None, Some(t)) if self.held_source == HeldSource::History => s.push_str(&format!(", holding it since {}", ago(t))),
             (None, Some(t)) => s.push_str(&format!(", started {}", ago(t))),
             (None, None) => {}
         }
@@ -78,7 +87,7 @@ mod tests {
             proc_state: 'T',
             job: Some("GITHUB_RUN_ID=123456 GITHUB_JOB=smoke".into()),
             held_secs: Some(37 * 60 + 5),
-            held_source: "history",
+            held_source: HeldSource::History,
             accept_queue: Some(3),
             backlog: Some(128),
         }
@@ -91,7 +100,7 @@ mod tests {
             x.line(&x.comm, x.job.as_deref()),
             "port 5050 held by gunicorn (pid 4711), left by job GITHUB_RUN_ID=123456 GITHUB_JOB=smoke 37 min ago, state T (stopped), accept queue 3/128"
         );
-        let y = Blame { job: None, held_source: "process", state: SockState::Bound, ..b() };
+        let y = Blame { job: None, held_source: HeldSource::Process, state: SockState::Bound, ..b() };
         assert_eq!(y.line("gunicorn", None), "port 5050 held by gunicorn (pid 4711), started 37 min ago, state T (stopped), tcp bound");
         assert_eq!(ago(7300), "2 h 1 min ago");
         assert_eq!(ago(5), "5 s ago");

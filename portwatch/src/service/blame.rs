@@ -2,7 +2,7 @@
 //! port, the line the job's log and summary show (see [`Blame`]).
 use crate::{
     model::{
-        blame::Blame,
+        blame::{Blame, HeldSource},
         socket::{Proto, SockState, Socket},
         time::WallNs,
     },
@@ -25,8 +25,8 @@ pub fn blame(sockets: &[Socket], history: HistoryLookup<'_>) -> Vec<Blame> {
         let seen = history(s.cookie);
         for h in &s.holders {
             let (held_secs, held_source) = match &seen {
-                Some((since, _)) => (Some(u64::try_from((now - since) / 1_000_000_000).unwrap_or(0)), "history"),
-                None => (h.proc.age_secs, "process"),
+                Some((since, _)) => (Some(u64::try_from((now - since) / 1_000_000_000).unwrap_or(0)), HeldSource::History),
+                None => (h.proc.age_secs, HeldSource::Process),
             };
             let job = seen
                 .as_ref()
