@@ -543,6 +543,8 @@ fn the_timeline_renders_in_a_browser() {
     assert!(page.contains("job GITHUB_RUN_ID=77 GITHUB_JOB=smoke"), "{page}");
     assert!(!page.contains("<script") && !page.contains("src="), "self-contained, no script: {page}");
     assert!(std::fs::read_to_string(&svg).expect("svg").starts_with("<svg xmlns"));
+    let nowhere = portwatch(&["history", "--db", dbs, &port.to_string(), "--html", "/nonexistent/dir/t.html"]);
+    assert_eq!(nowhere.status.code(), Some(2), "an unwritable FILE is bad input: {}", String::from_utf8_lossy(&nowhere.stderr));
 
     // The page, and the drawing alone (the page's legend has swatches of every
     // colour; the drawing's colours are its bars and marks only).

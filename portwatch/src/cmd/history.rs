@@ -43,7 +43,7 @@ pub fn run(a: HistoryArgs) -> Result<u8> {
             (&a.svg, a.svg.as_ref().map(|_| output::timeline::svg(&t))),
         ] {
             if let (Some(f), Some(text)) = (file, text) {
-                std::fs::write(f, text).map_err(|e| Error::Io { context: format!("writing {}", f.display()), source: e })?;
+                std::fs::write(f, text).map_err(|e| Error::Usage(format!("cannot write {}: {e}", f.display())))?;
                 eprintln!(
                     "portwatch: wrote {} ({} ports, {} holders)",
                     f.display(),
