@@ -319,9 +319,11 @@ fn run_query(
 /// Removes the pins of other builds.
 fn remove_other_builds(path: &Path) {
     let dir = path.parent().unwrap_or(Path::new(PIN_ROOT));
+    // Leases (and other holders' pins) live beside the builds and are not theirs.
+    let keep = |p: &Path| p == dir || p == Path::new(super::lease::PIN_DIR) || p.file_name().is_some_and(|n| n == "remap");
     if let Ok(entries) = fs::read_dir(PIN_ROOT) {
         for e in entries.flatten() {
-            if e.path() != dir {
+            if !keep(&e.path()) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }

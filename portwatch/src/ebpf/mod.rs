@@ -3,5 +3,6 @@
 pub mod btf;
 pub mod events;
 pub mod iter;
+pub mod lease;
 pub mod loader;
 pub mod observer;
