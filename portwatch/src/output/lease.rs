@@ -82,7 +82,7 @@ fn plural(n: u64) -> &'static str {
 pub fn refusal(ev: &SockEvent, errno: RefusalErrno) -> String {
     let who = ev.task.as_ref().map_or_else(|| "a process".to_string(), |t| format!("pid {} ({}, uid {})", t.pid, esc(&t.comm), t.uid));
     let proto = ev.proto.map_or("", |p| p.name());
-    format!("lease: refused {who} binding {proto} {}:{}: {}", ev.addr, ev.port, errno.name())
+    format!("lease: refused {who} binding {proto} {}: {}", std::net::SocketAddr::new(ev.addr, ev.port), errno.name())
 }
 
 /// What `lease add` / `lease drop` did, one line per port.
