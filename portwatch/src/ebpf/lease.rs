@@ -103,7 +103,10 @@ pub fn install(name: &str, leases: &[(u16, Lease)], pin_links: bool) -> Result<I
 /// it, the EPERM build if not.
 fn attach(ebpf: &mut Ebpf, cgroup: &File, dir: &Path, pin_links: bool) -> Result<RefusalErrno> {
     let forced_eperm = std::env::var_os("PORTWATCH_LEASE_EPERM").is_some();
-    let builds = [(programs::LEASE4, programs::LEASE6, RefusalErrno::AddrInUse), (programs::LEASE4_EPERM, programs::LEASE6_EPERM, RefusalErrno::Perm)];
+    let builds = [
+        (programs::LEASE4, programs::LEASE6, RefusalErrno::AddrInUse),
+        (programs::LEASE4_EPERM, programs::LEASE6_EPERM, RefusalErrno::Perm),
+    ];
     let mut why = String::new();
     for (p4, p6, errno) in builds {
         if forced_eperm && errno == RefusalErrno::AddrInUse {

@@ -183,7 +183,9 @@ pub fn id_and_level(dir: &Path) -> io::Result<(u64, u32)> {
     if !meta.is_dir() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a cgroup directory"));
     }
-    let rel = dir.strip_prefix(&root).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("not under the cgroup v2 root {}", root.display())))?;
+    let rel = dir
+        .strip_prefix(&root)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("not under the cgroup v2 root {}", root.display())))?;
     if !dir.join("cgroup.procs").exists() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a cgroup directory (no cgroup.procs)"));
     }

@@ -227,12 +227,19 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     let mut lease = match (opts.lease, &cgroup) {
         (false, _) => None,
         (true, None) => {
-            return Err(Error::unsupported("--lease needs a cgroup v2 of the run's own, and none can be made here", "a writable cgroup v2 (run as root)"))
+            return Err(Error::unsupported(
+                "--lease needs a cgroup v2 of the run's own, and none can be made here",
+                "a writable cgroup v2 (run as root)",
+            ))
         }
         (true, Some(cg)) => match RunLease::start(owner, &cg.dir, &ports) {
             Ok(l) => {
                 let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
-                rep.say(&format!("lease: port {} leased to this run; binds from outside it fail with {}", list.join(", "), l.errno().name()));
+                rep.say(&format!(
+                    "lease: port {} leased to this run; binds from outside it fail with {}",
+                    list.join(", "),
+                    l.errno().name()
+                ));
                 Some(l)
             }
             Err(e) => {
