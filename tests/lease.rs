@@ -152,6 +152,22 @@ fn a_leased_port_refuses_outsiders_even_while_the_service_restarts() {
     let line = run.err_line("lease: refused pid");
     assert!(line.contains(&format!("lease: refused pid {me} (")) && line.ends_with("EADDRINUSE"), "{line}");
 
+    // Another network namespace has ports of its own: the lease is not its business.
+    let ns = portwatch_tests::Netns::create("lease");
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "python3",
+            "-c",
+            &format!("import socket; s=socket.socket(); s.bind(('0.0.0.0',{port})); print('BOUND')"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "BOUND", "{o:?}");
+    drop(ns);
+
     // `who` and `lease list` show the lease, its holder and the last refusal.
     let who = String::from_utf8_lossy(&portwatch(&["who", &p]).stdout).into_owned();
     assert!(who.contains(&format!("lease: leased to run pid {}", run.pid())), "{who}");
@@ -387,4 +403,54 @@ fn older_kernels_refuse_with_eperm() {
     kill(Pid::from_raw(run.pid()), Signal::SIGTERM).unwrap();
     run.wait();
     assert_eq!(tcp_bind("127.0.0.2", port), Ok(()));
+}
+
+#[test]
+fn the_agent_records_who_a_lease_refused_and_the_timeline_marks_it() {
+    require_root();
+    let port = free_port();
+    let p = port.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    let dbs = db.to_str().unwrap();
+    let (agent, _log) =
+        portwatch_tests::start_logged(&["agent", "--no-socket", "--interval", "200ms", "-p", &p, "--db", dbs], "agent started");
+    let server = format!(
+        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('SERVING', flush=True); time.sleep(600)"
+    );
+    let mut run = Run::start(
+        &["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", &server],
+        &[("GITHUB_RUN_ID", "9191"), ("GITHUB_JOB", "lease-smoke")],
+    );
+    run.out_line("SERVING");
+    run.err_line("ready after");
+    // An outsider of its own, named, tries the leased port on another address.
+    let mut outsider = Command::new("python3")
+        .args(["-u", "-c", &format!("import socket,time\ntry:\n    socket.socket().bind(('127.0.0.2',{port})); print('BOUND', flush=True)\nexcept OSError as e:\n    print('ERRNO', e.errno, flush=True)\ntime.sleep(600)")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(ChildGuard)
+        .unwrap();
+    assert_eq!(first_line(&mut outsider), "ERRNO 98");
+    let rows = wait_for("the refusal in the history", Duration::from_secs(10), || {
+        let o = portwatch(&["history", "--json", "--db", dbs, &p]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).ok()?;
+        rows.iter().any(|r| r["event"] == "lease_refused").then_some(rows)
+    });
+    let r = rows.iter().find(|r| r["event"] == "lease_refused").unwrap();
+    assert_eq!(r["pid"], outsider.pid(), "{r:#}");
+    assert_eq!(r["error"], "lease");
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("refused by the lease of run pid {}", run.pid())), "{detail}");
+    assert!(detail.contains("GITHUB_RUN_ID=9191"), "{detail}");
+    kill(Pid::from_raw(run.pid()), Signal::SIGTERM).unwrap();
+    run.wait();
+    kill(Pid::from_raw(agent.pid()), Signal::SIGTERM).unwrap();
+    let mut agent = agent;
+    let _ = agent.0.wait();
+    let html = dir.path().join("t.html");
+    let o = portwatch(&["history", "--db", dbs, &p, "--html", html.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("class=\"mark lease_refused\"").count(), 1, "{page}");
 }

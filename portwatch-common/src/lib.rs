@@ -368,6 +368,9 @@ pub mod lease {
 pub struct Lease {
     /// cgroup v2 id (the directory's inode number) whose processes may bind.
     pub cgroup_id: u64,
+    /// The network namespace (`SO_NETNS_COOKIE`) the lease is in: binds in other
+    /// namespaces, which have ports of their own, are not refused. 0 = every one.
+    pub netns_cookie: u64,
     /// That cgroup's depth below the cgroup v2 root (the root is 0).
     pub level: u32,
     /// The `portwatch run` holding the lease, 0 for an operator's lease.
@@ -407,4 +410,4 @@ const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);
 const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 3 * 8 * holders::MAX_TARGETS + 16);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
-const _: () = assert!(core::mem::size_of::<Lease>() == 80);
+const _: () = assert!(core::mem::size_of::<Lease>() == 88);

@@ -56,17 +56,20 @@ fn check<const RETVAL: bool>(ctx: &SockAddrContext, family: u16) -> i32 {
         return ALLOW;
     };
     // SAFETY: a map value pointer, valid for this program run.
-    let (cgroup_id, level) = unsafe { ((*l).cgroup_id, (*l).level) };
+    let (cgroup_id, level, netns) = unsafe { ((*l).cgroup_id, (*l).level, (*l).netns_cookie) };
     // SAFETY: helper valid for cgroup/sock_addr programs.
     if unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) } == cgroup_id {
         return ALLOW;
     }
-    let mut ev = task_event(EventKind::Refused);
-    // SAFETY: helpers valid for cgroup/sock_addr programs.
-    unsafe {
-        ev.info.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
-        ev.data.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+    // SAFETY: as above.
+    let here = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if netns != 0 && here != netns {
+        return ALLOW;
     }
+    let mut ev = task_event(EventKind::Refused);
+    ev.info.netns_cookie = here;
+    // SAFETY: helper valid for cgroup/sock_addr programs.
+    ev.data.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ev.data.family = family;
     ev.data.protocol = ctx_field!(sa, protocol) as u16;
     ev.data.port = port;

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::{
     model::{
-        event::{Activity, ErrorSource, Record},
+        event::{Activity, BindError, ErrorSource, Record},
+        lease::{Holder, LeaseView},
         plan::PortReport,
         process::ProcDetails,
         socket::Socket,
@@ -141,6 +142,7 @@ impl Recorder {
             return;
         }
         let kind = match (rec.event, rec.error) {
+            (_, Some(BindError::Leased)) => RowKind::LeaseRefused,
             (_, Some(_)) => RowKind::BindFailed,
             (Activity::Bind, None) => RowKind::Bind,
             (Activity::Listen, None) => RowKind::Listen,
@@ -176,6 +178,9 @@ impl Recorder {
                 }
             }
             r.detail = Some(d);
+        }
+        if let Some(l) = &rec.lease {
+            r.detail = Some(lease_detail(l));
         }
         {
             let mut seen = lock(&self.shared.seen);
@@ -308,6 +313,22 @@ impl Recorder {
 /// now when the holder is unknown; never in the future.
 fn observed_since(start_secs: Option<u64>, now: WallNs) -> WallNs {
     start_secs.and_then(|s| i64::try_from(s).ok()).and_then(|s| s.checked_mul(1_000_000_000)).map_or(now, |t| t.min(now))
+}
+
+/// A lease refusal's detail: `refused by the lease of run pid 4711 (portwatch run
+/// --lease -p 5050 -- gunicorn app), job GITHUB_RUN_ID=123`.
+fn lease_detail(l: &LeaseView) -> String {
+    let mut d = match &l.holder {
+        Holder::Run { pid, .. } => format!("refused by the lease of run pid {pid}"),
+        Holder::Operator { name } => format!("refused by operator lease {name}"),
+    };
+    if let Some(c) = &l.command {
+        d.push_str(&format!(" ({})", proc::clip(c.clone())));
+    }
+    if let Some(j) = &l.job {
+        d.push_str(&format!(", job {j}"));
+    }
+    d
 }
 
 #[cfg(test)]

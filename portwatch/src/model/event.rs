@@ -119,6 +119,9 @@ pub enum BindError {
     /// The kernel refused for a reason not observed.
     #[serde(rename = "unknown")]
     Unknown,
+    /// A port lease refused it (the caller saw EADDRINUSE, or EPERM before 5.18).
+    #[serde(rename = "lease")]
+    Leased,
 }
 
 impl BindError {
@@ -127,6 +130,7 @@ impl BindError {
             Self::AddrInUse => "EADDRINUSE",
             Self::Access => "EACCES",
             Self::Unknown => "unknown",
+            Self::Leased => "lease",
         }
     }
 }
@@ -175,6 +179,9 @@ pub struct Record {
     /// For failed binds: the socket holding the port at that moment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<HeldBy>,
+    /// For binds a lease refused: the lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Box<crate::model::lease::LeaseView>>,
     /// For accepts: the connecting peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_addr: Option<IpAddr>,
@@ -224,6 +231,7 @@ impl Record {
             error: None,
             error_source: None,
             held_by: None,
+            lease: None,
             peer_addr: accept.then_some(ev.peer),
             peer_port: accept.then_some(ev.peer_port),
             cookie: ev.cookie,

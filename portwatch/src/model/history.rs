@@ -22,11 +22,23 @@ pub enum RowKind {
     Signal,
     Reaped,
     Refused,
+    /// A bind refused by a port lease (`run --lease`, `lease add`).
+    LeaseRefused,
 }
 
 impl RowKind {
-    pub const ALL: [Self; 9] =
-        [Self::Bind, Self::BindFailed, Self::Listen, Self::Close, Self::Observed, Self::Stuck, Self::Signal, Self::Reaped, Self::Refused];
+    pub const ALL: [Self; 10] = [
+        Self::Bind,
+        Self::BindFailed,
+        Self::Listen,
+        Self::Close,
+        Self::Observed,
+        Self::Stuck,
+        Self::Signal,
+        Self::Reaped,
+        Self::Refused,
+        Self::LeaseRefused,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -39,6 +51,7 @@ impl RowKind {
             Self::Signal => "signal",
             Self::Reaped => "reaped",
             Self::Refused => "refused",
+            Self::LeaseRefused => "lease_refused",
         }
     }
 

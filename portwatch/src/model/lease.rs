@@ -48,6 +48,8 @@ pub struct Refusal {
     pub pid: u32,
     pub uid: u32,
     pub comm: String,
+    /// The refused socket's cookie (what the agent matches its failed bind with).
+    pub cookie: u64,
     /// Seconds ago, when known.
     pub secs_ago: Option<u64>,
 }

@@ -124,7 +124,7 @@ pub fn build(rows: &[Row], from: Option<WallNs>, to: WallNs) -> Timeline {
                     }
                 }
             }
-            RowKind::BindFailed | RowKind::Stuck | RowKind::Signal | RowKind::Reaped | RowKind::Refused => {
+            RowKind::BindFailed | RowKind::Stuck | RowKind::Signal | RowKind::Reaped | RowKind::Refused | RowKind::LeaseRefused => {
                 if items >= MAX_ITEMS {
                     left_out += 1;
                     continue;

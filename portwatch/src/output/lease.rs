@@ -107,7 +107,7 @@ mod tests {
             job: Some("smoke\nFAKE LINE".into()),
             since: 0,
             refused: 2,
-            last_refused: Some(Refusal { pid: 4800, uid: 1000, comm: "py\x1b]0;x".into(), secs_ago: Some(3) }),
+            last_refused: Some(Refusal { pid: 4800, uid: 1000, comm: "py\x1b]0;x".into(), cookie: 1, secs_ago: Some(3) }),
         }
     }
 

@@ -85,6 +85,7 @@ fn mark_colour(k: RowKind) -> &'static str {
         RowKind::Stuck => "#9467bd",
         RowKind::Signal => "#ff7f0e",
         RowKind::Reaped => "#111111",
+        RowKind::LeaseRefused => "#17becf",
         _ => "#7f7f7f",
     }
 }
@@ -185,7 +186,7 @@ pub fn html(t: &Timeline, title: &str) -> String {
     for o in owners.iter().take(60) {
         let _ = write!(s, "<span class=\"sw\" style=\"background:{}\"></span>{}", colour(o), xml(o));
     }
-    for k in [RowKind::BindFailed, RowKind::Stuck, RowKind::Signal, RowKind::Reaped] {
+    for k in [RowKind::BindFailed, RowKind::LeaseRefused, RowKind::Stuck, RowKind::Signal, RowKind::Reaped] {
         let _ = write!(s, "<span class=\"sw\" style=\"background:{}\"></span>{}", mark_colour(k), k.name());
     }
     s.push_str("</p>\n");

@@ -27,6 +27,9 @@ pub fn human_line(r: &Record, clock: &WallClock) -> String {
     let result = match (&r.error, r.event) {
         (Some(_), _) if r.error_source == Some(ErrorSource::LostEvents) => "unknown (events were lost meanwhile)".to_string(),
         (Some(_), _) if r.error_source == Some(ErrorSource::OtherNetns) => "unknown (another network namespace)".to_string(),
+        (Some(e), _) if r.lease.is_some() => {
+            format!("{} (refused by the lease of {})", e.name(), r.lease.as_deref().map(super::lease::holder).unwrap_or_default())
+        }
         (Some(e), _) => {
             let mut s = e.name().to_string();
             if let Some(h) = &r.held_by {

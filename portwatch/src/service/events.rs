@@ -122,6 +122,12 @@ impl Pipeline {
         let q = Query { tcp: attempt.proto == Some(Proto::Tcp), udp: attempt.proto == Some(Proto::Udp), connections: false };
         let on_port = sockdiag::sockets_on_ports(&[attempt.port], q).unwrap_or_default();
         let mut rec = infer_failure(attempt, &on_port, self.unpriv_start);
+        // A lease refused it: the lease's own record of its last refusal says so.
+        if let Some(l) = crate::service::lease::refused(attempt) {
+            rec.error = Some(BindError::Leased);
+            rec.error_source = None;
+            rec.lease = Some(Box::new(l));
+        }
         if let Some(h) = rec.held_by.as_mut() {
             let binder = self.binders.get(&h.cookie).and_then(|&pid| Some((pid, crate::sys::proc::comm(pid as i32)?)));
             if let Some((pid, comm)) = binder {

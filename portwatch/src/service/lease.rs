@@ -95,6 +95,16 @@ pub fn on_ports(ports: &[u16]) -> Vec<LeaseView> {
     list(Detail::Quick).unwrap_or_default().into_iter().filter(|l| ports.contains(&l.port)).collect()
 }
 
+/// The lease that refused `attempt`, if one did: an active lease on its port whose
+/// last refusal is that socket (or that process, when a later refusal already
+/// took its place).
+pub fn refused(attempt: &SockEvent) -> Option<LeaseView> {
+    let pid = attempt.task.as_ref().map(|t| t.pid);
+    on_ports(&[attempt.port])
+        .into_iter()
+        .find(|l| l.last_refused.as_ref().is_some_and(|r| (attempt.cookie != 0 && r.cookie == attempt.cookie) || Some(r.pid) == pid))
+}
+
 fn views(name: &str, holder: &Holder, leases: &[(u16, Lease)], detail: Detail) -> Vec<LeaseView> {
     let (state, command, job, cgroup) = match holder {
         Holder::Run { pid, start_ticks } => {
@@ -129,6 +139,7 @@ fn views(name: &str, holder: &Holder, leases: &[(u16, Lease)], detail: Detail) -
                 pid: l.last_tgid,
                 uid: l.last_uid,
                 comm: comm_of(&l.last_comm),
+                cookie: l.last_cookie,
                 secs_ago: now.checked_sub(l.last_ns).map(|d| d / 1_000_000_000),
             }),
         })
@@ -179,6 +190,8 @@ fn check_free(ports: &[u16]) -> Result<()> {
 fn entry(cgroup_id: u64, level: u32, owner: Option<RunOwner>) -> Lease {
     Lease {
         cgroup_id,
+        // Ours: a lease covers the network namespace it was made in.
+        netns_cookie: crate::sys::netns::own_cookie().unwrap_or(0),
         level,
         owner_pid: owner.map_or(0, |o| o.pid as u32),
         owner_start: owner.map_or(0, |o| o.start_ticks),
