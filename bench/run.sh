@@ -21,6 +21,9 @@
 #             connection, and the agent's CPU per connection
 #   bindall   bind+listen+close loop, rounds alternating without and with
 #             `portwatch watch` on all ports: ratio, events, lost
+#   lease     bind+listen+close loop without a lease, with a lease on another
+#             port (every bind runs the lease program) and on the loop's own port
+#             from inside the lease's cgroup (the holder's own binds)
 #
 # Each section prints a markdown fragment and appends it to bench-out/results.md.
 # Knobs (environment): BENCH_ROUNDS (overhead, default 5), GETPID_ITERS (2000000),
@@ -29,7 +32,7 @@
 # SCALE_FDS (4), SCALE_THREADS (1), RUN_RUNS (10), WATCH_SETTLE (1 s), REAP_RUNS (5), REAP_STALL
 # (2 s), REAP_GRACE (1 s), REAP_INTERVAL_MS (200), FREE_RUNS (5), FOOT_PORTS
 # (7000-7099), FOOT_WARMUP (5 s), FOOT_SECONDS (60), CHURN_ROUNDS (7), CHURN_ITERS
-# (20000), BINDALL_ROUNDS (7).
+# (20000), BINDALL_ROUNDS (7), LEASE_ROUNDS (7).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -86,13 +89,14 @@ FOOT_SECONDS=${FOOT_SECONDS:-60}
 CHURN_ROUNDS=${CHURN_ROUNDS:-7}
 CHURN_ITERS=${CHURN_ITERS:-20000}
 BINDALL_ROUNDS=${BINDALL_ROUNDS:-7}
+LEASE_ROUNDS=${LEASE_ROUNDS:-7}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 
 case $WHICH in
-overhead | loss | who | scale | run | reap | footprint | churn | bindall | all) ;;
-*) die "unknown benchmark '$WHICH' (overhead, loss, who, scale, run, reap, footprint, churn, bindall, all)" ;;
+overhead | loss | who | scale | run | reap | footprint | churn | bindall | lease | all) ;;
+*) die "unknown benchmark '$WHICH' (overhead, loss, who, scale, run, reap, footprint, churn, bindall, lease, all)" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (portwatch attaches eBPF programs)"
 for tool in python3 jq ss awk; do
@@ -1285,6 +1289,62 @@ bench_bindall() {
     emit "$f"
 }
 
+# --- lease -------------------------------------------------------------------
+
+bench_lease() {
+    section_start
+    say "lease: $LEASE_ROUNDS rounds of bindloop ($BIND_ITERS) without a lease, with a lease on another port, and inside the lease's cgroup on its own port"
+    local port other r j base miss hit cg root
+    local -a BASE=() MISS=() HIT=() RMISS=() RHIT=() NOTES=()
+    port=$(pick_port)
+    other=$(pick_port)
+    root=$(awk '$9 == "cgroup2" {print $5; exit}' /proc/self/mountinfo)
+    [[ -n $root ]] || die "lease: no cgroup v2 mount"
+    cg=$root/pw-bench-lease-$$
+    mkdir -p "$cg"
+    for ((r = 1; r <= LEASE_ROUNDS; r++)); do
+        j=$("$LOADGEN" bindloop --iters "$BIND_ITERS" --port "$port" --rounds 1)
+        base=$(jq -r .ns_per_op <<<"$j")
+        "$PW" lease add -p "$other" --cgroup "$cg" >/dev/null 2>&1 || die "lease add failed"
+        j=$("$LOADGEN" bindloop --iters "$BIND_ITERS" --port "$port" --rounds 1)
+        miss=$(jq -r .ns_per_op <<<"$j")
+        "$PW" lease drop -p "$other" >/dev/null
+        "$PW" lease add -p "$port" --cgroup "$cg" >/dev/null 2>&1 || die "lease add failed"
+        j=$(sh -c 'echo $$ > "$1/cgroup.procs" && exec "$2" bindloop --iters "$3" --port "$4" --rounds 1' sh "$cg" "$LOADGEN" "$BIND_ITERS" "$port")
+        hit=$(jq -r .ns_per_op <<<"$j")
+        "$PW" lease drop -p "$port" >/dev/null
+        BASE+=("$base") MISS+=("$miss") HIT+=("$hit")
+        RMISS+=("$(calc "$miss/$base")") RHIT+=("$(calc "$hit/$base")")
+        NOTES+=("- round $r: no lease $base ns; lease on another port $miss ns (ratio $(calc "round($miss/$base, 3)")); the holder's own binds $hit ns (ratio $(calc "round($hit/$base, 3)"))")
+        say "  round $r: $base / $miss / $hit ns"
+    done
+    rmdir "$cg" 2>/dev/null || true
+    local mb mm mh rm rh
+    mb=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${BASE[@]}")
+    mm=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${MISS[@]}")
+    mh=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${HIT[@]}")
+    rm=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${RMISS[@]}")
+    rh=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${RHIT[@]}")
+    local f=$TMP/lease.md
+    {
+        section_header lease
+        echo "- Load: \`pw-loadgen bindloop --iters $BIND_ITERS --port $port --rounds 1\` (socket + SO_REUSEADDR + bind + listen + close; one untimed warm-up of $((BIND_ITERS / 10))); $LEASE_ROUNDS rounds of: no lease; \`portwatch lease add -p $other --cgroup CG\` (every bind runs the lease program and misses); \`lease add -p $port --cgroup CG\` with the loop inside CG (the lease's holder binding its own port: a hit and the cgroup check). Without any lease no lease program is attached: binds cost what they did"
+        echo "- Goal (issue 16): ≤ 1.05× a plain bind loop. Leases add no connect hook: connects are unchanged"
+        echo
+        echo "| no lease, ns/op (median) | lease elsewhere, ns/op | ratio (median, range) | holder's own binds, ns/op | ratio (median, range) | goal | result |"
+        echo "|---:|---:|---:|---:|---:|---|---|"
+        echo "| $mb | $mm | $rm ($(ratio_range "${RMISS[@]}")) | $mh | $rh ($(ratio_range "${RHIT[@]}")) | ≤ 1.05 | $(verdict "max($rm, $rh) <= 1.05") |"
+        echo
+        printf '%s\n' "${NOTES[@]}"
+        local -a WITH=("${MISS[@]}")
+        paired_notes | sed 's/, with /, with a lease elsewhere /'
+        WITH=("${HIT[@]}")
+        paired_notes | sed -n '1s/, with /, the holder'"'"'s own binds /p'
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
 # --- main --------------------------------------------------------------------
 
 say "building pw-loadgen (release)"
@@ -1319,6 +1379,7 @@ reap) bench_reap ;;
 footprint) bench_footprint ;;
 churn) bench_churn ;;
 bindall) bench_bindall ;;
+lease) bench_lease ;;
 all)
     bench_overhead
     bench_loss
@@ -1329,6 +1390,7 @@ all)
     bench_footprint
     bench_churn
     bench_bindall
+    bench_lease
     ;;
 esac
 say "results appended to ${RESULTS#"$ROOT"/}"
