@@ -21,7 +21,7 @@ const EXIT_STATUS: &str = "Exit status:
   3   unreadable or invalid configuration
   4   missing privilege (root, or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN)
   5   the host lacks something needed (BPF, BTF, cgroup v2)
-  6   refused to act on a protected process
+  6   refused to act: a protected process, a port another holder has leased
   70  internal error
 
 Environment: NO_COLOR (no colours), RUST_LOG (agent log filter), PORTWATCH_SOCKET (the agent's control socket).";
