@@ -454,3 +454,32 @@ fn the_agent_records_who_a_lease_refused_and_the_timeline_marks_it() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("class=\"mark lease_refused\"").count(), 1, "{page}");
 }
+
+#[test]
+fn a_bind_flood_against_a_lease_prints_a_count_not_a_flood() {
+    require_root();
+    let port = free_port();
+    let p = port.to_string();
+    let server = format!(
+        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('SERVING', flush=True); time.sleep(600)"
+    );
+    let mut run = Run::start(&["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", &server], &[]);
+    run.out_line("SERVING");
+    run.err_line("ready after");
+    for _ in 0..2000 {
+        assert_eq!(tcp_bind("127.0.0.2", port), Err(EADDRINUSE));
+    }
+    let line = run.err_line("more binds refused in the last second (not shown)");
+    let hidden: u64 = line.split("lease: ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).expect("a count");
+    kill(Pid::from_raw(run.pid()), Signal::SIGTERM).unwrap();
+    let refusal_lines = {
+        let mut n = run.err_seen.iter().filter(|l| l.contains("lease: refused pid")).count();
+        while let Ok(l) = run.err.recv_timeout(Duration::from_secs(5)) {
+            n += usize::from(l.contains("lease: refused pid"));
+        }
+        n
+    };
+    assert!(refusal_lines <= 60, "{refusal_lines} lines for 2000 refusals");
+    assert!(hidden >= 1000, "{line}");
+    run.wait();
+}

@@ -28,7 +28,8 @@ pub fn ip_from(family: u16, bytes: [u8; 16]) -> IpAddr {
     }
 }
 
-fn comm_str(comm: &[u8; 16]) -> String {
+/// A kernel `comm` (NUL-padded) as text.
+pub fn comm_str(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }

@@ -123,6 +123,61 @@ pub fn conflicts<'a>(all: &'a [LeaseView], ports: &[u16]) -> Vec<&'a LeaseView> 
     all.iter().filter(|l| l.state == LeaseState::Active && ports.contains(&l.port)).collect()
 }
 
+/// How many refusal lines `run --lease` prints: at most `per_second` in any one
+/// second, then one line a second saying how many more there were (a process
+/// binding in a loop must not flood the job's log).
+#[derive(Clone, Debug)]
+pub struct LineBudget {
+    per_second: u32,
+    window_start_ns: u64,
+    shown: u32,
+    hidden: u64,
+}
+
+/// What to do with one refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    Line,
+    /// Not shown; `n` hidden so far in this window were not reported yet.
+    Hidden,
+}
+
+impl LineBudget {
+    pub fn new(per_second: u32) -> Self {
+        Self { per_second, window_start_ns: 0, shown: 0, hidden: 0 }
+    }
+
+    /// A refusal at `now_ns` (monotonic). Returns whether to print it, and the
+    /// count of refusals hidden in the window that just closed, if any.
+    pub fn refusal(&mut self, now_ns: u64) -> (Show, Option<u64>) {
+        let closed = self.roll(now_ns);
+        if self.shown < self.per_second {
+            self.shown += 1;
+            (Show::Line, closed)
+        } else {
+            self.hidden += 1;
+            (Show::Hidden, closed)
+        }
+    }
+
+    /// Refusals the kernel counted but whose records were dropped (the ring was
+    /// full): hidden too.
+    pub fn unrecorded(&mut self, n: u64) {
+        self.hidden += n;
+    }
+
+    /// Closes the window if a second has passed: the hidden count to report.
+    pub fn roll(&mut self, now_ns: u64) -> Option<u64> {
+        if now_ns.saturating_sub(self.window_start_ns) < 1_000_000_000 {
+            return None;
+        }
+        self.window_start_ns = now_ns;
+        self.shown = 0;
+        let hidden = std::mem::take(&mut self.hidden);
+        (hidden > 0).then_some(hidden)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +226,22 @@ mod tests {
         assert_eq!(conflicts(&all, &[5050]).len(), 1);
         assert!(conflicts(&all, &[5051]).is_empty());
         assert!(conflicts(&all, &[6000]).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_refusals_prints_a_few_lines_and_a_count() {
+        let mut b = LineBudget::new(3);
+        let s = 1_000_000_000;
+        let mut shown = 0;
+        for i in 0..100 {
+            let (show, closed) = b.refusal(s + i);
+            assert_eq!(closed, None);
+            shown += u32::from(show == Show::Line);
+        }
+        assert_eq!(shown, 3);
+        // The next second: the 97 hidden ones are reported once, printing resumes.
+        assert_eq!(b.refusal(2 * s + 1), (Show::Line, Some(97)));
+        assert_eq!(b.roll(2 * s + 2), None);
+        assert_eq!(b.roll(4 * s), None, "nothing hidden: nothing to say");
     }
 }

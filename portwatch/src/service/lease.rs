@@ -43,15 +43,6 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-}
-
-fn comm_of(c: &[u8; 16]) -> String {
-    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-    String::from_utf8_lossy(&c[..end]).into_owned()
-}
-
 /// How much of each lease to look up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detail {
@@ -105,12 +96,35 @@ pub fn refused(attempt: &SockEvent) -> Option<LeaseView> {
         .find(|l| l.last_refused.as_ref().is_some_and(|r| (attempt.cookie != 0 && r.cookie == attempt.cookie) || Some(r.pid) == pid))
 }
 
+/// A run's command line and CI job, which do not change while it lives: read once
+/// per run (a bind storm against a leased port must not read the run's environment
+/// once per refusal). Bounded: starts over beyond [`MAX_RUN_INFO`] runs.
+type RunInfo = (Option<String>, Option<String>);
+const MAX_RUN_INFO: usize = 256;
+
+fn run_info(owner: RunOwner) -> RunInfo {
+    static CACHE: std::sync::Mutex<Option<std::collections::HashMap<(i32, u64), RunInfo>>> = std::sync::Mutex::new(None);
+    let key = (owner.pid, owner.start_ticks);
+    let mut guard = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = guard.get_or_insert_with(Default::default);
+    if let Some(v) = cache.get(&key) {
+        return v.clone();
+    }
+    let command = proc::info(owner.pid).map(|p| p.cmdline.to_string());
+    let job = proc::details(owner.pid).and_then(|d| d.job.map(|j| j.to_string()));
+    if cache.len() >= MAX_RUN_INFO {
+        cache.clear();
+    }
+    cache.insert(key, (command.clone(), job.clone()));
+    (command, job)
+}
+
 fn views(name: &str, holder: &Holder, leases: &[(u16, Lease)], detail: Detail) -> Vec<LeaseView> {
     let (state, command, job, cgroup) = match holder {
         Holder::Run { pid, start_ticks } => {
-            let alive = RunOwner { pid: *pid, start_ticks: *start_ticks }.alive();
-            let command = alive.then(|| proc::info(*pid).map(|p| p.cmdline.to_string())).flatten();
-            let job = alive.then(|| proc::details(*pid).and_then(|d| d.job.map(|j| j.to_string()))).flatten();
+            let owner = RunOwner { pid: *pid, start_ticks: *start_ticks };
+            let alive = owner.alive();
+            let (command, job) = if alive { run_info(owner) } else { (None, None) };
             let cgroup = leases.first().and_then(|(_, l)| (detail == Detail::Full).then(|| cgroup::find_by_id(l.cgroup_id)).flatten());
             (if alive { LeaseState::Active } else { LeaseState::Stale }, command, job, cgroup)
         }
@@ -121,7 +135,7 @@ fn views(name: &str, holder: &Holder, leases: &[(u16, Lease)], detail: Detail) -
             (if pinned && !gone { LeaseState::Active } else { LeaseState::Stale }, None, None, cgroup)
         }
     };
-    let now = monotonic_ns();
+    let now = crate::sys::clock::mono_ns();
     leases
         .iter()
         .map(|(port, l)| LeaseView {
@@ -138,7 +152,7 @@ fn views(name: &str, holder: &Holder, leases: &[(u16, Lease)], detail: Detail) -
             last_refused: (l.refused > 0).then(|| Refusal {
                 pid: l.last_tgid,
                 uid: l.last_uid,
-                comm: comm_of(&l.last_comm),
+                comm: events::comm_str(&l.last_comm),
                 cookie: l.last_cookie,
                 secs_ago: now.checked_sub(l.last_ns).map(|d| d / 1_000_000_000),
             }),
@@ -287,6 +301,12 @@ impl RunLease {
             }
         }
         out
+    }
+
+    /// Binds refused so far, by the kernel's count (also those whose record the
+    /// ring buffer had no room for).
+    pub fn refused_total(&self) -> u64 {
+        klease::read(&self.name).map_or(0, |v| v.iter().map(|(_, l)| l.refused).sum())
     }
 
     /// Ends the lease: detaches the programs and removes the pinned map.

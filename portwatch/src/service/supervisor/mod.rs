@@ -35,7 +35,7 @@ use crate::{
     error::{exit, Error, Result},
     model::{
         event::SockEvent,
-        lease::RefusalErrno,
+        lease::{LineBudget, RefusalErrno, Show},
         plan::{self, Ending, FreeStatus, Leftover, PortReport},
         ports::PortSet,
         process::ProcInfo,
@@ -55,6 +55,9 @@ use crate::{
         proc, sockdiag,
     },
 };
+
+/// `--lease`: refusal lines printed per second at most (then a count).
+const REFUSAL_LINES_PER_SECOND: u32 = 20;
 
 /// Where the supervisor says what happens (one line each, without a prefix).
 pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
@@ -319,12 +322,27 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut lease_tick = tokio::time::interval(Duration::from_millis(100));
     lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let report_refusals = |lease: &mut Option<RunLease>| {
-        if let Some(l) = lease.as_mut() {
-            let errno = l.errno();
-            for ev in l.refusals() {
+    let mut budget = LineBudget::new(REFUSAL_LINES_PER_SECOND);
+    let mut counted = 0u64;
+    let mut report_refusals = |lease: &mut Option<RunLease>| {
+        let Some(l) = lease.as_mut() else { return };
+        let errno = l.errno();
+        let now = crate::sys::clock::mono_ns();
+        let refusals = l.refusals();
+        let total = l.refused_total();
+        budget.unrecorded(total.saturating_sub(counted + refusals.len() as u64));
+        counted = total.max(counted + refusals.len() as u64);
+        for ev in refusals {
+            let (show, hidden) = budget.refusal(ev.ts_ns.max(now));
+            if let Some(n) = hidden {
+                rep.say(&format!("lease: {n} more binds refused in the last second (not shown)"));
+            }
+            if show == Show::Line {
                 rep.refused(&ev, errno);
             }
+        }
+        if let Some(n) = budget.roll(now) {
+            rep.say(&format!("lease: {n} more binds refused in the last second (not shown)"));
         }
     };
     let stop = loop {
