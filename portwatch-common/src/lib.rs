@@ -18,9 +18,17 @@ pub mod maps {
     /// reported as bound or listening, so their release is reported as a `close`
     /// (`cgroup/sock_release` may not read the socket's address itself).
     pub const TRACKED: &str = "TRACKED";
-    /// `Array<u64>` [1]: non-zero once any socket was tracked (by the kernel side or
-    /// by user space seeding), so `sock_release` can skip the lookup until then.
+    /// `Array<u64>` [1]: non-zero while `TRACKED` may hold an entry (user space
+    /// sets it when it seeds, clears it when the map is empty again), so
+    /// `sock_release` skips the cookie and the lookup otherwise.
     pub const TRACKED_ANY: &str = "TRACKED_ANY";
+    /// `SK_STORAGE<TrackedSk>`: the sockets the kernel side saw bind or listen on
+    /// a watched port carry their endpoint with them, so `sock_release` finds them
+    /// with one pointer check (no cookie, no hash lookup for every other socket).
+    pub const TRACKED_SK: &str = "TRACKED_SK";
+    /// `PerCpuArray<i64>` [1]: sockets with `TRACKED_SK` storage (+1 when made,
+    /// -1 on release; the sum over CPUs is the count).
+    pub const TRACKED_LIVE: &str = "TRACKED_LIVE";
     /// `PerCpuArray<u64>` indexed by port: connections the kernel completed into a
     /// listener's accept queue (SYN_RECV -> ESTABLISHED on the listener's port).
     pub const QUEUED: &str = "QUEUED";
@@ -241,6 +249,17 @@ pub struct TrackedSock {
     pub addr: [u8; 16],
 }
 
+/// What a socket tracked by the kernel side carries (`TRACKED_SK` storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackedSk {
+    pub cookie: u64,
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
 /// One record written by the `iter/task_file` program: a process holding a socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -408,6 +427,7 @@ const _: () = assert!(core::mem::size_of::<SockData>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);
+const _: () = assert!(core::mem::size_of::<TrackedSk>() == 32);
 const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 3 * 8 * holders::MAX_TARGETS + 16);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<Lease>() == 88);

@@ -1,11 +1,15 @@
 //! Maps and load-time globals. Names match `portwatch_common::maps` / `globals`.
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    config, lease, offsets::Offsets, probe, Event, HolderOffsets, HolderQuery, KernelOffsets, Lease, SockData, TrackedSock, EVENTS_BYTES,
-    TRACKED_ENTRIES,
+    config, lease, offsets::Offsets, probe, Event, HolderOffsets, HolderQuery, KernelOffsets, Lease, SockData, TrackedSk, TrackedSock,
+    EVENTS_BYTES, TRACKED_ENTRIES,
 };
 
 #[map]
@@ -23,11 +27,18 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 #[map]
 pub static TRACKED: LruHashMap<u64, TrackedSock> = LruHashMap::with_max_entries(TRACKED_ENTRIES, 0);
 
-/// Non-zero once any socket was tracked: until then `sock_release` skips the cookie
-/// and the hash lookup. Only ever set to 1 (by the kernel side or user space), so it
-/// needs no atomic update.
+/// Non-zero while user space's seeded entries may be in `TRACKED`: otherwise
+/// `sock_release` skips the cookie and the hash lookup. Written by user space only.
 #[map]
 pub static TRACKED_ANY: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Socket-local storage of the sockets the kernel side tracks.
+#[btf_map]
+pub static TRACKED_SK: SkStorage<TrackedSk> = SkStorage::new();
+
+/// Sockets with `TRACKED_SK` storage, per CPU (+1 made, -1 released).
+#[map]
+pub static TRACKED_LIVE: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Errors per program (failed kernel reads...), by `portwatch_common::probe` id.
 #[map]
@@ -138,25 +149,54 @@ pub fn count_error(id: u32) {
     }
 }
 
-/// Remembers a socket so its release is reported as a `close`.
+const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
+
+fn live_add(n: i64) {
+    if let Some(p) = TRACKED_LIVE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += n };
+    }
+}
+
+/// Remembers a socket so its release is reported as a `close`: its endpoint goes
+/// into the socket's own storage. `sk` is a socket the helper accepts (a
+/// `cgroup/sock` context, or a tracing program's `struct sock *`).
 #[inline(always)]
-pub fn track(d: &SockData) {
-    let t = TrackedSock { port: d.port, family: d.family, _pad: 0, addr: d.addr };
-    if TRACKED.insert(&d.cookie, &t, BPF_NOEXIST).is_ok() {
-        if let Some(p) = TRACKED_ANY.get_ptr_mut(0) {
-            // SAFETY: a map value; every writer stores the same 1.
-            unsafe { *p = 1 };
+pub fn track(sk: *mut c_void, d: &SockData) {
+    let map = core::ptr::addr_of!(TRACKED_SK).cast_mut().cast::<c_void>();
+    let mut t = TrackedSk { cookie: d.cookie, port: d.port, family: d.family, _pad: 0, addr: d.addr };
+    // SAFETY: `sk` is a socket pointer the verifier knows; `map` is the map.
+    unsafe {
+        if !bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0).is_null() {
+            return;
+        }
+        if !bpf_sk_storage_get(map, sk, core::ptr::addr_of_mut!(t).cast(), BPF_SK_STORAGE_GET_F_CREATE).is_null() {
+            live_add(1);
         }
     }
 }
 
-/// Whether any socket was ever tracked (cheap: one array read).
+/// The tracked endpoint of the socket being released, if it has one.
 #[inline(always)]
-pub fn any_tracked() -> bool {
+pub fn released(sk: *mut c_void) -> Option<TrackedSk> {
+    let map = core::ptr::addr_of!(TRACKED_SK).cast_mut().cast::<c_void>();
+    // SAFETY: as in `track`; the value is copied out before the socket goes.
+    let p = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) }.cast::<TrackedSk>();
+    if p.is_null() {
+        return None;
+    }
+    live_add(-1);
+    // SAFETY: non-null storage of this socket.
+    Some(unsafe { *p })
+}
+
+/// Whether user space's seeded entries may be in `TRACKED` (one array read).
+#[inline(always)]
+pub fn any_seeded() -> bool {
     matches!(TRACKED_ANY.get(0), Some(n) if *n != 0)
 }
 
-/// Forgets a tracked socket.
+/// Forgets a seeded socket.
 #[inline(always)]
 pub fn untrack(cookie: u64) {
     let _ = TRACKED.remove(&cookie);

@@ -99,7 +99,7 @@ fn try_post_bind<const V6: bool>(ctx: &SockContext) -> Result<(), ()> {
     } else {
         ip4_bytes(ctx_field!(sk, src_ip4))
     };
-    track(&ev.data);
+    track(ctx.as_ptr(), &ev.data);
     submit(&ev);
     Ok(())
 }

@@ -1,18 +1,19 @@
 //! `cgroup/sock_release`: the last reference to a socket went away. Reported as a
-//! `close` only for sockets portwatch saw bind or listen (the `TRACKED` map), so
-//! ordinary client sockets cost one hash lookup and nothing more.
+//! `close` only for sockets portwatch saw bind or listen (their `TRACKED_SK`
+//! storage) or found there at start (the `TRACKED` hash), so ordinary sockets cost
+//! one storage-pointer check and nothing more.
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock,
     programs::SockContext,
     EbpfContext,
 };
-use portwatch_common::{probe, EventKind};
+use portwatch_common::{probe, EventKind, TrackedSock};
 
 use crate::{
     ctx_field,
     emit::task_event,
-    maps::{any_tracked, count_error, submit, untrack, TRACKED},
+    maps::{any_seeded, count_error, released, submit, untrack, TRACKED},
 };
 
 #[cgroup_sock(sock_release)]
@@ -24,18 +25,25 @@ pub fn pw_sock_release(ctx: SockContext) -> i32 {
 }
 
 fn try_sock_release(ctx: &SockContext) -> Result<(), ()> {
-    // Most releases are of sockets nobody watches: with nothing tracked, stop here
-    // before computing a cookie.
-    if !any_tracked() {
-        return Ok(());
-    }
-    // SAFETY: helper valid for cgroup/sock programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(t) = (unsafe { TRACKED.get(&cookie) }).copied() else {
-        return Ok(());
+    // Sockets the kernel side saw bind or listen carry their endpoint: one pointer
+    // check for every other socket.
+    let (cookie, t) = if let Some(t) = released(ctx.as_ptr()) {
+        (t.cookie, TrackedSock { port: t.port, family: t.family, _pad: 0, addr: t.addr })
+    } else {
+        // Sockets found on the ports when portwatch started (seeded by user space)
+        // are in a hash by cookie; with none left, stop here.
+        if !any_seeded() {
+            return Ok(());
+        }
+        // SAFETY: helper valid for cgroup/sock programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(t) = (unsafe { TRACKED.get(&cookie) }).copied() else {
+            return Ok(());
+        };
+        untrack(cookie);
+        (cookie, t)
     };
-    untrack(cookie);
     let sk = ctx.sock;
     let mut ev = task_event(EventKind::Close);
     // SAFETY: helper valid for cgroup/sock programs.

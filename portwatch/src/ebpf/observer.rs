@@ -46,7 +46,13 @@ pub fn wakeup_watermark(ring_bytes: u32) -> u64 {
     u64::from(ring_bytes / 8).clamp(4096, 512 << 10)
 }
 
-type Tracked = Arc<std::sync::Mutex<BpfHashMap<MapData, u64, TrackedSock>>>;
+/// The seeded sockets (by cookie) and the flag telling `sock_release` to look.
+struct Seeded {
+    map: BpfHashMap<MapData, u64, TrackedSock>,
+    any: std::sync::Mutex<Array<MapData, u64>>,
+}
+
+type Tracked = Arc<std::sync::Mutex<Seeded>>;
 
 /// The kernel's per-port count of connections completed into accept queues, and
 /// the sockets it tracks on the watched ports, readable from any thread (the
@@ -55,6 +61,8 @@ type Tracked = Arc<std::sync::Mutex<BpfHashMap<MapData, u64, TrackedSock>>>;
 pub struct Counts {
     queued: Arc<PerCpuArray<MapData, u64>>,
     tracked: Tracked,
+    /// Sockets tracked in their own storage, per CPU.
+    live: Arc<PerCpuArray<MapData, i64>>,
 }
 
 impl Counts {
@@ -69,16 +77,26 @@ impl Counts {
     /// watched ports (in this or another network namespace), so a sample can skip
     /// sock_diag: one `BPF_MAP_GET_NEXT_KEY`. Errors answer "yes" (sample anyway).
     pub fn any_tracked(&self) -> bool {
-        let map = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.keys().next().is_some()
+        let live: i64 = self.live.get(&0, 0).map_or(1, |v| v.iter().sum());
+        if live > 0 {
+            return true;
+        }
+        let t = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seeded = t.map.keys().next().is_some();
+        if !seeded {
+            // Every seeded socket is gone: `sock_release` can stop looking them up.
+            // Under the lock, so a seed cannot slip in between.
+            let _ = t.any.lock().map(|mut a| a.set(0, 0, 0));
+        }
+        seeded
     }
 
     /// Tracks sockets found on the watched ports (from sock_diag), so their close is
     /// reported and [`Counts::any_tracked`] sees them; returns how many were added.
-    /// `TRACKED_ANY` must be set by the caller when this is the first entry ever
-    /// ([`Observer::seed`]).
+    /// Sets `TRACKED_ANY`, so `sock_release` looks them up (until none is left).
     pub fn track(&self, socks: &[SockEntry]) -> usize {
-        let mut tracked = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Seeded { map: tracked, any } = &mut *guard;
         let mut added = 0;
         for s in socks.iter().filter(|s| s.cookie != 0) {
             let mut addr = [0u8; 16];
@@ -90,6 +108,11 @@ impl Counts {
             // BPF_NOEXIST: a socket the kernel side tracked meanwhile stays as it is.
             if tracked.insert(s.cookie, t, 1).is_ok() {
                 added += 1;
+            }
+        }
+        if added > 0 {
+            if let Err(e) = any.lock().map_err(|e| e.to_string()).and_then(|mut a| a.set(0, 1, 0).map_err(|e| e.to_string())) {
+                tracing::warn!("seeded sockets' closes may go unreported: {}: {e}", maps::TRACKED_ANY);
             }
         }
         added
@@ -147,11 +170,15 @@ impl Observer {
         }
         let queued = ebpf.take_map(maps::QUEUED).ok_or_else(|| missing(maps::QUEUED))?;
         let tracked = ebpf.take_map(maps::TRACKED).ok_or_else(|| missing(maps::TRACKED))?;
+        let any = ebpf.take_map(maps::TRACKED_ANY).ok_or_else(|| missing(maps::TRACKED_ANY))?;
+        let live = ebpf.take_map(maps::TRACKED_LIVE).ok_or_else(|| missing(maps::TRACKED_LIVE))?;
         let counts = Counts {
             queued: Arc::new(PerCpuArray::try_from(queued).map_err(|e| Error::Internal(format!("{}: {e}", maps::QUEUED)))?),
-            tracked: Arc::new(std::sync::Mutex::new(
-                BpfHashMap::try_from(tracked).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED)))?,
-            )),
+            tracked: Arc::new(std::sync::Mutex::new(Seeded {
+                map: BpfHashMap::try_from(tracked).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED)))?,
+                any: std::sync::Mutex::new(Array::try_from(any).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED_ANY)))?),
+            })),
+            live: Arc::new(PerCpuArray::try_from(live).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED_LIVE)))?),
         };
         let ring = opts.ring_bytes.unwrap_or(portwatch_common::EVENTS_BYTES);
         {
@@ -219,14 +246,7 @@ impl Observer {
     /// Tracks sockets that existed before the observer started (from a sock_diag
     /// snapshot), so their close is reported too.
     pub fn seed(&mut self, socks: &[SockEntry]) -> Result<usize> {
-        let internal = |e: aya::maps::MapError| Error::Internal(format!("seeding the tracked sockets: {e}"));
-        let added = self.counts.track(socks);
-        if added > 0 {
-            let mut any: Array<_, u64> =
-                Array::try_from(self.ebpf.map_mut(maps::TRACKED_ANY).ok_or_else(|| missing(maps::TRACKED_ANY))?).map_err(internal)?;
-            any.set(0, 1, 0).map_err(internal)?;
-        }
-        Ok(added)
+        Ok(self.counts.track(socks))
     }
 
     /// The ring buffer, moved out so it can be polled on its own.
