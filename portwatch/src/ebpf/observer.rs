@@ -49,7 +49,7 @@ pub fn wakeup_watermark(ring_bytes: u32) -> u64 {
 /// The seeded sockets (by cookie) and the flag telling `sock_release` to look.
 struct Seeded {
     map: BpfHashMap<MapData, u64, TrackedSock>,
-    any: std::sync::Mutex<Array<MapData, u64>>,
+    any: Array<MapData, u64>,
 }
 
 type Tracked = Arc<std::sync::Mutex<Seeded>>;
@@ -81,12 +81,12 @@ impl Counts {
         if live > 0 {
             return true;
         }
-        let t = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let seeded = t.map.keys().next().is_some();
         if !seeded {
             // Every seeded socket is gone: `sock_release` can stop looking them up.
             // Under the lock, so a seed cannot slip in between.
-            let _ = t.any.lock().map(|mut a| a.set(0, 0, 0));
+            let _ = t.any.set(0, 0, 0);
         }
         seeded
     }
@@ -111,7 +111,7 @@ impl Counts {
             }
         }
         if added > 0 {
-            if let Err(e) = any.lock().map_err(|e| e.to_string()).and_then(|mut a| a.set(0, 1, 0).map_err(|e| e.to_string())) {
+            if let Err(e) = any.set(0, 1, 0) {
                 tracing::warn!("seeded sockets' closes may go unreported: {}: {e}", maps::TRACKED_ANY);
             }
         }
@@ -176,7 +176,7 @@ impl Observer {
             queued: Arc::new(PerCpuArray::try_from(queued).map_err(|e| Error::Internal(format!("{}: {e}", maps::QUEUED)))?),
             tracked: Arc::new(std::sync::Mutex::new(Seeded {
                 map: BpfHashMap::try_from(tracked).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED)))?,
-                any: std::sync::Mutex::new(Array::try_from(any).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED_ANY)))?),
+                any: Array::try_from(any).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED_ANY)))?,
             })),
             live: Arc::new(PerCpuArray::try_from(live).map_err(|e| Error::Internal(format!("{}: {e}", maps::TRACKED_LIVE)))?),
         };
