@@ -1,10 +1,10 @@
 //! Maps and load-time globals. Names match `portwatch_common::maps` / `globals`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    config, offsets::Offsets, probe, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES,
+    config, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES,
 };
 
 #[map]
@@ -155,4 +155,28 @@ pub fn any_tracked() -> bool {
 #[inline(always)]
 pub fn untrack(cookie: u64) {
     let _ = TRACKED.remove(&cookie);
+}
+
+/// One run's port remapping (`run --isolate-ports`); keys by `remap::key`.
+#[map]
+pub static REMAP: HashMap<u32, u16> = HashMap::with_max_entries(remap::ENTRIES, 0);
+
+#[unsafe(no_mangle)]
+static REMAP_CGROUP: u64 = 0;
+
+#[unsafe(no_mangle)]
+static REMAP_LEVEL: u32 = 0;
+
+/// The cgroup v2 id of the run whose ports are remapped (0 = none).
+#[inline(always)]
+pub fn remap_cgroup() -> u64 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&REMAP_CGROUP) }
+}
+
+/// That cgroup's depth below the cgroup v2 root.
+#[inline(always)]
+pub fn remap_level() -> u32 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&REMAP_LEVEL) }
 }

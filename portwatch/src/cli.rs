@@ -434,6 +434,13 @@ pub struct RunArgs {
     /// ends every process under it, and wait.
     #[arg(long, value_name = "PIDFILE", conflicts_with_all = ["detach_ready", "command"])]
     pub stop: Option<PathBuf>,
+    /// Give the job its own copy of the ports (-p): its binds to them go to free
+    /// real ports chosen for this run, its connects to them on this host
+    /// (127.0.0.1, ::1) reach those, and getsockname/getpeername show the port it
+    /// asked for. Other jobs see their own. TCP and UDP; needs root and cgroup v2.
+    /// Clients outside the job reach the real port only (see README).
+    #[arg(long, requires = "ports")]
+    pub isolate_ports: bool,
     /// Internal: the pipe to report readiness on (set by --detach-ready).
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,

@@ -4,3 +4,4 @@ mod holders;
 mod release;
 mod state;
 mod task_file;
+mod remap;

@@ -100,6 +100,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         command: a.command,
         pid_file: a.pid_file,
         ready_fd: a.ready_fd,
+        isolate: a.isolate_ports,
     };
     crate::cmd::runtime()?.block_on(supervisor::run(opts, &console))
 }

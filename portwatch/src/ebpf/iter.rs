@@ -320,12 +320,19 @@ fn run_query(
 fn remove_other_builds(path: &Path) {
     let dir = path.parent().unwrap_or(Path::new(PIN_ROOT));
     if let Ok(entries) = fs::read_dir(PIN_ROOT) {
+        // Only other builds' directories (named by their object hash): the
+        // remap pins of live runs live beside them.
         for e in entries.flatten() {
-            if e.path() != dir {
+            if e.path() != dir && is_build_dir(&e.file_name().to_string_lossy()) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
     }
+}
+
+/// A directory named by an object hash, as [`pin_path`] makes them.
+fn is_build_dir(name: &str) -> bool {
+    name.len() == env!("PORTWATCH_OBJECT_HASH").len() && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Pins the link at `path`. Another `who` pinning the same build at the same
@@ -359,6 +366,13 @@ pub fn parse_records(buf: &[u8]) -> Vec<FdHolder> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_build_directories_are_cleaned() {
+        assert!(is_build_dir("b6c95462f2e525bd"));
+        assert!(!is_build_dir("remap"));
+        assert!(!is_build_dir("b6c95462f2e525bdx"));
+    }
 
     #[test]
     fn parses_and_dedups_records() {

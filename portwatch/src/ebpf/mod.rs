@@ -5,3 +5,4 @@ pub mod events;
 pub mod iter;
 pub mod loader;
 pub mod observer;
+pub mod remap;

@@ -14,3 +14,4 @@ pub mod target;
 pub mod time;
 pub mod timeline;
 pub mod verdict;
+pub mod remap;
