@@ -181,7 +181,7 @@ fn two_jobs_bind_the_same_port_and_each_reaches_its_own() {
         assert_eq!(s["v6"], serde_json::json!([port, port, port]), "{s}");
     }
     // The run's readiness and --health looked at the real port, and say both.
-    a.said(&format!("ready after"), 1);
+    a.said("ready after", 1);
     let ready = a.said(&format!("port {port} (isolated: real port {ra})"), 1);
     assert!(ready.contains("python3"), "{ready}");
     a.said(&format!("http://127.0.0.1:{port}/: ready"), 1);
@@ -219,7 +219,7 @@ fn two_jobs_bind_the_same_port_and_each_reaches_its_own() {
     let out = Command::new("python3").args(["-c", &script]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), p, "a bind in the dead run's cgroup was still rewritten");
-    let _ = wait_for("the leftover cgroup to be removed", Duration::from_secs(5), || std::fs::remove_dir(&leftover).ok());
+    wait_for("the leftover cgroup to be removed", Duration::from_secs(5), || std::fs::remove_dir(&leftover).ok());
     std::net::TcpListener::bind(("127.0.0.1", ra)).expect("run A's real port is free again");
     // The dead run's pin is dropped by the next look at the remaps.
     let out = portwatch(&["who", &p]);
@@ -246,6 +246,44 @@ fn a_run_inside_an_isolated_job_checks_the_real_port() {
     std::fs::write(&stop, "").unwrap();
     let st = outer.run.0.wait().unwrap();
     assert!(st.success(), "{st:?}: {:#?}", outer.log);
+}
+
+/// The CI case: two pytest sessions at once, each starting gunicorn on the same
+/// port through the pytest plugin (examples/pytest), each under its own isolated
+/// run. Both pass; without isolation the second would have freed (killed) the
+/// first one's gunicorn.
+#[test]
+fn two_pytest_suites_with_gunicorn_on_one_port_pass_in_parallel() {
+    require_root();
+    let port = free_port();
+    let p = port.to_string();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pytest");
+    let suites: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|name| {
+            let (p, example) = (p.clone(), example.clone());
+            thread::spawn(move || {
+                let out = Command::new(bin())
+                    .args(["run", "--isolate-ports", "-p", &p, "--timeout", "120s", "--", "python3", "-m", "pytest", "-q"])
+                    .arg(&example)
+                    .env("PORTWATCH", bin())
+                    .env("APP_PORT", &p)
+                    .output()
+                    .expect(
+                        "portwatch run (python3 with pytest, flask, gunicorn and the plugin on PATH: cargo xtask test puts its venv there)",
+                    );
+                (name, out)
+            })
+        })
+        .collect();
+    for s in suites {
+        let (name, out) = s.join().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "suite {name}: {:?}\n{stdout}\n{stderr}", out.status);
+        assert!(stdout.contains("2 passed"), "suite {name}: {stdout}");
+        assert!(stderr.contains(&format!("port {port} isolated: ")), "suite {name}: {stderr}");
+    }
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} is left held");
 }
 
 #[test]

@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    config, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES,
+    config, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES,
+    TRACKED_ENTRIES,
 };
 
 #[map]

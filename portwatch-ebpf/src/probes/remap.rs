@@ -4,9 +4,7 @@
 //! cgroup v2 by the run itself (a bpf_link, not pinned: it ends with the run); each
 //! program first checks that the calling task is inside the run's cgroup, at any
 //! depth. They always allow the call (return 1): they only rewrite.
-use aya_ebpf::{
-    helpers::generated::bpf_get_current_ancestor_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext,
-};
+use aya_ebpf::{helpers::generated::bpf_get_current_ancestor_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext};
 use portwatch_common::remap::{key, local4, local6, TO_REAL, TO_VIRTUAL};
 
 use crate::{

@@ -55,6 +55,11 @@ impl PortMap {
         self.0.iter().find(|p| p.virt == port).map_or(port, |p| p.real)
     }
 
+    /// The virtual port `port` is the real one of (itself when it is none's).
+    pub fn virtual_of(&self, port: u16) -> u16 {
+        self.0.iter().find(|p| p.real == port).map_or(port, |p| p.virt)
+    }
+
     /// Whether `port` is one of the real ports.
     pub fn is_real(&self, port: u16) -> bool {
         self.0.iter().any(|p| p.real == port)
@@ -129,7 +134,8 @@ const LOWEST: u16 = 10_000;
 /// other process gets one by chance), else between 10000 and the range's start.
 pub fn candidates(ephemeral: (u16, u16), seed: u64) -> Vec<u16> {
     let (lo, hi) = ephemeral;
-    let (from, to) = if 65_535 - u32::from(hi) >= MIN_POOL { (hi + 1, 65_535) } else { (LOWEST.min(lo.saturating_sub(1)), lo.saturating_sub(1)) };
+    let (from, to) =
+        if 65_535 - u32::from(hi) >= MIN_POOL { (hi + 1, 65_535) } else { (LOWEST.min(lo.saturating_sub(1)), lo.saturating_sub(1)) };
     if from > to || from == 0 {
         return Vec::new();
     }
@@ -148,6 +154,7 @@ mod tests {
         assert_eq!(m.real(5050), 61234);
         assert_eq!(m.real(9000), 9000);
         assert!(m.is_real(61235) && !m.is_real(5050));
+        assert_eq!((m.virtual_of(61235), m.virtual_of(5050)), (8080, 5050));
         assert_eq!(m.label(5050), "5050 (isolated: real port 61234)");
         assert_eq!(m.label(9000), "9000");
         let e = m.entries();

@@ -41,7 +41,8 @@ pub fn isolate(ports: &PortSet, cg: &RunCgroup) -> Result<Isolation> {
     })?;
     let _lock = remap::choosing_lock();
     let taken: HashSet<u16> = remap::all_pinned().iter().flat_map(|(_, m)| m.pairs().iter().map(|p| p.real)).collect();
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id());
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
     let mut pool = candidates(ephemeral_range(), seed).into_iter().filter(|p| !taken.contains(p) && !ports.contains(*p));
     let mut pairs = Vec::new();
     for port in ports.iter() {

@@ -98,7 +98,8 @@ impl RunCgroup {
     pub fn id_and_level(&self) -> io::Result<(u64, u32)> {
         use std::os::unix::fs::MetadataExt;
         let root = mounts::cgroup2_root().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 mount"))?;
-        let level = level(&root, &self.dir).ok_or_else(|| io::Error::other(format!("{} is not below {}", self.dir.display(), root.display())))?;
+        let level =
+            level(&root, &self.dir).ok_or_else(|| io::Error::other(format!("{} is not below {}", self.dir.display(), root.display())))?;
         Ok((fs::metadata(&self.dir)?.ino(), level))
     }
 

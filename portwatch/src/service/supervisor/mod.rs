@@ -233,7 +233,8 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
             return Ok(exit::CONDITION);
         }
     }
-    let cgroup = cgroup.or_else(|| RunCgroup::create(owner).map_err(|e| tracing::debug!("no cgroup of its own for this run ({e}): subreaper only")).ok());
+    let cgroup = cgroup
+        .or_else(|| RunCgroup::create(owner).map_err(|e| tracing::debug!("no cgroup of its own for this run ({e}): subreaper only")).ok());
     let mut tree = Tree::new(me, cgroup);
     // Before the command exists, so a signal can never find run without its handlers.
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
