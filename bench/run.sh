@@ -21,6 +21,9 @@
 #             connection, and the agent's CPU per connection
 #   bindall   bind+listen+close loop, rounds alternating without and with
 #             `portwatch watch` on all ports: ratio, events, lost
+#   remap     bind+listen+close and connect+accept+close loops without
+#             `run --isolate-ports`, beside one (outside its job: the programs'
+#             cgroup check only) and inside one (every bind/connect rewritten)
 #
 # Each section prints a markdown fragment and appends it to bench-out/results.md.
 # Knobs (environment): BENCH_ROUNDS (overhead, default 5), GETPID_ITERS (2000000),
@@ -29,7 +32,7 @@
 # SCALE_FDS (4), SCALE_THREADS (1), RUN_RUNS (10), WATCH_SETTLE (1 s), REAP_RUNS (5), REAP_STALL
 # (2 s), REAP_GRACE (1 s), REAP_INTERVAL_MS (200), FREE_RUNS (5), FOOT_PORTS
 # (7000-7099), FOOT_WARMUP (5 s), FOOT_SECONDS (60), CHURN_ROUNDS (7), CHURN_ITERS
-# (20000), BINDALL_ROUNDS (7).
+# (20000), BINDALL_ROUNDS (7), REMAP_ROUNDS (7).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -86,13 +89,15 @@ FOOT_SECONDS=${FOOT_SECONDS:-60}
 CHURN_ROUNDS=${CHURN_ROUNDS:-7}
 CHURN_ITERS=${CHURN_ITERS:-20000}
 BINDALL_ROUNDS=${BINDALL_ROUNDS:-7}
+# remap: rounds of (without, beside an isolated run, inside one) per loop.
+REMAP_ROUNDS=${REMAP_ROUNDS:-7}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 
 case $WHICH in
-overhead | loss | who | scale | run | reap | footprint | churn | bindall | all) ;;
-*) die "unknown benchmark '$WHICH' (overhead, loss, who, scale, run, reap, footprint, churn, bindall, all)" ;;
+overhead | loss | who | scale | run | reap | footprint | churn | bindall | remap | all) ;;
+*) die "unknown benchmark '$WHICH' (overhead, loss, who, scale, run, reap, footprint, churn, bindall, remap, all)" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (portwatch attaches eBPF programs)"
 for tool in python3 jq ss awk; do
@@ -1285,6 +1290,66 @@ bench_bindall() {
     emit "$f"
 }
 
+# --- remap -------------------------------------------------------------------
+
+# remap_loop LOOP ITERS PORT: ns/op of one `pw-loadgen LOOP` run on PORT, as is.
+remap_loop() {
+    jq -r .ns_per_op <<<"$("$LOADGEN" "$1" --iters "$2" --port "$3")"
+}
+
+bench_remap() {
+    section_start
+    say "remap: $REMAP_ROUNDS rounds per loop of (without, beside \`run --isolate-ports\`, inside it)"
+    local port other loop iters r base out inn rpid err rows="" notes=""
+    port=$(pick_port)
+    other=$(pick_port "$port")
+    for loop in bindloop churn; do
+        local -a BASE=() OUT=() IN=() ROUT=() RIN=()
+        if [[ $loop == bindloop ]]; then iters=$BIND_ITERS; else iters=$CHURN_ITERS; fi
+        for ((r = 1; r <= REMAP_ROUNDS; r++)); do
+            base=$(remap_loop "$loop" "$iters" "$port")
+            # Beside a run isolating another port: the programs are attached to the
+            # root cgroup and run for this process too, which is not in the job.
+            err=$TMP/remap-$loop-$r.err
+            "$PW" run --isolate-ports -p "$other" --timeout 1h -- sleep 3600 >/dev/null 2>"$err" &
+            rpid=$!
+            PIDS+=("$rpid")
+            wait_for_line 'isolated: ' "$err" 30 "$rpid"
+            out=$(remap_loop "$loop" "$iters" "$port")
+            stop_child "$rpid" TERM 15
+            # Inside a job isolating the loop's own port: each bind/connect rewritten.
+            inn=$(jq -r .ns_per_op <<<"$("$PW" run --isolate-ports -p "$port" --timeout 1h -- "$LOADGEN" "$loop" --iters "$iters" --port "$port" 2>/dev/null || true)")
+            BASE+=("$base") OUT+=("$out") IN+=("$inn")
+            ROUT+=("$(calc "$out/$base")") RIN+=("$(calc "$inn/$base")")
+            notes+="- $loop round $r: without $base ns, beside $out ns (ratio $(calc "round($out/$base, 3)")), inside $inn ns (ratio $(calc "round($inn/$base, 3)"))"$'\n'
+            say "  $loop round $r: without $base ns/op, beside $out, inside $inn"
+        done
+        local mb mo mi ro ri
+        mb=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${BASE[@]}")
+        mo=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${OUT[@]}")
+        mi=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${IN[@]}")
+        ro=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${ROUT[@]}")
+        ri=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${RIN[@]}")
+        rows+="| \`$loop --iters $iters\` | $mb | $mo | $ro ($(ratio_range "${ROUT[@]}")) | $mi | $ri ($(ratio_range "${RIN[@]}")) | beside: $(verdict "$ro <= 1.05"), inside: $(verdict "$ri <= 1.05") |"$'\n'
+        notes+="- $loop baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"$'\n'
+    done
+    local f=$TMP/remap.md
+    {
+        section_header remap
+        echo "- Loads: \`pw-loadgen bindloop\` (socket + SO_REUSEADDR + bind + listen + close) and \`pw-loadgen churn\` (loopback connect + accept + RST close), port $port, one untimed warm-up of iters/10 each"
+        echo "- $REMAP_ROUNDS rounds per loop of: without portwatch; *beside* a \`portwatch run --isolate-ports -p $other -- sleep 3600\` (the remap programs attached to the root cgroup, the loop outside the job: the cost every other process on the runner pays); *inside* \`portwatch run --isolate-ports -p $port -- pw-loadgen ...\` (every bind and connect of the loop rewritten to the real port; the loop's own time, not run's start-up)"
+        echo "- Goal (issue 16): ≤ 1.05× a plain loop"
+        echo
+        echo "| loop | without, ns/op (median) | beside a run, ns/op (median) | ratio (median, range) | inside the job, ns/op (median) | ratio (median, range) | goal ≤ 1.05 |"
+        echo "|---|---:|---:|---:|---:|---:|---|"
+        printf '%s' "$rows"
+        echo
+        printf '%s' "$notes"
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
 # --- main --------------------------------------------------------------------
 
 say "building pw-loadgen (release)"
@@ -1319,6 +1384,7 @@ reap) bench_reap ;;
 footprint) bench_footprint ;;
 churn) bench_churn ;;
 bindall) bench_bindall ;;
+remap) bench_remap ;;
 all)
     bench_overhead
     bench_loss
@@ -1329,6 +1395,7 @@ all)
     bench_footprint
     bench_churn
     bench_bindall
+    bench_remap
     ;;
 esac
 say "results appended to ${RESULTS#"$ROOT"/}"
