@@ -88,7 +88,7 @@ impl PortMap {
 
     /// A readiness target as the run must probe it: a local host's remapped port
     /// becomes the real one (portwatch itself is outside the job: its connects are
-    /// not rewritten).
+    /// not rewritten). An URL's text, as messages show it, stays the user's.
     pub fn target(&self, t: &Target) -> Target {
         let real = self.real(t.port());
         if real == t.port() || !is_local_host(t.host()) {
@@ -178,7 +178,9 @@ mod tests {
     fn local_targets_probe_the_real_port() {
         let m = PortMap::new([(5050, 61234)]).unwrap();
         let t = |s: &str| Target::parse(s).unwrap();
-        assert_eq!(m.target(&t("http://127.0.0.1:5050/health")), t("http://127.0.0.1:61234/health"));
+        // The probe goes to the real port; messages keep the URL as the user gave it.
+        let h = m.target(&t("http://127.0.0.1:5050/health"));
+        assert_eq!((h.port(), h.label()), (61234, "http://127.0.0.1:5050/health".to_string()));
         assert_eq!(m.target(&t("localhost:5050")), t("localhost:61234"));
         assert_eq!(m.target(&t("[::1]:5050")), t("[::1]:61234"));
         assert_eq!(m.target(&t("10.1.2.3:5050")), t("10.1.2.3:5050"));
