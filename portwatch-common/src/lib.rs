@@ -32,6 +32,9 @@ pub mod maps {
     /// `PerCpuArray<u64>` indexed by [`crate::probe`]: failed kernel reads and other
     /// errors per program (counted, never silently dropped).
     pub const ERRORS: &str = "ERRORS";
+    /// `HashMap<u32, Lease>`: leased port -> its [`crate::Lease`] (one map per
+    /// lease holder; see [`crate::lease`]).
+    pub const LEASES: &str = "LEASES";
     /// `HashMap<u32, u16>` of one `run --isolate-ports` (see [`crate::remap`]):
     /// `remap::key(TO_REAL, virtual)` -> real port and `remap::key(TO_VIRTUAL, real)`
     /// -> virtual port, host byte order.
@@ -46,9 +49,10 @@ pub mod probe {
     pub const RELEASE: u32 = 3;
     pub const TASK_FILE: u32 = 4;
     pub const HOLDERS: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const LEASE: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Names, indexed by id.
-    pub const NAMES: [&str; COUNT as usize] = ["bind", "post_bind", "inet_sock_set_state", "sock_release", "task_file", "holders"];
+    pub const NAMES: [&str; COUNT as usize] = ["bind", "post_bind", "inet_sock_set_state", "sock_release", "task_file", "holders", "lease"];
 }
 
 /// Names of the kernel programs, shared with user space.
@@ -71,6 +75,13 @@ pub mod programs {
     pub const PROBE_LSM: &str = "pw_probe_lsm";
     pub const PROBE_TRACEPOINT: &str = "pw_probe_tracepoint";
     pub const PROBE_RAW_TP: &str = "pw_probe_raw_tp";
+    /// `cgroup/bind4|6` lease enforcement, refusing with EADDRINUSE
+    /// (`bpf_set_retval`, Linux >= 5.18).
+    pub const LEASE4: &str = "pw_lease4";
+    pub const LEASE6: &str = "pw_lease6";
+    /// The same for kernels without `bpf_set_retval`: the refusal is EPERM.
+    pub const LEASE4_EPERM: &str = "pw_lease4_eperm";
+    pub const LEASE6_EPERM: &str = "pw_lease6_eperm";
     /// Per-job port remapping (`run --isolate-ports`), see [`crate::remap`].
     pub const REMAP_BIND4: &str = "pw_remap_bind4";
     pub const REMAP_BIND6: &str = "pw_remap_bind6";
@@ -163,6 +174,8 @@ pub enum EventKind {
     Close = 4,
     /// The kernel completed a connection into a listener's accept queue.
     Accept = 5,
+    /// A lease refused a bind (`cgroup/bind4|6` lease programs).
+    Refused = 6,
 }
 
 impl EventKind {
@@ -173,6 +186,7 @@ impl EventKind {
             3 => Some(Self::Listen),
             4 => Some(Self::Close),
             5 => Some(Self::Accept),
+            6 => Some(Self::Refused),
             _ => None,
         }
     }
@@ -359,6 +373,42 @@ pub struct HolderRecord {
     pub ino: u64,
 }
 
+/// Port leases: while a `portwatch run --lease` (or an operator's `lease add`)
+/// holds a lease on a port, a bind to that port number from outside the owner's
+/// cgroup is refused in the kernel. Each holder loads its own pair of lease
+/// programs and its own `LEASES` map, so a lease ends with its holder's bpf links.
+pub mod lease {
+    /// Most ports one holder may lease.
+    pub const MAX_PORTS: u32 = 64;
+    /// The errno a refusal returns where `bpf_set_retval` exists.
+    pub const EADDRINUSE: i32 = 98;
+}
+
+/// One leased port (value of `LEASES`, keyed by the port as `u32`). User space
+/// fills the owner; the program counts refusals and keeps the last one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// cgroup v2 id (the directory's inode number) whose processes may bind.
+    pub cgroup_id: u64,
+    /// That cgroup's depth below the cgroup v2 root (the root is 0).
+    pub level: u32,
+    /// The `portwatch run` holding the lease, 0 for an operator's lease.
+    pub owner_pid: u32,
+    /// The owner's start time (clock ticks since boot), so a reused pid is not it.
+    pub owner_start: u64,
+    /// When the lease began (seconds since the epoch).
+    pub since_unix: u64,
+    /// Binds refused so far.
+    pub refused: u64,
+    /// The last refused bind: tgid, uid, `bpf_ktime_get_ns`, socket cookie, comm.
+    pub last_tgid: u32,
+    pub last_uid: u32,
+    pub last_ns: u64,
+    pub last_cookie: u64,
+    pub last_comm: [u8; 16],
+}
+
 /// Per-job port remapping (`run --isolate-ports`). One program set per run,
 /// attached to the root cgroup v2 and checking that the calling task is inside the
 /// run's cgroup (at any depth): binds to a virtual port go to the real one, connects
@@ -412,6 +462,7 @@ mod pod {
     unsafe impl aya::Pod for super::HolderQuery {}
     unsafe impl aya::Pod for super::HolderRecord {}
     unsafe impl aya::Pod for super::HolderOffsets {}
+    unsafe impl aya::Pod for super::Lease {}
 }
 
 const _: () = assert!(core::mem::size_of::<EventInfo>() == 64);
@@ -421,6 +472,7 @@ const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);
 const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 3 * 8 * holders::MAX_TARGETS + 16);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<Lease>() == 80);
 
 #[cfg(test)]
 mod tests {

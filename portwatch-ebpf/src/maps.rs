@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    config, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, SockData, TrackedSock, EVENTS_BYTES,
-    TRACKED_ENTRIES,
+    config, lease, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, Lease, SockData, TrackedSock,
+    EVENTS_BYTES, TRACKED_ENTRIES,
 };
 
 #[map]
@@ -43,6 +43,10 @@ pub static HOLDER_QUERY: LruHashMap<u64, HolderQuery> = LruHashMap::with_max_ent
 /// One chunk (64 slots) of an fd table, read with a single kernel read.
 #[map]
 pub static FD_CHUNK: PerCpuArray<[u64; 64]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Leased ports of one lease holder (see `probes::lease`).
+#[map]
+pub static LEASES: HashMap<u32, Lease> = HashMap::with_max_entries(lease::MAX_PORTS, 0);
 
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;

@@ -111,6 +111,10 @@ pub enum Command {
     /// forward SIGINT/SIGTERM, and exit with its status. When COMMAND exits, what it
     /// left is ended (its own cgroup, and the child subreaper).
     Run(RunArgs),
+    /// Port leases: while a lease holds a port, binds to it from outside the
+    /// holder's cgroup fail at once in the kernel (EADDRINUSE; EPERM before Linux
+    /// 5.18). `run --lease` takes them for a run; these are for operators.
+    Lease(LeaseArgs),
     /// Show what this host supports (privileges, BTF, cgroup v2, each hook type,
     /// tried for real) and what portwatch will use.
     Doctor(DoctorArgs),
@@ -434,6 +438,12 @@ pub struct RunArgs {
     /// ends every process under it, and wait.
     #[arg(long, value_name = "PIDFILE", conflicts_with_all = ["detach_ready", "command"])]
     pub stop: Option<PathBuf>,
+    /// Lease the ports to this run while it lasts: a bind to one of them from
+    /// outside the run's processes fails at once (and is reported), so nothing can
+    /// take them between runs' steps or while the service restarts. The lease ends
+    /// with the run, also when the run is killed. Needs root and cgroup v2.
+    #[arg(long, requires = "ports")]
+    pub lease: bool,
     /// Give the job its own copy of the ports (-p): its binds to them go to free
     /// real ports chosen for this run, its connects to them on this host
     /// (127.0.0.1, ::1) reach those, and getsockname/getpeername show the port it
@@ -447,6 +457,51 @@ pub struct RunArgs {
     /// The command, after `--`.
     #[arg(last = true, required_unless_present = "stop", value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    #[command(subcommand)]
+    pub action: LeaseAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseAction {
+    /// Every lease: port, holder (a run or an operator), cgroup, refused binds.
+    /// As root it also removes stale ones (their holder is gone).
+    List {
+        /// Only these port(s).
+        #[arg(value_name = "PORT", value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lease port(s) to a cgroup until `lease drop` (root only).
+    Add {
+        /// Port(s) to lease: 5050, 5050-5052, 5050,5051; repeatable.
+        #[arg(short, long = "port", value_name = "PORTS", required = true, value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        /// The cgroup v2 directory whose processes may bind them, e.g.
+        /// /sys/fs/cgroup/system.slice/myservice.service.
+        #[arg(long, value_name = "DIR", required_unless_present = "pid", conflicts_with = "pid")]
+        cgroup: Option<PathBuf>,
+        /// The cgroup of this process instead.
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+    },
+    /// Drop leases (root only): binds to the ports work again at once.
+    Drop {
+        /// Port(s) whose leases to drop.
+        #[arg(short, long = "port", value_name = "PORTS", value_parser = ports::clap_port_spec, required_unless_present_any = ["holder", "all"])]
+        ports: Vec<PortSet>,
+        /// Every lease of this holder (as `lease list` names it).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["ports", "all"])]
+        holder: Option<String>,
+        /// Every lease.
+        #[arg(long, conflicts_with = "ports")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ fn execute(command: Command) -> Result<u8> {
         Command::History(a) => cmd::history::run(a),
         Command::Wait(a) => cmd::wait::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Lease(a) => cmd::lease::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Completions(a) => cmd::completions::run(a),
         Command::Man(a) => cmd::man::run(a),

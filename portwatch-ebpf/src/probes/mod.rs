@@ -1,6 +1,7 @@
 mod bind;
 mod doctor;
 mod holders;
+mod lease;
 mod release;
 mod remap;
 mod state;

@@ -246,11 +246,17 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     let runs_busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
-            _ = runs_tick.tick(), if cfg.reap && !runs_busy.load(std::sync::atomic::Ordering::Relaxed) => {
+            _ = runs_tick.tick(), if !runs_busy.load(std::sync::atomic::Ordering::Relaxed) => {
                 runs_busy.store(true, std::sync::atomic::Ordering::Relaxed);
                 let (cfg, me, busy) = (cfg.clone(), me.clone(), runs_busy.clone());
                 tokio::task::spawn_blocking(move || {
-                    for run in tree::end_abandoned(&me, &cfg.protect, cfg.grace, dry_run) {
+                    // Leases whose holder is gone: a killed run's (enforced no more)
+                    // and a removed cgroup's (which would refuse every bind).
+                    for name in crate::service::lease::sweep() {
+                        warn!(holder = %esc(&name), "removed a stale lease");
+                    }
+                    let runs = if cfg.reap { tree::end_abandoned(&me, &cfg.protect, cfg.grace, dry_run) } else { Vec::new() };
+                    for run in runs {
                         let pids: Vec<i32> = run.leftovers.iter().map(|l| l.proc.pid).collect();
                         let signals: Vec<String> = run.ending.outcome.signals.iter().map(|s| format!("{} {}", s.signal.name(), s.pid)).collect();
                         warn!(cgroup = %esc(&run.run.dir.display().to_string()), supervisor = run.run.owner.pid, pids = ?pids, signals = ?signals, removed = run.removed, dry_run, "ended what a killed run left");

@@ -21,6 +21,12 @@ pub fn run(a: CleanupArgs) -> Result<u8> {
     // First what killed runs left: it needs no observation.
     let caller = reaper::caller_self();
     let runs = tree::end_abandoned(&caller, &cfg.protect, cfg.grace, a.dry_run);
+    // Leases whose holder is gone (a killed run's, a removed cgroup's).
+    if !a.dry_run {
+        for name in crate::service::lease::sweep() {
+            eprintln!("portwatch: removed stale lease {}", crate::output::esc(&name));
+        }
+    }
     let report = if a.runs {
         CleanupReport { verdicts: Vec::new(), reaped: Vec::new(), healthy: Vec::new(), runs }
     } else {

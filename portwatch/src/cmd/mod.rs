@@ -15,6 +15,7 @@ pub mod completions;
 pub mod doctor;
 pub mod free;
 pub mod history;
+pub mod lease;
 pub mod man;
 pub mod run;
 pub mod wait;

@@ -6,6 +6,8 @@ use crate::{
     cli::RunArgs,
     error::{exit, Error, Result},
     model::{
+        event::SockEvent,
+        lease::RefusalErrno,
         plan::{Ending, Leftover, PortReport},
         ports,
         socket::Socket,
@@ -58,6 +60,10 @@ impl Report for Console {
         }
     }
 
+    fn refused(&self, bind: &SockEvent, errno: RefusalErrno) {
+        eprintln!("portwatch: {}", output::lease::refusal(bind, errno));
+    }
+
     fn ended(&self, why: &str, leftovers: &[Leftover], ending: &Ending) {
         for line in output::run::ended(why, leftovers, ending) {
             eprintln!("portwatch: {line}");
@@ -100,6 +106,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         command: a.command,
         pid_file: a.pid_file,
         ready_fd: a.ready_fd,
+        lease: a.lease,
         isolate: a.isolate_ports,
     };
     crate::cmd::runtime()?.block_on(supervisor::run(opts, &console))

@@ -33,10 +33,11 @@ pub fn run(a: WhoArgs) -> Result<u8> {
         }
     }
     let t0 = std::time::Instant::now();
-    let r = holders::gather(
+    let mut r = holders::gather(
         &ports,
         WhoOptions { tcp: a.tcp, udp: a.udp, clients: a.clients, connections: false, method: a.method, prefetch: true },
     )?;
+    r.leases = crate::service::lease::on_ports(&ports.iter().collect::<Vec<u16>>());
     crate::cmd::notes(&r.notes);
     if a.verbose {
         let phases: Vec<String> = r.phases.iter().map(|(n, ms)| format!("{n} {ms:.2} ms")).collect();

@@ -319,11 +319,12 @@ fn run_query(
 /// Removes the pins of other builds.
 fn remove_other_builds(path: &Path) {
     let dir = path.parent().unwrap_or(Path::new(PIN_ROOT));
+    // Leases, remaps (and other holders' pins) live beside the builds and are not
+    // theirs: only other builds' directories, named by their object hash, go.
+    let keep = |p: &Path| p == dir || !p.file_name().is_some_and(|n| is_build_dir(&n.to_string_lossy()));
     if let Ok(entries) = fs::read_dir(PIN_ROOT) {
-        // Only other builds' directories (named by their object hash): the
-        // remap pins of live runs live beside them.
         for e in entries.flatten() {
-            if e.path() != dir && is_build_dir(&e.file_name().to_string_lossy()) {
+            if !keep(&e.path()) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }

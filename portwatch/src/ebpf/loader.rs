@@ -47,6 +47,9 @@ pub enum Role {
     Observer { required: bool },
     /// `who`'s iterators.
     Who,
+    /// Leases (`run --lease`, `lease add`): loaded by `ebpf::lease`, one pair per
+    /// holder; `doctor` tries the IPv4 one of each build.
+    Lease,
     /// Loaded by `doctor` only, to tell what this host supports.
     Probe,
     /// `run --isolate-ports`: one set per run, see [`super::remap`].
@@ -121,6 +124,20 @@ pub const HOOKS: &[Hook] = &[
         attach: Attach::Iter("task_file"),
         role: Role::Who,
         purpose: "`who` fallback: every process holding a socket",
+    },
+    Hook {
+        program: programs::LEASE4,
+        hook: "cgroup/bind4 + bpf_set_retval",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Lease,
+        purpose: "leases (run --lease, lease add): refused binds fail with EADDRINUSE",
+    },
+    Hook {
+        program: programs::LEASE4_EPERM,
+        hook: "cgroup/bind4 (refusing)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Lease,
+        purpose: "leases where bpf_set_retval is missing (Linux < 5.18): refused binds fail with EPERM",
     },
     Hook {
         program: programs::PROBE_FENTRY,
@@ -467,7 +484,15 @@ mod tests {
 
     #[test]
     fn every_program_has_one_hook() {
-        for p in [programs::BIND4, programs::POST_BIND4, programs::STATE_BTF, programs::HOLDERS_ITER, programs::TASK_FILE_ITER] {
+        for p in [
+            programs::BIND4,
+            programs::POST_BIND4,
+            programs::STATE_BTF,
+            programs::HOLDERS_ITER,
+            programs::TASK_FILE_ITER,
+            programs::LEASE4,
+            programs::LEASE4_EPERM,
+        ] {
             assert_eq!(HOOKS.iter().filter(|h| h.program == p).count(), 1, "{p}");
         }
         assert!(HOOKS.iter().any(|h| h.role == Role::Observer { required: true }));

@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod events;
 pub mod iter;
+pub mod lease;
 pub mod loader;
 pub mod observer;
 pub mod remap;

@@ -90,7 +90,7 @@ pub enum Activity {
 impl Activity {
     pub fn of(kind: EventKind) -> Self {
         match kind {
-            EventKind::BindAttempt | EventKind::Bind => Self::Bind,
+            EventKind::BindAttempt | EventKind::Bind | EventKind::Refused => Self::Bind,
             EventKind::Listen => Self::Listen,
             EventKind::Close => Self::Close,
             EventKind::Accept => Self::Accept,

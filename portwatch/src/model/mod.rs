@@ -6,6 +6,7 @@
 pub mod blame;
 pub mod event;
 pub mod history;
+pub mod lease;
 pub mod plan;
 pub mod ports;
 pub mod process;

@@ -13,6 +13,7 @@ pub mod cleanup;
 pub mod doctor;
 pub mod free;
 pub mod history;
+pub mod lease;
 pub mod log;
 pub mod progress;
 pub mod run;

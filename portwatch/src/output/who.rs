@@ -21,11 +21,17 @@ pub fn render(ports: &PortSet, r: &WhoResult, width: Width) -> String {
         by_port.entry(s.port).or_default().push(s);
     }
     let mut out = String::new();
+    let leases = |out: &mut String, port: u16| {
+        for l in r.leases.iter().filter(|l| l.port == port) {
+            out.push_str(&format!("  lease: {}\n", super::lease::who_line(l)));
+        }
+    };
     for port in ports.iter() {
         let Some(socks) = by_port.get(&port) else {
-            if ports.len() <= 64 {
+            if ports.len() <= 64 || r.leases.iter().any(|l| l.port == port) {
                 out.push_str(&format!("port {port}: free\n"));
             }
+            leases(&mut out, port);
             continue;
         };
         let pids: HashSet<i32> = socks.iter().flat_map(|s| s.holders.iter().map(|h| h.proc.pid)).collect();
@@ -36,6 +42,7 @@ pub fn render(ports: &PortSet, r: &WhoResult, width: Width) -> String {
             pids.len(),
             if pids.len() == 1 { "" } else { "es" }
         ));
+        leases(&mut out, port);
         let mut t =
             Table::new(["PROTO", "ADDRESS", "STATE", "QUEUE", "INODE", "PID", "PPID", "USER", "ST", "AGE", "FD", "COMM", "COMMAND"]);
         for s in socks {

@@ -80,6 +80,8 @@ pub struct WhoResult {
     pub notes: Vec<String>,
     /// Where the time went (for `who -v`): phase name and milliseconds.
     pub phases: Vec<(&'static str, f64)>,
+    /// Leases on the ports (`who` fills them in from `service::lease`).
+    pub leases: Vec<crate::model::lease::LeaseView>,
 }
 
 impl WhoResult {
@@ -180,7 +182,7 @@ fn assemble(sockets: &[SockEntry], clients: &[SockEntry], fds: &[FdHolder], meth
     out.sort_by_key(|s| (s.port, s.proto, s.family, s.addr));
     let mut cl: Vec<Socket> = clients.iter().map(|s| Socket::new(s, holders_for(fds, s.inode, &mut cache), true)).collect();
     cl.sort_by_key(|c| c.port);
-    WhoResult { sockets: out, clients: cl, method, notes, phases: Vec::new() }
+    WhoResult { sockets: out, clients: cl, method, notes, phases: Vec::new(), leases: Vec::new() }
 }
 
 /// Ports the fast path takes at most (16 per pass over the tasks).

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod events;
 pub mod holders;
 pub mod judge;
+pub mod lease;
 pub mod probe;
 pub mod readiness;
 pub mod reaper;

@@ -205,6 +205,51 @@ pub fn find_runs() -> Vec<FoundRun> {
     out
 }
 
+/// A cgroup's id (its directory's inode number, as `bpf_get_current_cgroup_id`
+/// gives it) and its depth below the cgroup v2 root (the root is 0).
+pub fn id_and_level(dir: &Path) -> io::Result<(u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let root = mounts::cgroup2_root().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 mount"))?;
+    let meta = fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a cgroup directory"));
+    }
+    let rel = dir
+        .strip_prefix(&root)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("not under the cgroup v2 root {}", root.display())))?;
+    if !dir.join("cgroup.procs").exists() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a cgroup directory (no cgroup.procs)"));
+    }
+    Ok((meta.ino(), rel.components().count() as u32))
+}
+
+/// The cgroup v2 directory of `pid`.
+pub fn of_pid(pid: i32) -> Option<PathBuf> {
+    let root = mounts::cgroup2_root()?;
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some(root.join(proc::cgroup_v2_path(&text).trim_start_matches('/')))
+}
+
+/// The cgroup v2 directory whose id is `id` (bounded walk), if it still exists.
+pub fn find_by_id(id: u64) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let root = mounts::cgroup2_root()?;
+    let mut stack = vec![(root, 0usize)];
+    let mut visited = 0;
+    while let Some((dir, depth)) = stack.pop() {
+        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return Some(dir);
+        }
+        visited += 1;
+        if visited > MAX_DIRS || depth >= MAX_DEPTH {
+            continue;
+        }
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| (e.path(), depth + 1)));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

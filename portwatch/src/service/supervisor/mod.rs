@@ -34,6 +34,8 @@ use self::{detach::notify, tree::Tree};
 use crate::{
     error::{exit, Error, Result},
     model::{
+        event::SockEvent,
+        lease::RefusalErrno,
         plan::{self, Ending, FreeStatus, Leftover, PortReport},
         ports::PortSet,
         process::ProcInfo,
@@ -44,6 +46,7 @@ use crate::{
     service::{
         holders::{self, WhoOptions},
         join_all,
+        lease::RunLease,
         readiness::{self, Claim, WaitOptions},
         reaper::{self, FreeOptions},
         remap::{self, Isolation},
@@ -71,6 +74,8 @@ pub trait Report: Sync {
     fn freed(&self, reports: &[PortReport], grace: Duration);
     /// The processes the run ended, and how (`why`: what ended the run).
     fn ended(&self, why: &str, leftovers: &[Leftover], ending: &Ending);
+    /// `--lease`: the run's lease refused a bind.
+    fn refused(&self, bind: &SockEvent, errno: RefusalErrno);
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +93,8 @@ pub struct RunOptions {
     pub pid_file: Option<std::path::PathBuf>,
     /// Report "ready" / "not-ready: why" on this fd (the detaching parent reads it).
     pub ready_fd: Option<i32>,
+    /// Lease the ports to the run's cgroup while it lasts.
+    pub lease: bool,
     /// `--isolate-ports`: the job's binds and local connects to `ports` are
     /// rewritten to real ports chosen for it (see [`crate::service::remap`]).
     pub isolate: bool,
@@ -235,6 +242,34 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     }
     let cgroup = cgroup
         .or_else(|| RunCgroup::create(owner).map_err(|e| tracing::debug!("no cgroup of its own for this run ({e}): subreaper only")).ok());
+    // The lease goes in before the command starts, so nothing can take the ports
+    // between the check above and the service's bind. Isolated ports lease their
+    // real ports (the job's binds land there).
+    let leased: Vec<u16> = ports.iter().map(|&p| map.real(p)).collect();
+    let mut lease = match (opts.lease, &cgroup) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Error::unsupported(
+                "--lease needs a cgroup v2 of the run's own, and none can be made here",
+                "a writable cgroup v2 (run as root)",
+            ))
+        }
+        (true, Some(cg)) => match RunLease::start(owner, &cg.dir, &leased) {
+            Ok(l) => {
+                let list: Vec<String> = ports.iter().map(|&p| map.label(p)).collect();
+                rep.say(&format!(
+                    "lease: port {} leased to this run; binds from outside it fail with {}",
+                    list.join(", "),
+                    l.errno().name()
+                ));
+                Some(l)
+            }
+            Err(e) => {
+                let _ = cg.remove(Duration::ZERO);
+                return Err(e);
+            }
+        },
+    };
     let mut tree = Tree::new(me, cgroup);
     // Before the command exists, so a signal can never find run without its handlers.
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
@@ -314,6 +349,16 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     let mut handed_over = false;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut lease_tick = tokio::time::interval(Duration::from_millis(100));
+    lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let report_refusals = |lease: &mut Option<RunLease>| {
+        if let Some(l) = lease.as_mut() {
+            let errno = l.errno();
+            for ev in l.refusals() {
+                rep.refused(&ev, errno);
+            }
+        }
+    };
     let stop = loop {
         if !ready && health_done && port_ready.iter().all(|r| *r) {
             ready = true;
@@ -387,6 +432,7 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
                     break Stop::Ended;
                 }
             }
+            _ = lease_tick.tick(), if lease.is_some() => report_refusals(&mut lease),
             _ = sigint.recv() => break Stop::Signal(libc::SIGINT),
             _ = sigterm.recv() => break Stop::Signal(libc::SIGTERM),
         }
@@ -468,6 +514,11 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
         if let Err(e) = cg.remove(Duration::from_secs(1)) {
             tracing::debug!("cgroup {} not removed: {e}", cg.dir.display());
         }
+    }
+    // The lease lasts until nothing of the run is left.
+    report_refusals(&mut lease);
+    if let Some(l) = lease.take() {
+        l.end();
     }
     // The command itself is not a leftover when it ended by itself.
     let left: Vec<Leftover> = all_left.into_iter().filter(|l| l.proc.pid != child_pid || !matches!(stop, Stop::Exited)).collect();

@@ -1,0 +1,53 @@
+//! `portwatch lease list|add|drop`.
+use crate::{
+    cli::{LeaseAction, LeaseArgs},
+    error::{exit, Result},
+    model::{lease::DropWhat, ports},
+    output::{lease as out, to_json},
+    service::lease::{self, Detail, Grantee},
+};
+
+pub fn run(a: LeaseArgs) -> Result<u8> {
+    match a.action {
+        LeaseAction::List { ports, json } => {
+            let removed = lease::sweep();
+            for name in &removed {
+                eprintln!("portwatch: removed stale lease {}", crate::output::esc(name));
+            }
+            let only = ports::merge(&ports);
+            let all: Vec<_> = lease::list(Detail::Full)?.into_iter().filter(|l| only.is_empty() || only.contains(l.port)).collect();
+            if json {
+                println!("{}", to_json(&all)?);
+            } else {
+                print!("{}", out::render_list(&all));
+            }
+            Ok(exit::OK)
+        }
+        LeaseAction::Add { ports, cgroup, pid } => {
+            let ports: Vec<u16> = ports::merge(&ports).iter().collect();
+            let to = match (&cgroup, pid) {
+                (Some(dir), _) => Grantee::Cgroup(dir),
+                (None, Some(pid)) => Grantee::Pid(pid),
+                (None, None) => return Err(crate::error::Error::Usage("lease add needs --cgroup DIR or --pid PID".into())),
+            };
+            let (added, errno) = lease::add(&ports, to)?;
+            print!("{}", out::changed("leased", &added));
+            eprintln!("portwatch: binds from outside the cgroup fail with {}", errno.name());
+            Ok(exit::OK)
+        }
+        LeaseAction::Drop { ports, holder, all } => {
+            let what = match (holder, all) {
+                (Some(h), _) => DropWhat::Holder(h),
+                (None, true) => DropWhat::All,
+                (None, false) => DropWhat::Ports(ports::merge(&ports).iter().collect()),
+            };
+            let dropped = lease::remove(&what)?;
+            if dropped.is_empty() {
+                eprintln!("portwatch: no such lease");
+                return Ok(exit::CONDITION);
+            }
+            print!("{}", out::changed("dropped", &dropped));
+            Ok(exit::OK)
+        }
+    }
+}
