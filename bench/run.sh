@@ -1337,7 +1337,7 @@ bench_remap() {
     {
         section_header remap
         echo "- Loads: \`pw-loadgen bindloop\` (socket + SO_REUSEADDR + bind + listen + close) and \`pw-loadgen churn\` (loopback connect + accept + RST close), port $port, one untimed warm-up of iters/10 each"
-        echo "- $REMAP_ROUNDS rounds per loop of: without portwatch; *beside* a \`portwatch run --isolate-ports -p $other -- sleep 3600\` (the remap programs attached to the root cgroup, the loop outside the job: the cost every other process on the runner pays); *inside* \`portwatch run --isolate-ports -p $port -- pw-loadgen ...\` (every bind and connect of the loop rewritten to the real port; the loop's own time, not run's start-up)"
+        echo "- $REMAP_ROUNDS rounds per loop of: without portwatch; *beside* a \`portwatch run --isolate-ports -p $other -- sleep 3600\` (the remap programs attached to that run's cgroup, the loop outside the job: the cost every other process on the runner pays); *inside* \`portwatch run --isolate-ports -p $port -- pw-loadgen ...\` (every bind and connect of the loop rewritten to the real port; the loop's own time, not run's start-up)"
         echo "- Goal (issue 16): ≤ 1.05× a plain loop"
         echo
         echo "| loop | without, ns/op (median) | beside a run, ns/op (median) | ratio (median, range) | inside the job, ns/op (median) | ratio (median, range) | goal ≤ 1.05 |"

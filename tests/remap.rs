@@ -248,6 +248,34 @@ fn a_run_inside_an_isolated_job_checks_the_real_port() {
     assert!(st.success(), "{st:?}: {:#?}", outer.log);
 }
 
+/// A port leased by one run (`--lease`) can still be a job's own port number in an
+/// isolated run: the job's bind is rewritten before the root's lease programs see
+/// it, so they see the real port, not the leased one.
+#[test]
+fn an_isolated_job_binds_a_port_number_another_run_leases() {
+    require_root();
+    let port = free_port();
+    let p = port.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_l, stop_j) = (dir.path().join("stop-l"), dir.path().join("stop-j"));
+    let leaser = format!(
+        "import os, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY {{}}', flush=True)\nwhile not os.path.exists({stop:?}): time.sleep(0.05)\n",
+        stop = stop_l.to_str().unwrap()
+    );
+    let mut lease = Job::start(&["--lease", "-p", &p, "--timeout", "30s"], &["python3", "-u", "-c", &leaser]);
+    lease.said("leased to this run", 1);
+    let mut job = Job::start(&["--isolate-ports", "-p", &p, "--timeout", "30s"], &job_cmd(&p, "I", stop_j.to_str().unwrap()));
+    assert_eq!(job.seen["body"], format!("I {port}"), "{}", job.seen);
+    job.said("ready after", 1);
+    lease.drain();
+    assert!(!lease.log.iter().any(|l| l.contains("refused")), "the lease refused the isolated job: {:#?}", lease.log);
+    for (stop, j) in [(&stop_j, &mut job), (&stop_l, &mut lease)] {
+        std::fs::write(stop, "").unwrap();
+        let st = j.run.0.wait().unwrap();
+        assert!(st.success(), "{st:?}: {:#?}", j.log);
+    }
+}
+
 /// The CI case: two pytest sessions at once, each starting gunicorn on the same
 /// port through the pytest plugin (examples/pytest), each under its own isolated
 /// run. Both pass; without isolation the second would have freed (killed) the

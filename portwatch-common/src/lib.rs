@@ -410,8 +410,8 @@ pub struct Lease {
 }
 
 /// Per-job port remapping (`run --isolate-ports`). One program set per run,
-/// attached to the root cgroup v2 and checking that the calling task is inside the
-/// run's cgroup (at any depth): binds to a virtual port go to the real one, connects
+/// attached to the run's cgroup and checking that the calling task is inside it
+/// (at any depth): binds to a virtual port go to the real one, connects
 /// and UDP sends to a local address on the virtual port go to the real one, and
 /// `getsockname`/`getpeername`/`recvmsg` show the virtual port again.
 pub mod remap {

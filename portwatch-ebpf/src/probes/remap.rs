@@ -1,9 +1,11 @@
 //! Per-job port remapping (`run --isolate-ports`): `cgroup/bind|connect|sendmsg`
 //! rewrite a virtual port to the job's real one, `cgroup/getsockname|getpeername|
-//! recvmsg` show the virtual port again. One set per run, attached to the root
-//! cgroup v2 by the run itself (a bpf_link, not pinned: it ends with the run); each
-//! program first checks that the calling task is inside the run's cgroup, at any
-//! depth. They always allow the call (return 1): they only rewrite.
+//! recvmsg` show the virtual port again. One set per run, attached to the run's own
+//! cgroup by the run itself (a bpf_link, not pinned: it ends with the run), so they
+//! run for the job's sockets only and before the root cgroup's programs (observer,
+//! leases); each program also checks that the calling task is inside the run's
+//! cgroup, at any depth (a job's socket used by an outsider is not rewritten).
+//! They always allow the call (return 1): they only rewrite.
 use aya_ebpf::{helpers::generated::bpf_get_current_ancestor_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext};
 use portwatch_common::remap::{key, local4, local6, TO_REAL, TO_VIRTUAL};
 

@@ -1,8 +1,11 @@
 //! One run's port remapping in the kernel (`run --isolate-ports`): the remap
-//! programs loaded for the run's cgroup and attached to the root cgroup v2 by
-//! bpf_links this process owns. Nothing is pinned but the map, read-only
-//! information for a `run` nested inside the job and for `who`: when the run ends,
-//! even by SIGKILL, the kernel closes its links and the rewriting stops.
+//! programs loaded for the run's cgroup and attached to that cgroup by bpf_links
+//! this process owns. A cgroup's own programs run before its ancestors' (the
+//! effective list is built from the cgroup up), so the job's binds are rewritten
+//! before the root's observer and lease programs look at them, and sockets outside
+//! the job never run them. Nothing is pinned but the map, read-only information
+//! for a `run` nested inside the job and for `who`: when the run ends, even by
+//! SIGKILL, the kernel closes its links and the rewriting stops.
 use std::{
     fs::{self, File},
     os::fd::AsRawFd,
@@ -32,12 +35,11 @@ pub struct Remap {
 }
 
 impl Remap {
-    /// Loads the remap programs for the cgroup `id` at `level`, fills their map
-    /// with `map` and attaches every one of them to the root cgroup v2. The map is
+    /// Loads the remap programs for the cgroup `dir` (`id` at `level`), fills their
+    /// map with `map` and attaches every one of them to that cgroup. The map is
     /// pinned as `PIN_DIR/<name>` when bpffs is there (a nested run needs it).
-    pub fn attach(loader: &Loader, id: u64, level: u32, map: &PortMap, name: &str) -> Result<Self> {
-        let root = mounts::cgroup2_root().ok_or_else(|| Error::unsupported("no cgroup v2 mount found", "mount cgroup2"))?;
-        let root_file = File::open(&root).map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
+    pub fn attach(loader: &Loader, dir: &Path, id: u64, level: u32, map: &PortMap, name: &str) -> Result<Self> {
+        let cg_file = File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
         let mut ebpf = loader.load_remap(id, level)?;
         {
             let internal = |e: aya::maps::MapError| Error::Internal(format!("filling {}: {e}", maps::REMAP));
@@ -49,9 +51,9 @@ impl Remap {
             }
         }
         for h in HOOKS.iter().filter(|h| h.role == Role::Remap) {
-            loader.attach(&mut ebpf, h, Some(&root_file)).map_err(|e| {
+            loader.attach(&mut ebpf, h, Some(&cg_file)).map_err(|e| {
                 Error::unsupported(
-                    format!("--isolate-ports: cannot attach {} to {}: {e}", h.hook, root.display()),
+                    format!("--isolate-ports: cannot attach {} to {}: {e}", h.hook, dir.display()),
                     "run `portwatch doctor`; kernel >= 5.8 with CONFIG_CGROUP_BPF is required",
                 )
             })?;

@@ -54,7 +54,7 @@ pub fn isolate(ports: &PortSet, cg: &RunCgroup) -> Result<Isolation> {
         pairs.push((port, real));
     }
     let map = PortMap::new(pairs).map_err(|e| Error::Usage(format!("--isolate-ports: {e}")))?;
-    let remap = Remap::attach(&loader, id, level, &map, &cg.name())?;
+    let remap = Remap::attach(&loader, &cg.dir, id, level, &map, &cg.name())?;
     Ok(Isolation { map, _remap: remap })
 }
 
