@@ -15,8 +15,8 @@ use std::{
 
 use portwatch_tests::{bin, free_port, portwatch, portwatch_unprivileged, require_root, wait_for, ChildGuard};
 
-/// A job: an HTTP server and a UDP echo server on 127.0.0.1:PORT (and a TCP one on
-/// [::1]:PORT), then clients of its own on the same port. It prints one `READY`
+/// A job: an HTTP server and a UDP echo server on 127.0.0.1:PORT (and TCP and UDP
+/// ones on [::1]:PORT), then clients of its own on the same port. It prints one `READY`
 /// line of JSON with what it saw, and serves until the stop file exists.
 const JOB: &str = r#"
 import http.server, json, os, socket, sys, threading, time
@@ -40,7 +40,10 @@ q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.settimeout(5)
 q.sendto(b"ping", ("127.0.0.1", port)); d, a = q.recvfrom(100)
 s6 = socket.socket(socket.AF_INET6); s6.bind(("::1", port)); s6.listen()
 c6 = socket.create_connection(("::1", port), timeout=5); a6, _ = s6.accept()
-v6 = [s6.getsockname()[1], c6.getpeername()[1], a6.getsockname()[1]]
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u6.bind(("::1", port))
+q6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); q6.settimeout(5); q6.sendto(b"six", ("::1", port))
+d6, a6u = u6.recvfrom(100); u6.sendto(d6, a6u); _, f6 = q6.recvfrom(100)
+v6 = [s6.getsockname()[1], c6.getpeername()[1], a6.getsockname()[1], u6.getsockname()[1], f6[1]]
 print("READY " + json.dumps({"sockname": srv.socket.getsockname()[1], "peer": peer, "body": body, "udp": d.decode(), "udp_from": a[1], "v6": v6}), flush=True)
 while not os.path.exists(stop):
     time.sleep(0.05)
@@ -178,7 +181,7 @@ fn two_jobs_bind_the_same_port_and_each_reaches_its_own() {
         assert_eq!(s["peer"], port, "{s}");
         assert_eq!(s["udp"], format!("{m} ping"), "{s}");
         assert_eq!(s["udp_from"], port, "{s}");
-        assert_eq!(s["v6"], serde_json::json!([port, port, port]), "{s}");
+        assert_eq!(s["v6"], serde_json::json!([port, port, port, port, port]), "{s}");
     }
     // The run's readiness and --health looked at the real port, and say both.
     a.said("ready after", 1);
