@@ -24,6 +24,9 @@
 #   lease     bind+listen+close loop without a lease, with a lease on another
 #             port (every bind runs the lease program) and on the loop's own port
 #             from inside the lease's cgroup (the holder's own binds)
+#   remap     bind+listen+close and connect+accept+close loops without
+#             `run --isolate-ports`, beside one (outside its job: the programs'
+#             cgroup check only) and inside one (every bind/connect rewritten)
 #
 # Each section prints a markdown fragment and appends it to bench-out/results.md.
 # Knobs (environment): BENCH_ROUNDS (overhead, default 5), GETPID_ITERS (2000000),
@@ -32,7 +35,7 @@
 # SCALE_FDS (4), SCALE_THREADS (1), RUN_RUNS (10), WATCH_SETTLE (1 s), REAP_RUNS (5), REAP_STALL
 # (2 s), REAP_GRACE (1 s), REAP_INTERVAL_MS (200), FREE_RUNS (5), FOOT_PORTS
 # (7000-7099), FOOT_WARMUP (5 s), FOOT_SECONDS (60), CHURN_ROUNDS (7), CHURN_ITERS
-# (20000), BINDALL_ROUNDS (7), LEASE_ROUNDS (7).
+# (20000), BINDALL_ROUNDS (7), LEASE_ROUNDS (7), REMAP_ROUNDS (7).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -90,13 +93,15 @@ CHURN_ROUNDS=${CHURN_ROUNDS:-7}
 CHURN_ITERS=${CHURN_ITERS:-20000}
 BINDALL_ROUNDS=${BINDALL_ROUNDS:-7}
 LEASE_ROUNDS=${LEASE_ROUNDS:-7}
+# remap: rounds of (without, beside an isolated run, inside one) per loop.
+REMAP_ROUNDS=${REMAP_ROUNDS:-7}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 
 case $WHICH in
-overhead | loss | who | scale | run | reap | footprint | churn | bindall | lease | all) ;;
-*) die "unknown benchmark '$WHICH' (overhead, loss, who, scale, run, reap, footprint, churn, bindall, lease, all)" ;;
+overhead | loss | who | scale | run | reap | footprint | churn | bindall | lease | remap | all) ;;
+*) die "unknown benchmark '$WHICH' (overhead, loss, who, scale, run, reap, footprint, churn, bindall, lease, remap, all)" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (portwatch attaches eBPF programs)"
 for tool in python3 jq ss awk; do
@@ -1345,6 +1350,66 @@ bench_lease() {
     emit "$f"
 }
 
+# --- remap -------------------------------------------------------------------
+
+# remap_loop LOOP ITERS PORT: ns/op of one `pw-loadgen LOOP` run on PORT, as is.
+remap_loop() {
+    jq -r .ns_per_op <<<"$("$LOADGEN" "$1" --iters "$2" --port "$3")"
+}
+
+bench_remap() {
+    section_start
+    say "remap: $REMAP_ROUNDS rounds per loop of (without, beside \`run --isolate-ports\`, inside it)"
+    local port other loop iters r base out inn rpid err rows="" notes=""
+    port=$(pick_port)
+    other=$(pick_port "$port")
+    for loop in bindloop churn; do
+        local -a BASE=() OUT=() IN=() ROUT=() RIN=()
+        if [[ $loop == bindloop ]]; then iters=$BIND_ITERS; else iters=$CHURN_ITERS; fi
+        for ((r = 1; r <= REMAP_ROUNDS; r++)); do
+            base=$(remap_loop "$loop" "$iters" "$port")
+            # Beside a run isolating another port: the programs are attached to the
+            # root cgroup and run for this process too, which is not in the job.
+            err=$TMP/remap-$loop-$r.err
+            "$PW" run --isolate-ports -p "$other" --timeout 1h -- sleep 3600 >/dev/null 2>"$err" &
+            rpid=$!
+            PIDS+=("$rpid")
+            wait_for_line 'isolated: ' "$err" 30 "$rpid"
+            out=$(remap_loop "$loop" "$iters" "$port")
+            stop_child "$rpid" TERM 15
+            # Inside a job isolating the loop's own port: each bind/connect rewritten.
+            inn=$(jq -r .ns_per_op <<<"$("$PW" run --isolate-ports -p "$port" --timeout 1h -- "$LOADGEN" "$loop" --iters "$iters" --port "$port" 2>/dev/null || true)")
+            BASE+=("$base") OUT+=("$out") IN+=("$inn")
+            ROUT+=("$(calc "$out/$base")") RIN+=("$(calc "$inn/$base")")
+            notes+="- $loop round $r: without $base ns, beside $out ns (ratio $(calc "round($out/$base, 3)")), inside $inn ns (ratio $(calc "round($inn/$base, 3)"))"$'\n'
+            say "  $loop round $r: without $base ns/op, beside $out, inside $inn"
+        done
+        local mb mo mi ro ri
+        mb=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${BASE[@]}")
+        mo=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${OUT[@]}")
+        mi=$(calc "round(st.median(map(float, sys.argv[1:])), 1)" "${IN[@]}")
+        ro=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${ROUT[@]}")
+        ri=$(calc "round(st.median(map(float, sys.argv[1:])), 3)" "${RIN[@]}")
+        rows+="| \`$loop --iters $iters\` | $mb | $mo | $ro ($(ratio_range "${ROUT[@]}")) | $mi | $ri ($(ratio_range "${RIN[@]}")) | beside: $(verdict "$ro <= 1.05"), inside: $(verdict "$ri <= 1.05") |"$'\n'
+        notes+="- $loop baseline spread (noise floor): $(calc "'%.0f–%.0f' % (min(map(float, sys.argv[1:])), max(map(float, sys.argv[1:])))" "${BASE[@]}") ns"$'\n'
+    done
+    local f=$TMP/remap.md
+    {
+        section_header remap
+        echo "- Loads: \`pw-loadgen bindloop\` (socket + SO_REUSEADDR + bind + listen + close) and \`pw-loadgen churn\` (loopback connect + accept + RST close), port $port, one untimed warm-up of iters/10 each"
+        echo "- $REMAP_ROUNDS rounds per loop of: without portwatch; *beside* a \`portwatch run --isolate-ports -p $other -- sleep 3600\` (the remap programs attached to that run's cgroup, the loop outside the job: the cost every other process on the runner pays); *inside* \`portwatch run --isolate-ports -p $port -- pw-loadgen ...\` (every bind and connect of the loop rewritten to the real port; the loop's own time, not run's start-up)"
+        echo "- Goal (issue 16): ≤ 1.05× a plain loop"
+        echo
+        echo "| loop | without, ns/op (median) | beside a run, ns/op (median) | ratio (median, range) | inside the job, ns/op (median) | ratio (median, range) | goal ≤ 1.05 |"
+        echo "|---|---:|---:|---:|---:|---:|---|"
+        printf '%s' "$rows"
+        echo
+        printf '%s' "$notes"
+        echo "- Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$f"
+    emit "$f"
+}
+
 # --- main --------------------------------------------------------------------
 
 say "building pw-loadgen (release)"
@@ -1380,6 +1445,7 @@ footprint) bench_footprint ;;
 churn) bench_churn ;;
 bindall) bench_bindall ;;
 lease) bench_lease ;;
+remap) bench_remap ;;
 all)
     bench_overhead
     bench_loss
@@ -1391,6 +1457,7 @@ all)
     bench_churn
     bench_bindall
     bench_lease
+    bench_remap
     ;;
 esac
 say "results appended to ${RESULTS#"$ROOT"/}"

@@ -43,6 +43,10 @@ pub mod maps {
     /// `HashMap<u32, Lease>`: leased port -> its [`crate::Lease`] (one map per
     /// lease holder; see [`crate::lease`]).
     pub const LEASES: &str = "LEASES";
+    /// `HashMap<u32, u16>` of one `run --isolate-ports` (see [`crate::remap`]):
+    /// `remap::key(TO_REAL, virtual)` -> real port and `remap::key(TO_VIRTUAL, real)`
+    /// -> virtual port, host byte order.
+    pub const REMAP: &str = "REMAP";
 }
 
 /// Program ids for the `ERRORS` counters.
@@ -86,6 +90,19 @@ pub mod programs {
     /// The same for kernels without `bpf_set_retval`: the refusal is EPERM.
     pub const LEASE4_EPERM: &str = "pw_lease4_eperm";
     pub const LEASE6_EPERM: &str = "pw_lease6_eperm";
+    /// Per-job port remapping (`run --isolate-ports`), see [`crate::remap`].
+    pub const REMAP_BIND4: &str = "pw_remap_bind4";
+    pub const REMAP_BIND6: &str = "pw_remap_bind6";
+    pub const REMAP_CONNECT4: &str = "pw_remap_connect4";
+    pub const REMAP_CONNECT6: &str = "pw_remap_connect6";
+    pub const REMAP_GETSOCKNAME4: &str = "pw_remap_getsockname4";
+    pub const REMAP_GETSOCKNAME6: &str = "pw_remap_getsockname6";
+    pub const REMAP_GETPEERNAME4: &str = "pw_remap_getpeername4";
+    pub const REMAP_GETPEERNAME6: &str = "pw_remap_getpeername6";
+    pub const REMAP_SENDMSG4: &str = "pw_remap_sendmsg4";
+    pub const REMAP_SENDMSG6: &str = "pw_remap_sendmsg6";
+    pub const REMAP_RECVMSG4: &str = "pw_remap_recvmsg4";
+    pub const REMAP_RECVMSG6: &str = "pw_remap_recvmsg6";
 }
 
 /// Globals (`.rodata`) set by user space at load time.
@@ -99,6 +116,12 @@ pub mod globals {
     /// Address of the kernel's global `udp_table` (kernels before 6.2, where
     /// `net->ipv4.udp_table` does not exist), or 0.
     pub const UDP_TABLE: &str = "UDP_TABLE";
+    /// `u64`: the cgroup v2 id (directory inode) of the run whose ports the remap
+    /// programs rewrite; 0 = none (the programs do nothing).
+    pub const REMAP_CGROUP: &str = "REMAP_CGROUP";
+    /// `u32`: that cgroup's depth below the cgroup v2 root (the root is 0), for
+    /// `bpf_get_current_ancestor_cgroup_id`.
+    pub const REMAP_LEVEL: &str = "REMAP_LEVEL";
 }
 
 /// Indexes into the `CONFIG` map.
@@ -408,6 +431,48 @@ pub struct Lease {
     pub last_comm: [u8; 16],
 }
 
+/// Per-job port remapping (`run --isolate-ports`). One program set per run,
+/// attached to the run's cgroup and checking that the calling task is inside it
+/// (at any depth): binds to a virtual port go to the real one, connects
+/// and UDP sends to a local address on the virtual port go to the real one, and
+/// `getsockname`/`getpeername`/`recvmsg` show the virtual port again.
+pub mod remap {
+    /// Most ports one run can isolate (each takes two entries of the map).
+    pub const MAX_PORTS: u32 = 64;
+    /// Entries of the `REMAP` map.
+    pub const ENTRIES: u32 = 2 * MAX_PORTS;
+    /// Direction of a `REMAP` key: virtual -> real.
+    pub const TO_REAL: u32 = 0;
+    /// Direction of a `REMAP` key: real -> virtual.
+    pub const TO_VIRTUAL: u32 = 1;
+
+    /// The `REMAP` key of `port` looked up in direction `dir`.
+    #[inline(always)]
+    pub const fn key(dir: u32, port: u16) -> u32 {
+        (dir << 16) | port as u32
+    }
+
+    /// Whether an IPv4 address (as the kernel stores it: network order in a `u32`
+    /// read natively) is this host seen from itself: 127.0.0.0/8 or 0.0.0.0.
+    #[inline(always)]
+    pub const fn local4(ip: u32) -> bool {
+        ip == 0 || u32::from_be(ip) >> 24 == 127
+    }
+
+    /// The same for IPv6 (four network-order words): `::1`, `::`, and IPv4-mapped
+    /// local IPv4 (`::ffff:127.0.0.1`, `::ffff:0.0.0.0`).
+    #[inline(always)]
+    pub const fn local6(w: [u32; 4]) -> bool {
+        if w[0] != 0 || w[1] != 0 {
+            return false;
+        }
+        if w[2] == 0 {
+            return w[3] == 0 || u32::from_be(w[3]) == 1;
+        }
+        u32::from_be(w[2]) == 0xffff && local4(w[3])
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays,
@@ -431,3 +496,41 @@ const _: () = assert!(core::mem::size_of::<TrackedSk>() == 32);
 const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 3 * 8 * holders::MAX_TARGETS + 16);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<Lease>() == 88);
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::remap::{key, local4, local6, TO_REAL, TO_VIRTUAL};
+
+    fn v4(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    fn v6(a: std::net::Ipv6Addr) -> [u32; 4] {
+        let o = a.octets();
+        core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    }
+
+    #[test]
+    fn remap_keys_keep_directions_apart() {
+        assert_ne!(key(TO_REAL, 5050), key(TO_VIRTUAL, 5050));
+        assert_eq!(key(TO_REAL, 5050), 5050);
+        assert_eq!(key(TO_VIRTUAL, 65535), 0x1_ffff);
+    }
+
+    #[test]
+    fn local_addresses_are_the_ones_a_job_reaches_itself_on() {
+        assert!(local4(v4([127, 0, 0, 1])));
+        assert!(local4(v4([127, 1, 2, 3])));
+        assert!(local4(0));
+        assert!(!local4(v4([10, 0, 0, 1])));
+        assert!(!local4(v4([1, 0, 0, 127])));
+        for a in ["::1", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0"] {
+            assert!(local6(v6(a.parse().unwrap())), "{a}");
+        }
+        for a in ["::2", "fe80::1", "::ffff:10.0.0.1", "2001:db8::1", "::127.0.0.1"] {
+            assert!(!local6(v6(a.parse().unwrap())), "{a}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    config, lease, offsets::Offsets, probe, Event, HolderOffsets, HolderQuery, KernelOffsets, Lease, SockData, TrackedSk, TrackedSock,
+    config, lease, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, Lease, SockData, TrackedSk, TrackedSock,
     EVENTS_BYTES, TRACKED_ENTRIES,
 };
 
@@ -200,4 +200,28 @@ pub fn any_seeded() -> bool {
 #[inline(always)]
 pub fn untrack(cookie: u64) {
     let _ = TRACKED.remove(&cookie);
+}
+
+/// One run's port remapping (`run --isolate-ports`); keys by `remap::key`.
+#[map]
+pub static REMAP: HashMap<u32, u16> = HashMap::with_max_entries(remap::ENTRIES, 0);
+
+#[unsafe(no_mangle)]
+static REMAP_CGROUP: u64 = 0;
+
+#[unsafe(no_mangle)]
+static REMAP_LEVEL: u32 = 0;
+
+/// The cgroup v2 id of the run whose ports are remapped (0 = none).
+#[inline(always)]
+pub fn remap_cgroup() -> u64 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&REMAP_CGROUP) }
+}
+
+/// That cgroup's depth below the cgroup v2 root.
+#[inline(always)]
+pub fn remap_level() -> u32 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&REMAP_LEVEL) }
 }

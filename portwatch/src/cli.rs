@@ -444,6 +444,13 @@ pub struct RunArgs {
     /// with the run, also when the run is killed. Needs root and cgroup v2.
     #[arg(long, requires = "ports")]
     pub lease: bool,
+    /// Give the job its own copy of the ports (-p): its binds to them go to free
+    /// real ports chosen for this run, its connects to them on this host
+    /// (127.0.0.1, ::1) reach those, and getsockname/getpeername show the port it
+    /// asked for. Other jobs see their own. TCP and UDP; needs root and cgroup v2.
+    /// Clients outside the job reach the real port only (see README).
+    #[arg(long, requires = "ports")]
+    pub isolate_ports: bool,
     /// Internal: the pipe to report readiness on (set by --detach-ready).
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,

@@ -95,7 +95,7 @@ enum Cmd {
     },
     /// Setup, then run the benchmarks (docs/benchmarks.md explains them).
     Bench {
-        /// Which: overhead, loss, who, reap, footprint, churn, bindall, all.
+        /// Which: overhead, loss, who, reap, footprint, churn, bindall, remap, all.
         #[arg(default_value = "all")]
         which: String,
     },

@@ -3,5 +3,6 @@ mod doctor;
 mod holders;
 mod lease;
 mod release;
+mod remap;
 mod state;
 mod task_file;

@@ -9,6 +9,7 @@ use crate::{
     service::{
         blame::blame,
         holders::{self, Strictness},
+        remap,
     },
 };
 
@@ -16,7 +17,16 @@ pub fn run(a: CheckArgs) -> Result<u8> {
     let ports = ports::merge(&a.ports);
     let (tcp, udp) = (a.tcp || !a.udp, a.udp);
     let strict = if a.strict { Strictness::Strict } else { Strictness::ReuseAddr };
-    let holders::CheckResult { statuses: st, notes, sockets } = holders::check(&ports, tcp, udp, strict)?;
+    // Inside an isolated job (`run --isolate-ports`) its ports are the real ones.
+    let map = if crate::cmd::is_root() { remap::inherited() } else { crate::model::remap::PortMap::default() };
+    let real: ports::PortSet = ports.iter().map(|p| map.real(p)).collect();
+    let holders::CheckResult { statuses: mut st, notes, mut sockets } = holders::check(&real, tcp, udp, strict)?;
+    for s in &mut st {
+        s.port = map.virtual_of(s.port);
+    }
+    for s in &mut sockets {
+        s.port = map.virtual_of(s.port);
+    }
     if !a.quiet {
         crate::cmd::notes(&notes);
         if a.json {

@@ -107,6 +107,7 @@ pub fn run(a: RunArgs) -> Result<u8> {
         pid_file: a.pid_file,
         ready_fd: a.ready_fd,
         lease: a.lease,
+        isolate: a.isolate_ports,
     };
     crate::cmd::runtime()?.block_on(supervisor::run(opts, &console))
 }

@@ -8,9 +8,12 @@ use crate::{
     model::ports,
     output::{
         to_json,
-        who::{render, Width},
+        who::{remaps, render, Width},
     },
-    service::holders::{self, Method, WhoOptions, WhoResult},
+    service::{
+        holders::{self, Method, WhoOptions, WhoResult},
+        remap,
+    },
 };
 
 pub fn run(a: WhoArgs) -> Result<u8> {
@@ -47,6 +50,9 @@ pub fn run(a: WhoArgs) -> Result<u8> {
         println!("{}", to_json(&all)?);
     } else {
         print!("{}", render(&ports, &r, width));
+        for line in remaps(&ports, &remap::active()) {
+            println!("{line}");
+        }
     }
     Ok(exit::OK)
 }

@@ -319,8 +319,9 @@ fn run_query(
 /// Removes the pins of other builds.
 fn remove_other_builds(path: &Path) {
     let dir = path.parent().unwrap_or(Path::new(PIN_ROOT));
-    // Leases (and other holders' pins) live beside the builds and are not theirs.
-    let keep = |p: &Path| p == dir || p == Path::new(super::lease::PIN_DIR) || p.file_name().is_some_and(|n| n == "remap");
+    // Leases, remaps (and other holders' pins) live beside the builds and are not
+    // theirs: only other builds' directories, named by their object hash, go.
+    let keep = |p: &Path| p == dir || !p.file_name().is_some_and(|n| is_build_dir(&n.to_string_lossy()));
     if let Ok(entries) = fs::read_dir(PIN_ROOT) {
         for e in entries.flatten() {
             if !keep(&e.path()) {
@@ -328,6 +329,11 @@ fn remove_other_builds(path: &Path) {
             }
         }
     }
+}
+
+/// A directory named by an object hash, as [`pin_path`] makes them.
+fn is_build_dir(name: &str) -> bool {
+    name.len() == env!("PORTWATCH_OBJECT_HASH").len() && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Pins the link at `path`. Another `who` pinning the same build at the same
@@ -361,6 +367,13 @@ pub fn parse_records(buf: &[u8]) -> Vec<FdHolder> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_build_directories_are_cleaned() {
+        assert!(is_build_dir("b6c95462f2e525bd"));
+        assert!(!is_build_dir("remap"));
+        assert!(!is_build_dir("b6c95462f2e525bdx"));
+    }
 
     #[test]
     fn parses_and_dedups_records() {

@@ -52,6 +52,8 @@ pub enum Role {
     Lease,
     /// Loaded by `doctor` only, to tell what this host supports.
     Probe,
+    /// `run --isolate-ports`: one set per run, see [`super::remap`].
+    Remap,
 }
 
 /// One kernel program and where it goes.
@@ -160,6 +162,90 @@ pub const HOOKS: &[Hook] = &[
         role: Role::Probe,
         purpose: "not used (tp_btf preferred)",
     },
+    Hook {
+        program: programs::REMAP_BIND4,
+        hook: "cgroup/bind4 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: binds to an isolated port go to the job's real port (IPv4)",
+    },
+    Hook {
+        program: programs::REMAP_BIND6,
+        hook: "cgroup/bind6 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: binds to an isolated port go to the job's real port (IPv6)",
+    },
+    Hook {
+        program: programs::REMAP_CONNECT4,
+        hook: "cgroup/connect4 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job's local connects to an isolated port reach its real port (IPv4)",
+    },
+    Hook {
+        program: programs::REMAP_CONNECT6,
+        hook: "cgroup/connect6 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job's local connects to an isolated port reach its real port (IPv6)",
+    },
+    Hook {
+        program: programs::REMAP_GETSOCKNAME4,
+        hook: "cgroup/getsockname4 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job sees its isolated port as its own address (IPv4)",
+    },
+    Hook {
+        program: programs::REMAP_GETSOCKNAME6,
+        hook: "cgroup/getsockname6 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job sees its isolated port as its own address (IPv6)",
+    },
+    Hook {
+        program: programs::REMAP_GETPEERNAME4,
+        hook: "cgroup/getpeername4 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job sees its isolated port as its peer's (IPv4)",
+    },
+    Hook {
+        program: programs::REMAP_GETPEERNAME6,
+        hook: "cgroup/getpeername6 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job sees its isolated port as its peer's (IPv6)",
+    },
+    Hook {
+        program: programs::REMAP_SENDMSG4,
+        hook: "cgroup/sendmsg4 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job's UDP datagrams to an isolated local port (IPv4)",
+    },
+    Hook {
+        program: programs::REMAP_SENDMSG6,
+        hook: "cgroup/sendmsg6 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: a job's UDP datagrams to an isolated local port (IPv6)",
+    },
+    Hook {
+        program: programs::REMAP_RECVMSG4,
+        hook: "cgroup/recvmsg4 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: UDP senders on a real port seen as the isolated one (IPv4)",
+    },
+    Hook {
+        program: programs::REMAP_RECVMSG6,
+        hook: "cgroup/recvmsg6 (remap)",
+        attach: Attach::CgroupSockAddr,
+        role: Role::Remap,
+        purpose: "`run --isolate-ports`: UDP senders on a real port seen as the isolated one (IPv6)",
+    },
 ];
 
 /// The hook of a program.
@@ -241,6 +327,16 @@ impl Loader {
 
     /// Loads the object with its globals set and maps sized.
     pub fn load(&self, sizes: Sizes) -> Result<Ebpf> {
+        self.load_with(sizes, None)
+    }
+
+    /// Loads the object for one run's port remapping: small maps, and the remap
+    /// programs pointed at the run's cgroup (`id`, `level`).
+    pub fn load_remap(&self, cgroup_id: u64, level: u32) -> Result<Ebpf> {
+        self.load_with(Sizes { small: true, ring_bytes: None }, Some((cgroup_id, level)))
+    }
+
+    fn load_with(&self, sizes: Sizes, remap: Option<(u64, u32)>) -> Result<Ebpf> {
         let me = std::process::id();
         let mut l = EbpfLoader::new();
         l.btf(self.btf.as_ref().ok());
@@ -257,6 +353,9 @@ impl Loader {
         if let Some(bytes) = sizes.ring_bytes {
             l.map_max_entries(maps::EVENTS, bytes);
         }
+        let (remap_cgroup, remap_level) = remap.unwrap_or((0, 0));
+        l.override_global(globals::REMAP_CGROUP, &remap_cgroup, true);
+        l.override_global(globals::REMAP_LEVEL, &remap_level, true);
         l.load(OBJECT).map_err(|e| Error::bpf("loading the BPF object", e))
     }
 

@@ -6,3 +6,4 @@ pub mod iter;
 pub mod lease;
 pub mod loader;
 pub mod observer;
+pub mod remap;

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod plan;
 pub mod ports;
 pub mod process;
+pub mod remap;
 pub mod socket;
 pub mod target;
 pub mod time;

@@ -33,5 +33,6 @@ pub fn render(r: &Report) -> String {
             (false, false) => "/proc walk (slower; may miss other users' processes when not root)",
         }
     ));
+    s.push_str(&format!("  run --isolate-ports: {}\n", if r.remap_ready { "ready" } else { "unavailable" }));
     s
 }

@@ -2,7 +2,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::{
-    model::{ports::PortSet, socket::Socket},
+    model::{ports::PortSet, remap::PortMap, socket::Socket},
     output::{age, esc, truncate, Table},
     service::holders::{PortStatus, WhoResult},
 };
@@ -112,9 +112,35 @@ pub fn render_check(st: &[PortStatus]) -> String {
     out
 }
 
+/// Active `run --isolate-ports` remaps that involve the asked ports, as the port
+/// the jobs name or as the real port standing in for it. `runs`: by run cgroup name.
+pub fn remaps(ports: &PortSet, runs: &[(String, PortMap)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (run, map) in runs {
+        for p in map.pairs() {
+            if ports.contains(p.virt) {
+                out.push(format!("port {} is isolated for the jobs of {}: they use real port {}", p.virt, esc(run), p.real));
+            }
+            if ports.contains(p.real) {
+                out.push(format!("port {} is the real port of isolated port {} for the jobs of {}", p.real, p.virt, esc(run)));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remaps_are_named_by_either_port() {
+        let runs = vec![("portwatch-run-1-2".to_string(), PortMap::new([(5050, 61000)]).unwrap())];
+        let one = |p: u16| remaps(&std::iter::once(p).collect(), &runs);
+        assert_eq!(one(5050), ["port 5050 is isolated for the jobs of portwatch-run-1-2: they use real port 61000"]);
+        assert_eq!(one(61000), ["port 61000 is the real port of isolated port 5050 for the jobs of portwatch-run-1-2"]);
+        assert!(one(8080).is_empty());
+    }
     use crate::{
         model::{
             process::{Holder, ProcInfo},

@@ -47,6 +47,8 @@ pub struct Report {
     pub iterator_ready: bool,
     /// `who` can use the holders pass (`iter/task`), its fast path.
     pub holders_ready: bool,
+    /// `run --isolate-ports` can work: every remap hook attaches.
+    pub remap_ready: bool,
 }
 
 impl Report {
@@ -75,6 +77,7 @@ pub fn run() -> Report {
         observer_ready: false,
         iterator_ready: false,
         holders_ready: false,
+        remap_ready: false,
     };
     let uname = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     r.checks.push(check("kernel", true, uname));
@@ -157,12 +160,14 @@ pub fn run() -> Report {
     r.checks.push(check("bpf", true, "maps created, object loaded"));
     r.hooks.push(HookProbe { hook: "ringbuf".into(), supported: true, used_for: "event transport", error: None });
     let cg_file = cg.as_deref().map(File::open).and_then(std::result::Result::ok);
+    r.remap_ready = true;
     for h in HOOKS {
         let res = loader.attach(&mut ebpf, h, cg_file.as_ref());
         match (h.role, h.program) {
             (Role::Observer { required: true }, _) => r.observer_ready = res.is_ok(),
             (_, programs::TASK_FILE_ITER) => r.iterator_ready = res.is_ok(),
             (_, programs::HOLDERS_ITER) => r.holders_ready = res.is_ok(),
+            (Role::Remap, _) => r.remap_ready &= res.is_ok(),
             _ => {}
         }
         r.hooks.push(HookProbe { hook: h.hook.to_string(), supported: res.is_ok(), used_for: h.purpose, error: res.err() });

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod probe;
 pub mod readiness;
 pub mod reaper;
+pub mod remap;
 pub mod supervisor;
 
 /// Polls all futures together (probes have their own timeouts; running them one

@@ -92,6 +92,37 @@ impl RunCgroup {
     pub fn remove(&self, wait: Duration) -> io::Result<()> {
         remove(&self.dir, wait)
     }
+
+    /// The cgroup's id (its directory's inode number) and its depth below the
+    /// cgroup v2 mount's root, as `bpf_get_current_ancestor_cgroup_id` counts.
+    pub fn id_and_level(&self) -> io::Result<(u64, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let root = mounts::cgroup2_root().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 mount"))?;
+        let level =
+            level(&root, &self.dir).ok_or_else(|| io::Error::other(format!("{} is not below {}", self.dir.display(), root.display())))?;
+        Ok((fs::metadata(&self.dir)?.ino(), level))
+    }
+
+    /// The directory's name (`portwatch-run-PID-TICKS`).
+    pub fn name(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// How many levels `dir` is below the cgroup v2 `root` (the root itself is 0).
+pub fn level(root: &Path, dir: &Path) -> Option<u32> {
+    dir.strip_prefix(root).ok().map(|p| p.components().count() as u32)
+}
+
+/// The run cgroups a process's cgroup v2 path (`/proc/PID/cgroup`'s `0::` line)
+/// passes through, innermost first: a `run` inside another run's job finds it here.
+pub fn runs_in_path(path: &str) -> Vec<String> {
+    path.rsplit('/').filter(|c| RunOwner::parse(c).is_some()).map(String::from).collect()
+}
+
+/// The run cgroups the calling process is in, innermost first.
+pub fn own_runs() -> Vec<String> {
+    fs::read_to_string("/proc/self/cgroup").map(|t| runs_in_path(&proc::cgroup_v2_path(&t))).unwrap_or_default()
 }
 
 /// Every pid in `dir`'s `cgroup.procs` and in those of the cgroups below it.
@@ -232,5 +263,18 @@ mod tests {
         assert_eq!(RunOwner::parse("portwatch-run-x-1"), None);
         assert_eq!(RunOwner::parse("portwatch-run-12"), None);
         assert_eq!(RunOwner::parse("user.slice"), None);
+    }
+
+    #[test]
+    fn levels_and_enclosing_runs() {
+        let root = Path::new("/sys/fs/cgroup");
+        assert_eq!(level(root, root), Some(0));
+        assert_eq!(level(root, Path::new("/sys/fs/cgroup/user.slice/portwatch-run-1-2")), Some(2));
+        assert_eq!(level(root, Path::new("/elsewhere")), None);
+        assert_eq!(
+            runs_in_path("/user.slice/portwatch-run-10-20/portwatch-run-30-40/x"),
+            vec!["portwatch-run-30-40".to_string(), "portwatch-run-10-20".to_string()]
+        );
+        assert!(runs_in_path("/").is_empty());
     }
 }

@@ -49,6 +49,7 @@ use crate::{
         lease::RunLease,
         readiness::{self, Claim, WaitOptions},
         reaper::{self, FreeOptions},
+        remap::{self, Isolation},
     },
     sys::{
         cgroup::{self, RunCgroup, RunOwner},
@@ -97,6 +98,9 @@ pub struct RunOptions {
     pub ready_fd: Option<i32>,
     /// Lease the ports to the run's cgroup while it lasts.
     pub lease: bool,
+    /// `--isolate-ports`: the job's binds and local connects to `ports` are
+    /// rewritten to real ports chosen for it (see [`crate::service::remap`]).
+    pub isolate: bool,
 }
 
 /// Reaps exited adopted children without blocking. The command itself (`keep`) is
@@ -159,8 +163,8 @@ fn check_port(port: u16, tree: &Tree) -> PortCheck {
     }
 }
 
-/// Before the command starts: the ports must be free. Held ones fail the run
-/// (`Some(why)`), or are freed with `--free`.
+/// Before the command starts: the ports (the real ones, for isolated ports) must be
+/// free. Held ones fail the run (`Some(why)`), or are freed with `--free`.
 fn preflight(opts: &RunOptions, rep: &dyn Report) -> Result<Option<String>> {
     let r = holders::gather(&opts.ports, WhoOptions::TCP)?;
     if r.sockets.is_empty() {
@@ -215,18 +219,36 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     let Some((prog, args)) = opts.command.split_first() else {
         return Err(Error::Usage("no command given: portwatch run [OPTIONS] -- COMMAND...".into()));
     };
+    let me = std::process::id() as i32;
+    let owner = RunOwner { pid: me, start_ticks: proc::start_and_state(me).map_or(0, |(t, _)| t) };
+    // Isolated ports need the run's cgroup before anything else: the kernel
+    // rewrites by it. A run inside an isolated job inherits that job's remap.
+    let (cgroup, isolation) = if opts.isolate { isolated(&opts, owner)? } else { (None, None) };
+    let map = isolation.as_ref().map_or_else(remap::inherited, |i| i.map.clone());
+    for p in map.pairs().iter().filter(|p| opts.ports.contains(p.virt)) {
+        let how = if isolation.is_some() { "isolated" } else { "isolated by the enclosing run" };
+        rep.say(&format!("port {} {how}: the job's binds and local connects use real port {}", p.virt, p.real));
+    }
     let ports: Vec<u16> = opts.ports.iter().collect();
     if !ports.is_empty() {
-        if let Some(why) = preflight(&opts, rep)? {
+        let real = RunOptions { ports: ports.iter().map(|&p| map.real(p)).collect(), ..opts.clone() };
+        let checked = preflight(&real, rep);
+        if !matches!(checked, Ok(None)) {
+            if let Some(cg) = &cgroup {
+                let _ = cg.remove(Duration::ZERO);
+            }
+        }
+        if let Some(why) = checked? {
             notify(opts.ready_fd, &format!("not-ready: {why}"));
             return Ok(exit::CONDITION);
         }
     }
-    let me = std::process::id() as i32;
-    let owner = RunOwner { pid: me, start_ticks: proc::start_and_state(me).map_or(0, |(t, _)| t) };
-    let cgroup = RunCgroup::create(owner).map_err(|e| tracing::debug!("no cgroup of its own for this run ({e}): subreaper only")).ok();
+    let cgroup = cgroup
+        .or_else(|| RunCgroup::create(owner).map_err(|e| tracing::debug!("no cgroup of its own for this run ({e}): subreaper only")).ok());
     // The lease goes in before the command starts, so nothing can take the ports
-    // between the check above and the service's bind.
+    // between the check above and the service's bind. Isolated ports lease their
+    // real ports (the job's binds land there).
+    let leased: Vec<u16> = ports.iter().map(|&p| map.real(p)).collect();
     let mut lease = match (opts.lease, &cgroup) {
         (false, _) => None,
         (true, None) => {
@@ -235,9 +257,9 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
                 "a writable cgroup v2 (run as root)",
             ))
         }
-        (true, Some(cg)) => match RunLease::start(owner, &cg.dir, &ports) {
+        (true, Some(cg)) => match RunLease::start(owner, &cg.dir, &leased) {
             Ok(l) => {
-                let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
+                let list: Vec<String> = ports.iter().map(|&p| map.label(p)).collect();
                 rep.say(&format!(
                     "lease: port {} leased to this run; binds from outside it fail with {}",
                     list.join(", "),
@@ -295,6 +317,15 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     if tree.cgroup().is_some_and(|c| !c.contains(child_pid)) {
         tracing::debug!("the command did not land in the run's cgroup: subreaper only");
         tree.drop_cgroup();
+        if isolation.is_some() {
+            // Without the cgroup nothing would be rewritten: end the command now.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(Error::unsupported(
+                "--isolate-ports: the command did not land in the run's cgroup",
+                "a writable cgroup v2 (delegated to this user) is required",
+            ));
+        }
     }
     if let Some(p) = &opts.pid_file {
         std::fs::write(p, format!("{me}\n")).map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
@@ -307,8 +338,9 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     let has_targets = !(ports.is_empty() && opts.health.is_empty());
     let claim: Arc<dyn Claim> = tree.clone();
     let wopts = WaitOptions { timeout: opts.timeout, interval: Duration::from_millis(20), expect_status: Vec::new(), claim: Some(claim) };
+    let targets: Vec<Target> = opts.health.iter().map(|t| map.target(t)).collect();
     let health = join_all(
-        opts.health.iter().enumerate().map(|(i, t)| readiness::wait_one(t, &wopts, move |m: &str| rep.progress(nports + i, m))).collect(),
+        targets.iter().enumerate().map(|(i, t)| readiness::wait_one(t, &wopts, move |m: &str| rep.progress(nports + i, m))).collect(),
     );
     tokio::pin!(health);
     let mut port_ready = vec![false; nports];
@@ -363,17 +395,19 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
                     if port_ready[i] {
                         continue;
                     }
-                    let msg = match check_port(port, &tree) {
+                    let msg = match check_port(map.real(port), &tree) {
                         PortCheck::NoListener => "no listener yet".to_string(),
                         PortCheck::Ours(pids) => {
                             port_ready[i] = true;
                             let who = briefs(pids.iter().filter_map(|&p| proc::info(p)).collect::<Vec<_>>().iter());
+                            let port = map.label(port);
                             ready_detail = if ready_detail.is_empty() { format!("port {port}: {who}") } else { format!("{ready_detail}; port {port}: {who}") };
                             format!("listening: {who}")
                         }
                         PortCheck::Outsider(procs) => {
                             taken = Some(format!(
-                                "port {port} is held by {}, which this run did not start: the command cannot bind it",
+                                "port {} is held by {}, which this run did not start: the command cannot bind it",
+                                map.label(port),
                                 briefs(procs.iter())
                             ));
                             break;
@@ -395,7 +429,7 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
                 }
             }
             _ = tokio::time::sleep_until(deadline), if !ready => {
-                let mut why: Vec<String> = ports.iter().zip(&port_ready).filter(|(_, r)| !**r).map(|(p, _)| format!("port {p}: no listener of this run")).collect();
+                let mut why: Vec<String> = ports.iter().zip(&port_ready).filter(|(_, r)| !**r).map(|(p, _)| format!("port {}: no listener of this run", map.label(*p))).collect();
                 if !health_done {
                     why.push("health URLs not answering".into());
                 }
@@ -434,9 +468,9 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
             } else {
                 let outsiders: Vec<String> = ports
                     .iter()
-                    .filter_map(|&p| match check_port(p, &tree) {
+                    .filter_map(|&p| match check_port(map.real(p), &tree) {
                         PortCheck::Outsider(procs) => {
-                            Some(format!("port {p} is held by {}, which this run did not start", briefs(procs.iter())))
+                            Some(format!("port {} is held by {}, which this run did not start", map.label(p), briefs(procs.iter())))
                         }
                         _ => None,
                     })
@@ -514,12 +548,36 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     if let Some(p) = &opts.pid_file {
         let _ = std::fs::remove_file(p);
     }
+    // The remap ends with the run (its programs are detached here, or by the kernel
+    // when portwatch dies).
+    drop(isolation);
     Ok(match stop {
         Stop::NotReady(_) | Stop::Ended => exit::CONDITION,
         Stop::Exited if !ready && has_targets && status.is_some_and(|s| s.success()) => exit::CONDITION,
         Stop::Signal(sig) if status.is_none() => 128 + sig as u8,
         _ => status.map_or(exit::INTERNAL, status_code),
     })
+}
+
+/// `--isolate-ports`: the run's cgroup (required) and the remap of its ports.
+fn isolated(opts: &RunOptions, owner: RunOwner) -> Result<(Option<RunCgroup>, Option<Isolation>)> {
+    if opts.ports.is_empty() {
+        return Err(Error::Usage("--isolate-ports needs the ports to isolate: -p PORTS".into()));
+    }
+    crate::ebpf::loader::preflight()?;
+    let cg = RunCgroup::create(owner).map_err(|e| {
+        Error::unsupported(
+            format!("--isolate-ports needs a cgroup v2 of its own for the run, which cannot be created: {e}"),
+            "a writable cgroup v2 mount is required (portwatch doctor)",
+        )
+    })?;
+    match remap::isolate(&opts.ports, &cg) {
+        Ok(i) => Ok((Some(cg), Some(i))),
+        Err(e) => {
+            let _ = cg.remove(Duration::ZERO);
+            Err(e)
+        }
+    }
 }
 
 /// Why a command could not be started, and the exit code shells give for it: 127
