@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    config, lease, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, Lease, SockData, TrackedSk, TrackedSock,
-    EVENTS_BYTES, TRACKED_ENTRIES,
+    config, lease, offsets::Offsets, probe, remap, Event, HolderOffsets, HolderQuery, KernelOffsets, Lease, SockData, TrackedSk,
+    TrackedSock, EVENTS_BYTES, TRACKED_ENTRIES,
 };
 
 #[map]
