@@ -219,6 +219,12 @@ fn ensure_promtool() -> Result<()> {
     ensure_debian_package("promtool", "prometheus")
 }
 
+/// bpftool (Debian's package) lists the kernel's programs and links for the
+/// systemd-as-PID-1 test in the kernel matrix.
+pub(crate) fn ensure_bpftool() -> Result<()> {
+    ensure_debian_package("bpftool", "bpftool")
+}
+
 /// Installs Debian's `package` unless `program --version` already runs.
 fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
     if output(Command::new(program).arg("--version")).is_some() {

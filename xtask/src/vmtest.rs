@@ -1151,6 +1151,9 @@ const SYSTEMD_TEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// hook attached. Prints each check; true when every one passed.
 pub fn systemd_test(k: &Kernel, accel: Accel) -> Result<bool> {
     let root = root();
+    // The guest runs the host's bpftool (the root is shared) to see that the hooks
+    // are attached while the unit runs and detached after `systemctl stop`.
+    crate::ensure_bpftool()?;
     run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "portwatch"]))?;
     let bin = root.join("target/release/portwatch");
     let results = k.dir.join("results-systemd");
