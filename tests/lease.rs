@@ -282,8 +282,10 @@ fn operators_lease_to_a_cgroup_and_only_root_changes_leases() {
     let cg = TestCgroup::new("op");
     let dir = cg.0.to_str().unwrap();
 
-    // Not root: no lease is made or dropped.
+    // Not root: no lease is made or dropped, and `run --lease` says why.
     let o = portwatch_unprivileged(&["lease", "add", "-p", &p, "--cgroup", dir]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let o = portwatch_unprivileged(&["run", "--lease", "-p", &p, "--", "true"]);
     assert_eq!(o.status.code(), Some(4), "{o:?}");
     assert_eq!(tcp_bind("127.0.0.1", port), Ok(()));
 

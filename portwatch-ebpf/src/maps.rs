@@ -138,8 +138,6 @@ pub fn submit(ev: &Event) {
     }
 }
 
-const BPF_NOEXIST: u64 = 1;
-
 /// Counts an error of program `id` (per CPU: no atomics needed).
 #[inline(always)]
 pub fn count_error(id: u32) {

@@ -72,8 +72,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
     if kind == EventKind::Listen {
         // SAFETY: `sk` is the tracepoint's trusted `struct sock *` argument.
         ev.data.cookie = unsafe { bpf_get_socket_cookie(ctx.arg(0)) };
-        // SAFETY: as above.
-        track(unsafe { ctx.arg(0) }, &ev.data);
+        track(ctx.arg(0), &ev.data);
     }
     submit(&ev);
     Ok(())

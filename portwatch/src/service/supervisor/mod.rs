@@ -219,6 +219,11 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     let Some((prog, args)) = opts.command.split_first() else {
         return Err(Error::Usage("no command given: portwatch run [OPTIONS] -- COMMAND...".into()));
     };
+    if opts.lease {
+        // Say what is missing first: without privilege the cgroup could not be made
+        // either, and "no cgroup" would hide the reason.
+        crate::ebpf::loader::preflight()?;
+    }
     let me = std::process::id() as i32;
     let owner = RunOwner { pid: me, start_ticks: proc::start_and_state(me).map_or(0, |(t, _)| t) };
     // Isolated ports need the run's cgroup before anything else: the kernel
