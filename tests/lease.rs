@@ -485,3 +485,34 @@ fn a_bind_flood_against_a_lease_prints_a_count_not_a_flood() {
     assert!(hidden >= 1000, "{line}");
     run.wait();
 }
+
+#[test]
+fn lease_hold_leases_to_a_cgroup_while_it_runs_and_not_after_a_kill() {
+    require_root();
+    let port = free_port();
+    let p = port.to_string();
+    let cg = TestCgroup::new("hold");
+    let mut hold = Run::start(&["lease", "hold", "-p", &p, "--cgroup", cg.0.to_str().unwrap()], &[]);
+    let line = hold.err_line("until this command ends; binds from outside it fail with EADDRINUSE");
+    assert!(line.contains(&format!("port {port} leased to {}", cg.0.display())), "{line}");
+    assert_eq!(tcp_bind("127.0.0.1", port), Err(EADDRINUSE));
+    assert!(hold.err_line("lease: refused pid").contains(&format!("pid {} (", std::process::id())));
+    let mut inside = cg.python(&format!(
+        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); print('BOUND', flush=True); time.sleep(600)"
+    ));
+    assert_eq!(first_line(&mut inside), "BOUND");
+    drop(inside);
+    let l = leases(port);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["holder"]["pid"], hold.pid());
+    assert!(l[0]["command"].as_str().unwrap_or("").contains("lease hold"), "{l:?}");
+    // SIGKILL: the kernel closes the links; the stale map is swept.
+    kill(Pid::from_raw(hold.pid()), Signal::SIGKILL).unwrap();
+    let _ = hold.wait();
+    assert_eq!(tcp_bind("127.0.0.1", port), Ok(()));
+    let _ = portwatch(&["lease", "list"]);
+    assert!(leases(port).is_empty());
+    // Not root: no.
+    let o = portwatch_unprivileged(&["lease", "hold", "-p", &p, "--cgroup", cg.0.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+}

@@ -490,6 +490,20 @@ pub enum LeaseAction {
         #[arg(long, value_name = "PID")]
         pid: Option<i32>,
     },
+    /// Lease port(s) to a cgroup for as long as this command runs (until SIGTERM
+    /// or SIGINT; also when it is killed), printing each refused bind (root only).
+    /// For a CI job: start it in the background at the job's start.
+    Hold {
+        /// Port(s) to lease: 5050, 5050-5052, 5050,5051; repeatable.
+        #[arg(short, long = "port", value_name = "PORTS", required = true, value_parser = ports::clap_port_spec)]
+        ports: Vec<PortSet>,
+        /// The cgroup v2 directory whose processes may bind them.
+        #[arg(long, value_name = "DIR", required_unless_present = "pid", conflicts_with = "pid")]
+        cgroup: Option<PathBuf>,
+        /// The cgroup of this process instead.
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+    },
     /// Drop leases (root only): binds to the ports work again at once.
     Drop {
         /// Port(s) whose leases to drop.

@@ -1,10 +1,10 @@
 //! `portwatch lease list|add|drop`.
 use crate::{
     cli::{LeaseAction, LeaseArgs},
-    error::{exit, Result},
+    error::{exit, Error, Result},
     model::{lease::DropWhat, ports},
-    output::{lease as out, to_json},
-    service::lease::{self, Detail, Grantee},
+    output::{esc, lease as out, to_json},
+    service::lease::{self, Detail, Grantee, LeaseNews},
 };
 
 pub fn run(a: LeaseArgs) -> Result<u8> {
@@ -33,6 +33,49 @@ pub fn run(a: LeaseArgs) -> Result<u8> {
             let (added, errno) = lease::add(&ports, to)?;
             print!("{}", out::changed("leased", &added));
             eprintln!("portwatch: binds from outside the cgroup fail with {}", errno.name());
+            Ok(exit::OK)
+        }
+        LeaseAction::Hold { ports, cgroup, pid } => {
+            let ports: Vec<u16> = ports::merge(&ports).iter().collect();
+            let to = match (&cgroup, pid) {
+                (Some(dir), _) => Grantee::Cgroup(dir),
+                (None, Some(pid)) => Grantee::Pid(pid),
+                (None, None) => return Err(crate::error::Error::Usage("lease hold needs --cgroup DIR or --pid PID".into())),
+            };
+            let (mut held, dir) = lease::hold(&ports, to)?;
+            let errno = held.errno();
+            let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "portwatch: lease: port {} leased to {} until this command ends; binds from outside it fail with {}",
+                list.join(", "),
+                esc(&dir.display().to_string()),
+                errno.name()
+            );
+            let say = |held: &mut lease::RunLease| {
+                for news in held.news() {
+                    match news {
+                        LeaseNews::Refused(ev) => eprintln!("portwatch: {}", out::refusal(&ev, errno)),
+                        LeaseNews::Hidden(n) => eprintln!("portwatch: {}", out::hidden(n)),
+                    }
+                }
+            };
+            crate::cmd::runtime()?.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+                let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => say(&mut held),
+                        _ = term.recv() => break,
+                        _ = int.recv() => break,
+                    }
+                }
+                Ok::<(), Error>(())
+            })?;
+            say(&mut held);
+            held.end();
+            eprintln!("portwatch: lease: ended");
             Ok(exit::OK)
         }
         LeaseAction::Drop { ports, holder, all } => {

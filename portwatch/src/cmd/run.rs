@@ -64,6 +64,10 @@ impl Report for Console {
         eprintln!("portwatch: {}", output::lease::refusal(bind, errno));
     }
 
+    fn refusals_hidden(&self, n: u64) {
+        eprintln!("portwatch: {}", output::lease::hidden(n));
+    }
+
     fn ended(&self, why: &str, leftovers: &[Leftover], ending: &Ending) {
         for line in output::run::ended(why, leftovers, ending) {
             eprintln!("portwatch: {line}");

@@ -85,6 +85,11 @@ pub fn refusal(ev: &SockEvent, errno: RefusalErrno) -> String {
     format!("lease: refused {who} binding {proto} {}: {}", std::net::SocketAddr::new(ev.addr, ev.port), errno.name())
 }
 
+/// Refusals not shown in the last second (a flood).
+pub fn hidden(n: u64) -> String {
+    format!("lease: {n} more binds refused in the last second (not shown)")
+}
+
 /// What `lease add` / `lease drop` did, one line per port.
 pub fn changed(verb: &str, leases: &[LeaseView]) -> String {
     leases.iter().map(|l| format!("{verb} port {} ({})\n", l.port, esc(&holder(l)))).collect()

@@ -23,7 +23,7 @@ use crate::{
     error::{Error, Result},
     model::{
         event::SockEvent,
-        lease::{DropWhat, Holder, LeaseState, LeaseView, Refusal, RefusalErrno},
+        lease::{DropWhat, Holder, LeaseState, LeaseView, LineBudget, Refusal, RefusalErrno, Show},
     },
     sys::{
         cgroup::{self, RunOwner},
@@ -224,14 +224,8 @@ pub enum Grantee<'a> {
 /// `lease add`: leases `ports` to a cgroup until `lease drop`.
 pub fn add(ports: &[u16], to: Grantee<'_>) -> Result<(Vec<LeaseView>, RefusalErrno)> {
     require_root("lease add")?;
-    let dir = match to {
-        Grantee::Cgroup(p) => p.to_path_buf(),
-        Grantee::Pid(pid) => cgroup::of_pid(pid).ok_or_else(|| Error::Usage(format!("no process {pid} (or it has no cgroup v2)")))?,
-    };
+    let dir = grantee_dir(to)?;
     let (id, level) = cgroup::id_and_level(&dir).map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
-    if level == 0 {
-        return Err(Error::Usage("leasing to the root cgroup would refuse no one: name a service's cgroup".into()));
-    }
     sweep();
     check_free(ports)?;
     let name = Holder::operator_name(now_secs(), std::process::id());
@@ -241,6 +235,29 @@ pub fn add(ports: &[u16], to: Grantee<'_>) -> Result<(Vec<LeaseView>, RefusalErr
     drop(installed);
     let views = list(Detail::Full)?.into_iter().filter(|l| l.holder_name == name).collect();
     Ok((views, errno))
+}
+
+/// `lease hold`: leases `ports` to a cgroup for as long as the returned value
+/// lives (the caller's process: its links close with it, also on SIGKILL).
+pub fn hold(ports: &[u16], to: Grantee<'_>) -> Result<(RunLease, std::path::PathBuf)> {
+    require_root("lease hold")?;
+    let dir = grantee_dir(to)?;
+    let me = std::process::id() as i32;
+    let owner = RunOwner { pid: me, start_ticks: proc::start_and_state(me).map_or(0, |(t, _)| t) };
+    Ok((RunLease::start(owner, &dir, ports)?, dir))
+}
+
+/// The cgroup directory a lease goes to (never the root: it would refuse no one).
+fn grantee_dir(to: Grantee<'_>) -> Result<std::path::PathBuf> {
+    let dir = match to {
+        Grantee::Cgroup(p) => p.to_path_buf(),
+        Grantee::Pid(pid) => cgroup::of_pid(pid).ok_or_else(|| Error::Usage(format!("no process {pid} (or it has no cgroup v2)")))?,
+    };
+    let (_, level) = cgroup::id_and_level(&dir).map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
+    if level == 0 {
+        return Err(Error::Usage("leasing to the root cgroup would refuse no one: name a service's cgroup".into()));
+    }
+    Ok(dir)
 }
 
 /// `lease drop`: removes the leases `what` selects (root only). Returns them.
@@ -262,11 +279,27 @@ pub fn remove(what: &DropWhat) -> Result<Vec<LeaseView>> {
     Ok(chosen)
 }
 
-/// A run's lease on its ports, for as long as this value lives.
+/// Refusal lines a lease holder prints per second at most (then a count).
+pub const REFUSAL_LINES_PER_SECOND: u32 = 20;
+
+/// What a lease holder has to tell since it last asked.
+#[derive(Clone, Debug)]
+pub enum LeaseNews {
+    /// A refused bind, to show.
+    Refused(SockEvent),
+    /// This many more refused binds in the last second, not shown (a flood).
+    Hidden(u64),
+}
+
+/// A lease held by this process (`run --lease`, `lease hold`), for as long as this
+/// value lives.
 pub struct RunLease {
     installed: Installed,
     ring: Option<RingBuf<MapData>>,
     name: String,
+    budget: LineBudget,
+    /// Refusals accounted for so far (shown, hidden or unrecorded).
+    counted: u64,
 }
 
 impl RunLease {
@@ -279,7 +312,29 @@ impl RunLease {
         let leases: Vec<(u16, Lease)> = ports.iter().map(|&p| (p, entry(id, level, Some(owner)))).collect();
         let mut installed = klease::install(&name, &leases, false)?;
         let ring = installed.take_refusals().map_err(|e| tracing::debug!("lease refusals not reported: {e}")).ok();
-        Ok(Self { installed, ring, name })
+        Ok(Self { installed, ring, name, budget: LineBudget::new(REFUSAL_LINES_PER_SECOND), counted: 0 })
+    }
+
+    /// What happened since the last call: refusals to show, at most
+    /// [`REFUSAL_LINES_PER_SECOND`] a second, and once a second the count of those
+    /// not shown (also those the ring buffer had no room for, from the kernel's
+    /// count).
+    pub fn news(&mut self) -> Vec<LeaseNews> {
+        let now = crate::sys::clock::mono_ns();
+        let refusals = self.refusals();
+        let total = self.refused_total();
+        self.budget.unrecorded(total.saturating_sub(self.counted + refusals.len() as u64));
+        self.counted = total.max(self.counted + refusals.len() as u64);
+        let mut out = Vec::new();
+        for ev in refusals {
+            let (show, hidden) = self.budget.refusal(ev.ts_ns.max(now));
+            out.extend(hidden.map(LeaseNews::Hidden));
+            if show == Show::Line {
+                out.push(LeaseNews::Refused(ev));
+            }
+        }
+        out.extend(self.budget.roll(now).map(LeaseNews::Hidden));
+        out
     }
 
     pub fn errno(&self) -> RefusalErrno {

@@ -35,7 +35,7 @@ use crate::{
     error::{exit, Error, Result},
     model::{
         event::SockEvent,
-        lease::{LineBudget, RefusalErrno, Show},
+        lease::RefusalErrno,
         plan::{self, Ending, FreeStatus, Leftover, PortReport},
         ports::PortSet,
         process::ProcInfo,
@@ -46,7 +46,7 @@ use crate::{
     service::{
         holders::{self, WhoOptions},
         join_all,
-        lease::RunLease,
+        lease::{LeaseNews, RunLease},
         readiness::{self, Claim, WaitOptions},
         reaper::{self, FreeOptions},
         remap::{self, Isolation},
@@ -56,9 +56,6 @@ use crate::{
         proc, sockdiag,
     },
 };
-
-/// `--lease`: refusal lines printed per second at most (then a count).
-const REFUSAL_LINES_PER_SECOND: u32 = 20;
 
 /// Where the supervisor says what happens (one line each, without a prefix).
 pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
@@ -79,6 +76,8 @@ pub trait Report: Sync {
     fn ended(&self, why: &str, leftovers: &[Leftover], ending: &Ending);
     /// `--lease`: the run's lease refused a bind.
     fn refused(&self, bind: &SockEvent, errno: RefusalErrno);
+    /// `--lease`: this many more refusals in the last second were not shown.
+    fn refusals_hidden(&self, n: u64);
 }
 
 #[derive(Clone, Debug)]
@@ -359,27 +358,14 @@ pub async fn run(opts: RunOptions, rep: &dyn Report) -> Result<u8> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut lease_tick = tokio::time::interval(Duration::from_millis(100));
     lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut budget = LineBudget::new(REFUSAL_LINES_PER_SECOND);
-    let mut counted = 0u64;
-    let mut report_refusals = |lease: &mut Option<RunLease>| {
+    let report_refusals = |lease: &mut Option<RunLease>| {
         let Some(l) = lease.as_mut() else { return };
         let errno = l.errno();
-        let now = crate::sys::clock::mono_ns();
-        let refusals = l.refusals();
-        let total = l.refused_total();
-        budget.unrecorded(total.saturating_sub(counted + refusals.len() as u64));
-        counted = total.max(counted + refusals.len() as u64);
-        for ev in refusals {
-            let (show, hidden) = budget.refusal(ev.ts_ns.max(now));
-            if let Some(n) = hidden {
-                rep.say(&format!("lease: {n} more binds refused in the last second (not shown)"));
+        for note in l.news() {
+            match note {
+                LeaseNews::Refused(ev) => rep.refused(&ev, errno),
+                LeaseNews::Hidden(n) => rep.refusals_hidden(n),
             }
-            if show == Show::Line {
-                rep.refused(&ev, errno);
-            }
-        }
-        if let Some(n) = budget.roll(now) {
-            rep.say(&format!("lease: {n} more binds refused in the last second (not shown)"));
         }
     };
     let stop = loop {
