@@ -4,8 +4,13 @@
 # (PORTWATCH_FREE, default true) from whatever an earlier job left: the agent sees
 # those holders first and records them with their job ids.
 #
+# With PORTWATCH_LEASE=true the ports are then leased to this job's cgroup until
+# the summary step (`portwatch lease hold` in the background): other cgroups'
+# binds to them fail at once.
+#
 # Settings: PORTWATCH_PORTS, PORTWATCH_FREE (true), PORTWATCH_REAP (false),
-# PORTWATCH_STALL (10s), PORTWATCH_GRACE (5s), PORTWATCH_CONFIG.
+# PORTWATCH_STALL (10s), PORTWATCH_GRACE (5s), PORTWATCH_CONFIG, PORTWATCH_LEASE
+# (false).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -68,4 +73,27 @@ if [[ "${PORTWATCH_FREE:-true}" == true ]]; then
     0) log "ports ${ports[*]} are free" ;;
     *) warn "portwatch free exited $status: $(head -c 500 "$state/free.err")" ;;
     esac
+fi
+
+if [[ "${PORTWATCH_LEASE:-false}" == true ]]; then
+    # The job's processes are in this shell's cgroup; the holder's links die with
+    # it (the summary step stops it; so does the runner's cleanup of the job).
+    hold=(lease hold --pid "$$")
+    for p in "${ports[@]}"; do
+        hold+=(--port "$p")
+    done
+    log "\$ ${as_root[*]} $pw ${hold[*]}"
+    setsid "${as_root[@]}" "$pw" "${hold[@]}" </dev/null >"$state/lease.log" 2>&1 &
+    echo $! >"$state/lease.pid"
+    for _ in $(seq 100); do
+        if grep -q 'until this command ends' "$state/lease.log" 2>/dev/null; then
+            break
+        fi
+        if ! [[ -e "/proc/$(cat "$state/lease.pid")" ]]; then
+            rm -f "$state/lease.pid"
+            fail "portwatch lease hold did not start: $(head -c 500 "$state/lease.log")"
+        fi
+        sleep 0.1
+    done
+    log "$(grep -m1 'leased to' "$state/lease.log" || echo "lease holder $(cat "$state/lease.pid") started")"
 fi

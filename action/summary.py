@@ -245,6 +245,22 @@ def main():
     w("\n".join(lines) if lines else "Nothing was freed or reaped.")
     w("")
 
+    # Kept off the ports by the job's lease (`lease: true`): lease hold's own lines.
+    lease_log = st / "lease.log"
+    if lease_log.exists():
+        text = lease_log.read_text(errors="replace").splitlines()
+        refused = [l.split("lease: ", 1)[1] for l in text if "lease: refused " in l or "more binds refused" in l]
+        w("### Kept off the ports by the lease")
+        w("")
+        if refused:
+            for l in refused[:40]:
+                w(f"- {md(l, 200)}")
+            if len(refused) > 40:
+                w(f"- … and {len(refused) - 40} more lines in the lease holder's log")
+        else:
+            w("No bind from outside the job was refused.")
+        w("")
+
     # What the job leaves behind.
     w("### Left behind")
     w("")

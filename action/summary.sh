@@ -18,6 +18,17 @@ if [[ -s "$state/as_root" ]]; then
     root=("${as_root[@]}")
 fi
 
+# The lease first: the job is over, its ports are everyone's again.
+if [[ -s "$state/lease.pid" ]]; then
+    pid="$(cat "$state/lease.pid")"
+    "${root[@]}" kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        [[ -e "/proc/$pid" ]] || break
+        sleep 0.1
+    done
+    rm -f "$state/lease.pid"
+fi
+
 if [[ -s "$state/agent.pid" ]]; then
     pid="$(cat "$state/agent.pid")"
     "${root[@]}" kill -TERM "$pid" 2>/dev/null || true

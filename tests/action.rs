@@ -2,7 +2,8 @@
 //! here they run as a job's steps would, with the runner's variables set by hand,
 //! against a real agent: an earlier job's leftover is freed at the start, a stopped
 //! listener is reaped during the job, and a listener the job leaks is named, with
-//! job ids, in the summary.
+//! job ids, in the summary; with `lease: true` other cgroups cannot bind the job's
+//! ports until the summary step.
 // A test fails by panicking, helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,6 +58,22 @@ impl Job {
         cmd.arg(repo().join("action").join(script));
         self.env(&mut cmd);
         cmd.envs(vars.iter().copied());
+        cmd.output().expect("bash")
+    }
+
+    /// Runs action/SCRIPT inside cgroup `cg` (a job whose processes share a cgroup,
+    /// as a runner's do).
+    fn step_in(&self, cg: &Path, script: &str, vars: &[(&str, &str)]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("action").join(script));
+        self.env(&mut cmd);
+        cmd.envs(vars.iter().copied());
+        let procs = cg.join("cgroup.procs");
+        // SAFETY: only a file write between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, "0"));
+        }
         cmd.output().expect("bash")
     }
 
@@ -257,4 +274,71 @@ fn action_yml_matches_its_scripts() {
         let var = var.trim_end_matches(':');
         assert!(scripts.contains(&format!("${{{var}")), "{var} is set by action.yml but no script reads it");
     }
+}
+
+/// `lease: true`: from the start step to the summary step, a bind to the job's port
+/// from another cgroup fails with EADDRINUSE (the job's own processes bind as
+/// usual), and the summary lists who was kept off.
+#[test]
+fn the_lease_input_keeps_other_cgroups_off_the_jobs_ports() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let job = Job::new();
+    let port = free_port();
+    let p = port.to_string();
+    let root = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .expect("cgroup v2 mounted");
+    let cg = root.join(format!("pw-action-lease-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _cg = Remove(cg.clone());
+
+    let archive = bundle(&job.path(""));
+    let out = job.step("install.sh", &[("PORTWATCH_BUNDLE", archive.to_str().expect("utf8"))]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = job.step_in(&cg, "start.sh", &[("PORTWATCH_PORTS", &p), ("PORTWATCH_LEASE", "true")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let holder: i32 = std::fs::read_to_string(job.state("lease.pid")).unwrap_or_default().trim().parse().unwrap_or(0);
+    let agent: i32 = std::fs::read_to_string(job.state("agent.pid")).unwrap_or_default().trim().parse().unwrap_or(0);
+    let (_h, _a) = (PidGuard(holder), PidGuard(agent));
+    assert!(holder > 0 && alive(holder), "{}", text(&out));
+    assert!(text(&out).contains(&format!("port {port} leased to {}", cg.display())), "{}", text(&out));
+
+    // This test process is outside the job's cgroup: refused. The job binds.
+    let refused = std::net::TcpListener::bind(("127.0.0.1", port)).map(drop).map_err(|e| e.raw_os_error());
+    assert_eq!(refused, Err(Some(98)));
+    {
+        let procs = cg.join("cgroup.procs");
+        let mut cmd = Command::new("python3");
+        cmd.args(["-u", "-c", &format!("import socket; s = socket.socket(); s.bind(('127.0.0.1', {port})); print('READY', flush=True)")])
+            .stdout(Stdio::piped());
+        // SAFETY: only a file write between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        drop(ready(cmd));
+    }
+
+    let out = job.step_in(&cg, "summary.sh", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!alive(holder), "the summary ends the lease");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "the port is everyone's again");
+    let summary = std::fs::read_to_string(job.path("step_summary.md")).expect("GITHUB_STEP_SUMMARY");
+    let kept = summary.split("### Kept off the ports by the lease").nth(1).and_then(|s| s.split("###").next()).unwrap_or("");
+    assert!(kept.contains(&format!("refused pid {} (", std::process::id())) && kept.contains(&format!(":{port}: EADDRINUSE")), "{summary}");
 }
