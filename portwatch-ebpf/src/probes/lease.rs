@@ -80,9 +80,9 @@ fn check<const RETVAL: bool>(ctx: &SockAddrContext, family: u16) -> i32 {
     } else {
         ip6_bytes([ctx_field!(sa, user_ip6[0]), ctx_field!(sa, user_ip6[1]), ctx_field!(sa, user_ip6[2]), ctx_field!(sa, user_ip6[3])])
     };
-    // SAFETY: as above. The count outlives a full ring buffer (user space adds
-    // what the ring dropped from it); two refusals racing on two CPUs may count
-    // once (the bpf target has no atomic add in Rust's core).
+    // SAFETY: as above. Two refusals racing on two CPUs may count once (the bpf
+    // target has no atomic add in Rust's core): the count is for `lease list`;
+    // the run's own report counts records and the ring's `LOST`.
     unsafe {
         (*l).refused += 1;
         (*l).last_tgid = ev.info.tgid;

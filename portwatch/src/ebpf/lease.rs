@@ -21,7 +21,7 @@ use aya::{
 };
 use portwatch_common::{maps, programs, Lease};
 
-use super::loader::{preflight, raise_memlock, OBJECT};
+use super::loader::{err_text, preflight, raise_memlock, OBJECT};
 use crate::{
     error::{Error, Result},
     model::lease::RefusalErrno,
@@ -44,6 +44,15 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// Refusal records the ring buffer had no room for (the `LOST` counter).
+    pub fn lost(&self) -> u64 {
+        self.ebpf
+            .map(maps::LOST)
+            .and_then(|m| aya::maps::PerCpuArray::<_, u64>::try_from(m).ok())
+            .and_then(|a| a.get(&0, 0).ok())
+            .map_or(0, |v| v.iter().sum())
+    }
+
     /// The refusals ring buffer (taken once).
     pub fn take_refusals(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map(maps::EVENTS).ok_or_else(|| Error::Internal("lease ring buffer missing".into()))?;
@@ -86,7 +95,7 @@ pub fn install(name: &str, leases: &[(u16, Lease)], pin_links: bool) -> Result<I
     fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let installed = (|| {
         let map = ebpf.map(maps::LEASES).ok_or_else(|| Error::Internal("lease map missing".into()))?;
-        map.pin(dir.join(MAP_PIN)).map_err(|e| Error::Internal(format!("pinning the lease map in {}: {e}", dir.display())))?;
+        map.pin(dir.join(MAP_PIN)).map_err(|e| Error::Internal(format!("pinning the lease map in {}: {}", dir.display(), err_text(&e))))?;
         let errno = attach(&mut ebpf, &cgroup_file, &dir, pin_links)?;
         Ok(errno)
     })();
@@ -119,11 +128,14 @@ fn attach(ebpf: &mut Ebpf, cgroup: &File, dir: &Path, pin_links: bool) -> Result
                     // Through a bpf link, which the kernel always attaches beside the
                     // other programs (`Single` only asks for no flags: with a link,
                     // BPF_F_ALLOW_MULTI is implied and passing it is EINVAL).
-                    let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::Internal(format!("attaching {prog}: {e}")))?;
+                    let id = p
+                        .attach(cgroup, CgroupAttachMode::Single)
+                        .map_err(|e| Error::Internal(format!("attaching {prog}: {}", err_text(&e))))?;
                     if pin_links {
                         let link = p.take_link(id).map_err(|e| Error::Internal(e.to_string()))?;
                         let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| Error::Internal(e.to_string()))?;
-                        fd.pin(dir.join(pin)).map_err(|e| Error::Internal(format!("pinning {prog}'s link: {e}")))?;
+                        fd.pin(dir.join(pin))
+                            .map_err(|e| Error::Internal(format!("pinning {prog}'s link in {}: {}", dir.display(), err_text(&e))))?;
                     }
                 }
                 return Ok(errno);
@@ -166,7 +178,7 @@ pub fn read(name: &str) -> Result<Vec<(u16, Lease)>> {
 
 fn open(name: &str) -> Result<BpfHashMap<MapData, u32, Lease>> {
     let path = dir_of(name).join(MAP_PIN);
-    let data = MapData::from_pin(&path).map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
+    let data = MapData::from_pin(&path).map_err(|e| Error::Internal(format!("opening {}: {}", path.display(), err_text(&e))))?;
     BpfHashMap::try_from(Map::HashMap(data)).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
 }
 

@@ -298,8 +298,8 @@ pub struct RunLease {
     ring: Option<RingBuf<MapData>>,
     name: String,
     budget: LineBudget,
-    /// Refusals accounted for so far (shown, hidden or unrecorded).
-    counted: u64,
+    /// Refusal records the ring buffer had no room for, as last read.
+    lost: u64,
 }
 
 impl RunLease {
@@ -312,19 +312,20 @@ impl RunLease {
         let leases: Vec<(u16, Lease)> = ports.iter().map(|&p| (p, entry(id, level, Some(owner)))).collect();
         let mut installed = klease::install(&name, &leases, false)?;
         let ring = installed.take_refusals().map_err(|e| tracing::debug!("lease refusals not reported: {e}")).ok();
-        Ok(Self { installed, ring, name, budget: LineBudget::new(REFUSAL_LINES_PER_SECOND), counted: 0 })
+        Ok(Self { installed, ring, name, budget: LineBudget::new(REFUSAL_LINES_PER_SECOND), lost: 0 })
     }
 
     /// What happened since the last call: refusals to show, at most
     /// [`REFUSAL_LINES_PER_SECOND`] a second, and once a second the count of those
-    /// not shown (also those the ring buffer had no room for, from the kernel's
-    /// count).
+    /// not shown (also those the ring buffer had no room for: the kernel counts
+    /// them).
     pub fn news(&mut self) -> Vec<LeaseNews> {
         let now = crate::sys::clock::mono_ns();
         let refusals = self.refusals();
-        let total = self.refused_total();
-        self.budget.unrecorded(total.saturating_sub(self.counted + refusals.len() as u64));
-        self.counted = total.max(self.counted + refusals.len() as u64);
+        // Records the ring dropped (a flood) are counted by the kernel, exactly.
+        let lost = self.installed.lost();
+        self.budget.unrecorded(lost.saturating_sub(self.lost));
+        self.lost = lost;
         let mut out = Vec::new();
         for ev in refusals {
             let (show, hidden) = self.budget.refusal(ev.ts_ns.max(now));
@@ -356,12 +357,6 @@ impl RunLease {
             }
         }
         out
-    }
-
-    /// Binds refused so far, by the kernel's count (also those whose record the
-    /// ring buffer had no room for).
-    pub fn refused_total(&self) -> u64 {
-        klease::read(&self.name).map_or(0, |v| v.iter().map(|(_, l)| l.refused).sum())
     }
 
     /// Ends the lease: detaches the programs and removes the pinned map.
