@@ -93,10 +93,12 @@ pub fn install(name: &str, leases: &[(u16, Lease)], pin_links: bool) -> Result<I
     }
     let dir = dir_of(name);
     fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    // The map is pinned last: a holder directory with its map is complete, which
+    // is what `lease list` and the sweep rely on (see [`is_complete`]).
     let installed = (|| {
+        let errno = attach(&mut ebpf, &cgroup_file, &dir, pin_links)?;
         let map = ebpf.map(maps::LEASES).ok_or_else(|| Error::Internal("lease map missing".into()))?;
         map.pin(dir.join(MAP_PIN)).map_err(|e| Error::Internal(format!("pinning the lease map in {}: {}", dir.display(), err_text(&e))))?;
-        let errno = attach(&mut ebpf, &cgroup_file, &dir, pin_links)?;
         Ok(errno)
     })();
     match installed {
@@ -190,6 +192,18 @@ pub fn remove(name: &str, ports: &[u16]) -> Result<usize> {
         let _ = m.remove(&u32::from(*p));
     }
     Ok(m.keys().filter(|k| k.is_ok()).count())
+}
+
+/// Whether holder `name`'s directory is complete (its map is pinned, last), or
+/// else how long ago it was made: a directory being made is a few milliseconds
+/// old; an old incomplete one was left by a holder that died while making it.
+pub fn is_complete(name: &str) -> std::result::Result<(), std::time::Duration> {
+    let dir = dir_of(name);
+    if dir.join(MAP_PIN).exists() {
+        return Ok(());
+    }
+    let age = fs::metadata(&dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
+    Err(age)
 }
 
 /// Whether holder `name` pinned its links (an operator's lease).

@@ -160,6 +160,9 @@ fn views(name: &str, holder: &Holder, leases: &[(u16, Lease)], detail: Detail) -
         .collect()
 }
 
+/// How old an incomplete holder directory must be before the sweep removes it.
+const INCOMPLETE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Removes the holders whose leases are stale; returns their names. Root only (a
 /// no-op otherwise).
 pub fn sweep() -> Vec<String> {
@@ -168,9 +171,18 @@ pub fn sweep() -> Vec<String> {
     }
     let Ok(all) = list(Detail::Full) else { return Vec::new() };
     let mut names: Vec<String> = all.iter().filter(|l| l.state == LeaseState::Stale).map(|l| l.holder_name.clone()).collect();
-    // A holder directory whose map is empty (its leases were dropped) goes too.
+    // A holder directory whose map is empty (its leases were dropped) goes too, and
+    // one left incomplete by a holder that died while making it (a directory being
+    // made right now is complete within milliseconds: it is left alone).
     for name in klease::holders() {
-        if holder_of(&name).is_some() && !all.iter().any(|l| l.holder_name == name) && !is_live_run(&name) {
+        if holder_of(&name).is_none() || all.iter().any(|l| l.holder_name == name) || is_live_run(&name) {
+            continue;
+        }
+        let gone = match klease::is_complete(&name) {
+            Ok(()) => klease::read(&name).is_ok_and(|v| v.is_empty()),
+            Err(age) => age > INCOMPLETE_GRACE,
+        };
+        if gone {
             names.push(name);
         }
     }
