@@ -29,7 +29,11 @@ struct Job {
 
 impl Job {
     fn new() -> Self {
-        Self { temp: tempfile::tempdir().expect("tempdir"), run_id: format!("pwtest-{}", std::process::id()) }
+        // One id per job: the tests run side by side, and each job's summary must
+        // not count another job's processes as its own.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self { temp: tempfile::tempdir().expect("tempdir"), run_id: format!("pwtest-{}-{n}", std::process::id()) }
     }
 
     fn path(&self, name: &str) -> PathBuf {
