@@ -478,32 +478,11 @@ pub enum LeaseAction {
         json: bool,
     },
     /// Lease port(s) to a cgroup until `lease drop` (root only).
-    Add {
-        /// Port(s) to lease: 5050, 5050-5052, 5050,5051; repeatable.
-        #[arg(short, long = "port", value_name = "PORTS", required = true, value_parser = ports::clap_port_spec)]
-        ports: Vec<PortSet>,
-        /// The cgroup v2 directory whose processes may bind them, e.g.
-        /// /sys/fs/cgroup/system.slice/myservice.service.
-        #[arg(long, value_name = "DIR", required_unless_present = "pid", conflicts_with = "pid")]
-        cgroup: Option<PathBuf>,
-        /// The cgroup of this process instead.
-        #[arg(long, value_name = "PID")]
-        pid: Option<i32>,
-    },
+    Add(LeaseGrant),
     /// Lease port(s) to a cgroup for as long as this command runs (until SIGTERM
     /// or SIGINT; also when it is killed), printing each refused bind (root only).
     /// For a CI job: start it in the background at the job's start.
-    Hold {
-        /// Port(s) to lease: 5050, 5050-5052, 5050,5051; repeatable.
-        #[arg(short, long = "port", value_name = "PORTS", required = true, value_parser = ports::clap_port_spec)]
-        ports: Vec<PortSet>,
-        /// The cgroup v2 directory whose processes may bind them.
-        #[arg(long, value_name = "DIR", required_unless_present = "pid", conflicts_with = "pid")]
-        cgroup: Option<PathBuf>,
-        /// The cgroup of this process instead.
-        #[arg(long, value_name = "PID")]
-        pid: Option<i32>,
-    },
+    Hold(LeaseGrant),
     /// Drop leases (root only): binds to the ports work again at once.
     Drop {
         /// Port(s) whose leases to drop.
@@ -516,6 +495,21 @@ pub enum LeaseAction {
         #[arg(long, conflicts_with = "ports")]
         all: bool,
     },
+}
+
+/// Which ports, to which cgroup (`lease add`, `lease hold`).
+#[derive(Debug, Args)]
+pub struct LeaseGrant {
+    /// Port(s) to lease: 5050, 5050-5052, 5050,5051; repeatable.
+    #[arg(short, long = "port", value_name = "PORTS", required = true, value_parser = ports::clap_port_spec)]
+    pub ports: Vec<PortSet>,
+    /// The cgroup v2 directory whose processes may bind them, e.g.
+    /// /sys/fs/cgroup/system.slice/myservice.service.
+    #[arg(long, value_name = "DIR", required_unless_present = "pid", conflicts_with = "pid")]
+    pub cgroup: Option<PathBuf>,
+    /// The cgroup of this process instead.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
 }
 
 #[derive(Debug, Args)]

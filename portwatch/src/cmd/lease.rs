@@ -1,11 +1,21 @@
 //! `portwatch lease list|add|drop`.
 use crate::{
-    cli::{LeaseAction, LeaseArgs},
+    cli::{LeaseAction, LeaseArgs, LeaseGrant},
     error::{exit, Error, Result},
     model::{lease::DropWhat, ports},
     output::{esc, lease as out, to_json},
     service::lease::{self, Detail, Grantee, LeaseNews},
 };
+
+/// The ports and the cgroup of `lease add` / `lease hold`.
+fn grant<'a>(g: &'a LeaseGrant, what: &str) -> Result<(Vec<u16>, Grantee<'a>)> {
+    let to = match (&g.cgroup, g.pid) {
+        (Some(dir), _) => Grantee::Cgroup(dir),
+        (None, Some(pid)) => Grantee::Pid(pid),
+        (None, None) => return Err(Error::Usage(format!("{what} needs --cgroup DIR or --pid PID"))),
+    };
+    Ok((ports::merge(&g.ports).iter().collect(), to))
+}
 
 pub fn run(a: LeaseArgs) -> Result<u8> {
     match a.action {
@@ -23,25 +33,15 @@ pub fn run(a: LeaseArgs) -> Result<u8> {
             }
             Ok(exit::OK)
         }
-        LeaseAction::Add { ports, cgroup, pid } => {
-            let ports: Vec<u16> = ports::merge(&ports).iter().collect();
-            let to = match (&cgroup, pid) {
-                (Some(dir), _) => Grantee::Cgroup(dir),
-                (None, Some(pid)) => Grantee::Pid(pid),
-                (None, None) => return Err(crate::error::Error::Usage("lease add needs --cgroup DIR or --pid PID".into())),
-            };
+        LeaseAction::Add(g) => {
+            let (ports, to) = grant(&g, "lease add")?;
             let (added, errno) = lease::add(&ports, to)?;
             print!("{}", out::changed("leased", &added));
             eprintln!("portwatch: binds from outside the cgroup fail with {}", errno.name());
             Ok(exit::OK)
         }
-        LeaseAction::Hold { ports, cgroup, pid } => {
-            let ports: Vec<u16> = ports::merge(&ports).iter().collect();
-            let to = match (&cgroup, pid) {
-                (Some(dir), _) => Grantee::Cgroup(dir),
-                (None, Some(pid)) => Grantee::Pid(pid),
-                (None, None) => return Err(crate::error::Error::Usage("lease hold needs --cgroup DIR or --pid PID".into())),
-            };
+        LeaseAction::Hold(g) => {
+            let (ports, to) = grant(&g, "lease hold")?;
             let (mut held, dir) = lease::hold(&ports, to)?;
             let errno = held.errno();
             let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
