@@ -51,6 +51,9 @@ pub enum Detail {
     Full,
     /// What `who` needs: no cgroup walk.
     Quick,
+    /// What the sweep needs: whether each lease is still enforced (an operator
+    /// lease's cgroup still exists), without looking up the runs' cgroup paths.
+    State,
 }
 
 /// Every lease on the host (none when bpffs holds none). Reading pinned maps needs
@@ -120,19 +123,19 @@ fn run_info(owner: RunOwner) -> RunInfo {
 }
 
 fn views(name: &str, holder: &Holder, leases: &[(u16, Lease)], detail: Detail) -> Vec<LeaseView> {
-    let (state, command, job, cgroup) = match holder {
+    // One walk of the cgroup tree per holder, and only where its answer is used.
+    let walk = matches!((holder, detail), (_, Detail::Full) | (Holder::Operator { .. }, Detail::State));
+    let cgroup = if walk { leases.first().and_then(|(_, l)| cgroup::find_by_id(l.cgroup_id)) } else { None };
+    let (state, command, job) = match holder {
         Holder::Run { pid, start_ticks } => {
             let owner = RunOwner { pid: *pid, start_ticks: *start_ticks };
             let alive = owner.alive();
             let (command, job) = if alive { run_info(owner) } else { (None, None) };
-            let cgroup = leases.first().and_then(|(_, l)| (detail == Detail::Full).then(|| cgroup::find_by_id(l.cgroup_id)).flatten());
-            (if alive { LeaseState::Active } else { LeaseState::Stale }, command, job, cgroup)
+            (if alive { LeaseState::Active } else { LeaseState::Stale }, command, job)
         }
         Holder::Operator { .. } => {
-            let cgroup = leases.first().and_then(|(_, l)| (detail == Detail::Full).then(|| cgroup::find_by_id(l.cgroup_id)).flatten());
-            let pinned = klease::links_pinned(name);
-            let gone = detail == Detail::Full && cgroup.is_none();
-            (if pinned && !gone { LeaseState::Active } else { LeaseState::Stale }, None, None, cgroup)
+            let gone = walk && cgroup.is_none();
+            (if klease::links_pinned(name) && !gone { LeaseState::Active } else { LeaseState::Stale }, None, None)
         }
     };
     let now = crate::sys::clock::mono_ns();
@@ -169,7 +172,7 @@ pub fn sweep() -> Vec<String> {
     if !nix::unistd::geteuid().is_root() {
         return Vec::new();
     }
-    let Ok(all) = list(Detail::Full) else { return Vec::new() };
+    let Ok(all) = list(Detail::State) else { return Vec::new() };
     let mut names: Vec<String> = all.iter().filter(|l| l.state == LeaseState::Stale).map(|l| l.holder_name.clone()).collect();
     // A holder directory whose map is empty (its leases were dropped) goes too, and
     // one left incomplete by a holder that died while making it (a directory being
