@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portwatch_tests::{alive, bin, free_port, portwatch, require_root, ChildGuard, PidGuard};
+use portwatch_tests::{alive, bin, free_port, portwatch, require_root, ChildGuard, PidGuard, TestCgroup};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
@@ -67,17 +67,12 @@ impl Job {
 
     /// Runs action/SCRIPT inside cgroup `cg` (a job whose processes share a cgroup,
     /// as a runner's do).
-    fn step_in(&self, cg: &Path, script: &str, vars: &[(&str, &str)]) -> Output {
-        use std::os::unix::process::CommandExt;
+    fn step_in(&self, cg: &TestCgroup, script: &str, vars: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("action").join(script));
         self.env(&mut cmd);
         cmd.envs(vars.iter().copied());
-        let procs = cg.join("cgroup.procs");
-        // SAFETY: only a file write between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, "0"));
-        }
+        cg.enter(&mut cmd);
         cmd.output().expect("bash")
     }
 
@@ -285,32 +280,11 @@ fn action_yml_matches_its_scripts() {
 /// usual), and the summary lists who was kept off.
 #[test]
 fn the_lease_input_keeps_other_cgroups_off_the_jobs_ports() {
-    use std::os::unix::process::CommandExt;
     require_root();
     let job = Job::new();
     let port = free_port();
     let p = port.to_string();
-    let root = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.contains(" - cgroup2 "))
-        .and_then(|l| l.split(' ').nth(4).map(PathBuf::from))
-        .expect("cgroup v2 mounted");
-    let cg = root.join(format!("pw-action-lease-{}", std::process::id()));
-    std::fs::create_dir_all(&cg).unwrap();
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-            for _ in 0..100 {
-                if std::fs::remove_dir(&self.0).is_ok() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    let _cg = Remove(cg.clone());
+    let cg = TestCgroup::new("action-lease");
 
     let archive = bundle(&job.path(""));
     let out = job.step("install.sh", &[("PORTWATCH_BUNDLE", archive.to_str().expect("utf8"))]);
@@ -321,20 +295,16 @@ fn the_lease_input_keeps_other_cgroups_off_the_jobs_ports() {
     let agent: i32 = std::fs::read_to_string(job.state("agent.pid")).unwrap_or_default().trim().parse().unwrap_or(0);
     let (_h, _a) = (PidGuard(holder), PidGuard(agent));
     assert!(holder > 0 && alive(holder), "{}", text(&out));
-    assert!(text(&out).contains(&format!("port {port} leased to {}", cg.display())), "{}", text(&out));
+    assert!(text(&out).contains(&format!("port {port} leased to {}", cg.0.display())), "{}", text(&out));
 
     // This test process is outside the job's cgroup: refused. The job binds.
     let refused = std::net::TcpListener::bind(("127.0.0.1", port)).map(drop).map_err(|e| e.raw_os_error());
     assert_eq!(refused, Err(Some(98)));
     {
-        let procs = cg.join("cgroup.procs");
         let mut cmd = Command::new("python3");
         cmd.args(["-u", "-c", &format!("import socket; s = socket.socket(); s.bind(('127.0.0.1', {port})); print('READY', flush=True)")])
             .stdout(Stdio::piped());
-        // SAFETY: only a file write between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, "0"));
-        }
+        cg.enter(&mut cmd);
         drop(ready(cmd));
     }
 

@@ -8,8 +8,6 @@
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, UdpSocket},
-    os::unix::process::CommandExt,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -19,7 +17,7 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use portwatch_tests::{alive, bin, free_port, portwatch, portwatch_unprivileged, require_root, wait_for, ChildGuard};
+use portwatch_tests::{alive, bin, free_port, portwatch, portwatch_unprivileged, require_root, wait_for, ChildGuard, TestCgroup};
 
 const EADDRINUSE: i32 = 98;
 const EPERM: i32 = 1;
@@ -59,7 +57,21 @@ struct Run {
     err_seen: Vec<String>,
 }
 
+/// A server listening on 127.0.0.1:PORT (argv[1]), printing SERVING.
+const SERVER: &str =
+    "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',int(sys.argv[1]))); s.listen(); print('SERVING', flush=True); time.sleep(600)";
+
 impl Run {
+    /// `portwatch run --lease -p PORT` of [`SERVER`], once it serves and run says
+    /// it is ready.
+    fn leased_server(port: u16, env: &[(&str, &str)]) -> Self {
+        let p = port.to_string();
+        let mut run = Self::start(&["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", SERVER, &p], env);
+        run.out_line("SERVING");
+        run.err_line("ready after");
+        run
+    }
+
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bin())
             .args(args)
@@ -202,13 +214,7 @@ fn a_leased_port_refuses_outsiders_even_while_the_service_restarts() {
 fn a_sigkilled_runs_lease_ends_with_it_and_is_swept() {
     require_root();
     let port = free_port();
-    let p = port.to_string();
-    let server = format!(
-        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('SERVING', flush=True); time.sleep(600)"
-    );
-    let mut run = Run::start(&["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", &server], &[]);
-    run.out_line("SERVING");
-    run.err_line("ready after");
+    let run = Run::leased_server(port, &[]);
     // 127.0.0.2 does not collide with the service's 127.0.0.1: only the lease refuses.
     assert_eq!(tcp_bind("127.0.0.2", port), Err(EADDRINUSE));
     let name = wait_for("the run's lease directory", Duration::from_secs(5), || {
@@ -227,45 +233,12 @@ fn a_sigkilled_runs_lease_ends_with_it_and_is_swept() {
     let _ = portwatch(&["cleanup", "--runs"]);
 }
 
-/// A cgroup of the test's own under the cgroup v2 root, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let root = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .find(|l| l.contains(" - cgroup2 "))
-            .and_then(|l| l.split(' ').nth(4).map(PathBuf::from))
-            .expect("cgroup v2 mounted");
-        let dir = root.join(format!("pw-lease-test-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// `python3 -c SCRIPT` started inside the cgroup.
-    fn python(&self, script: &str) -> ChildGuard {
-        let procs = self.0.join("cgroup.procs");
-        let mut cmd = Command::new("python3");
-        cmd.args(["-u", "-c", script]).stdout(Stdio::piped());
-        // SAFETY: only a write to a file between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, "0"));
-        }
-        ChildGuard(cmd.spawn().unwrap())
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// `python3 -c SCRIPT` started inside the test's cgroup `cg`.
+fn python_in(cg: &TestCgroup, script: &str) -> ChildGuard {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", script]).stdout(Stdio::piped());
+    cg.enter(&mut cmd);
+    ChildGuard(cmd.spawn().unwrap())
 }
 
 fn first_line(g: &mut ChildGuard) -> String {
@@ -294,9 +267,10 @@ fn operators_lease_to_a_cgroup_and_only_root_changes_leases() {
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("leased port {port} (operator lease lease-")), "{o:?}");
     assert_eq!(tcp_bind("127.0.0.1", port), Err(EADDRINUSE));
     // Inside the cgroup the port binds as usual.
-    let mut inside = cg.python(&format!(
-        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); print('BOUND', flush=True); time.sleep(600)"
-    ));
+    let mut inside = python_in(
+        &cg,
+        &format!("import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); print('BOUND', flush=True); time.sleep(600)"),
+    );
     assert_eq!(first_line(&mut inside), "BOUND");
     drop(inside);
 
@@ -350,12 +324,7 @@ fn a_lease_never_locks_out_free() {
     require_root();
     let port = free_port();
     let p = port.to_string();
-    let server = format!(
-        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('SERVING', flush=True); time.sleep(600)"
-    );
-    let mut run = Run::start(&["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", &server], &[]);
-    run.out_line("SERVING");
-    run.err_line("ready after");
+    let run = Run::leased_server(port, &[]);
     // The service wedges (stopped): root frees the port the usual way.
     let service = portwatch_tests::children_of(run.pid()).into_iter().next().expect("the service");
     kill(Pid::from_raw(service), Signal::SIGSTOP).unwrap();
@@ -394,10 +363,7 @@ fn older_kernels_refuse_with_eperm() {
     // EPERM, and the run says so.
     let port = free_port();
     let p = port.to_string();
-    let server = format!(
-        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('SERVING', flush=True); time.sleep(600)"
-    );
-    let mut run = Run::start(&["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", &server], &[("PORTWATCH_LEASE_EPERM", "1")]);
+    let mut run = Run::start(&["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", SERVER, &p], &[("PORTWATCH_LEASE_EPERM", "1")]);
     run.err_line("binds from outside it fail with EPERM");
     run.out_line("SERVING");
     assert_eq!(tcp_bind("127.0.0.2", port), Err(EPERM));
@@ -417,15 +383,7 @@ fn the_agent_records_who_a_lease_refused_and_the_timeline_marks_it() {
     let dbs = db.to_str().unwrap();
     let (agent, _log) =
         portwatch_tests::start_logged(&["agent", "--no-socket", "--interval", "200ms", "-p", &p, "--db", dbs], "agent started");
-    let server = format!(
-        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('SERVING', flush=True); time.sleep(600)"
-    );
-    let mut run = Run::start(
-        &["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", &server],
-        &[("GITHUB_RUN_ID", "9191"), ("GITHUB_JOB", "lease-smoke")],
-    );
-    run.out_line("SERVING");
-    run.err_line("ready after");
+    let run = Run::leased_server(port, &[("GITHUB_RUN_ID", "9191"), ("GITHUB_JOB", "lease-smoke")]);
     // An outsider of its own, named, tries the leased port on another address.
     let mut outsider = Command::new("python3")
         .args(["-u", "-c", &format!("import socket,time\ntry:\n    socket.socket().bind(('127.0.0.2',{port})); print('BOUND', flush=True)\nexcept OSError as e:\n    print('ERRNO', e.errno, flush=True)\ntime.sleep(600)")])
@@ -461,13 +419,7 @@ fn the_agent_records_who_a_lease_refused_and_the_timeline_marks_it() {
 fn a_bind_flood_against_a_lease_prints_a_count_not_a_flood() {
     require_root();
     let port = free_port();
-    let p = port.to_string();
-    let server = format!(
-        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('SERVING', flush=True); time.sleep(600)"
-    );
-    let mut run = Run::start(&["run", "--lease", "-p", &p, "--", "python3", "-u", "-c", &server], &[]);
-    run.out_line("SERVING");
-    run.err_line("ready after");
+    let run = Run::leased_server(port, &[]);
     let t0 = std::time::Instant::now();
     for _ in 0..2000 {
         assert_eq!(tcp_bind("127.0.0.2", port), Err(EADDRINUSE));
@@ -509,9 +461,10 @@ fn lease_hold_leases_to_a_cgroup_while_it_runs_and_not_after_a_kill() {
     assert!(line.contains(&format!("port {port} leased to {}", cg.0.display())), "{line}");
     assert_eq!(tcp_bind("127.0.0.1", port), Err(EADDRINUSE));
     assert!(hold.err_line("lease: refused pid").contains(&format!("pid {} (", std::process::id())));
-    let mut inside = cg.python(&format!(
-        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); print('BOUND', flush=True); time.sleep(600)"
-    ));
+    let mut inside = python_in(
+        &cg,
+        &format!("import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); print('BOUND', flush=True); time.sleep(600)"),
+    );
     assert_eq!(first_line(&mut inside), "BOUND");
     drop(inside);
     let l = leases(port);

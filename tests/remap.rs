@@ -140,13 +140,7 @@ fn get(port: u16) -> std::io::Result<String> {
 
 /// This process's cgroup v2 directory (runs create theirs below it).
 fn own_cgroup_dir() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = mounts
-        .lines()
-        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
-        .map(|l| l.split_whitespace().nth(4).unwrap().to_string())
-        .min_by_key(String::len)
-        .expect("a cgroup v2 mount");
+    let root = portwatch_tests::cgroup2_root();
     let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let path = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
     Path::new(&root).join(path.trim_start_matches('/'))

@@ -128,6 +128,50 @@ pub fn spawn_ready(mut cmd: Command) -> (ChildGuard, String) {
     (guard, line.trim_start_matches("READY").trim().to_string())
 }
 
+/// Where cgroup v2 is mounted (the shortest mount point if several).
+pub fn cgroup2_root() -> std::path::PathBuf {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
+        .filter_map(|l| l.split_whitespace().nth(4).map(std::path::PathBuf::from))
+        .min_by_key(|p| p.as_os_str().len())
+        .expect("a cgroup v2 mount")
+}
+
+/// A cgroup of the test's own under the cgroup v2 root; what is in it is killed
+/// and the cgroup removed when dropped.
+pub struct TestCgroup(pub std::path::PathBuf);
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Self {
+        let dir = cgroup2_root().join(format!("pw-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the test's cgroup");
+        Self(dir)
+    }
+
+    /// Makes `cmd`'s child move itself into the cgroup before it execs.
+    pub fn enter(&self, cmd: &mut Command) {
+        let procs = self.0.join("cgroup.procs");
+        // SAFETY: only a write to a file between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A network namespace the test creates (`ip netns add`), deleted when dropped.
 pub struct Netns(pub String);
 
