@@ -43,19 +43,10 @@ if [[ -n "${PORTWATCH_CONFIG:-}" ]]; then
 fi
 log "\$ ${as_root[*]} $pw ${args[*]}"
 # Its own session: no terminal hangup reaches it (SIGHUP stops an agent).
-setsid "${as_root[@]}" "$pw" "${args[@]}" </dev/null >"$state/agent.log" 2>&1 &
-echo $! >"$state/agent.pid"
-for _ in $(seq 150); do
-    if grep -q '"agent started"' "$state/agent.log" 2>/dev/null; then
-        break
-    fi
-    if ! [[ -e "/proc/$(cat "$state/agent.pid")" ]]; then
-        cat "$state/agent.log" >&2
-        rm -f "$state/agent.pid"
-        fail "the portwatch agent did not start (see its log above); the summary will say less"
-    fi
-    sleep 0.2
-done
+if ! start_background agent '"agent started"' 30 "${as_root[@]}" "$pw" "${args[@]}"; then
+    cat "$state/agent.log" >&2
+    fail "the portwatch agent did not start (see its log above); the summary will say less"
+fi
 log "agent $(cat "$state/agent.pid") watching ports ${ports[*]} (log: $state/agent.log)"
 
 if [[ "${PORTWATCH_FREE:-true}" == true ]]; then
@@ -83,17 +74,8 @@ if [[ "${PORTWATCH_LEASE:-false}" == true ]]; then
         hold+=(--port "$p")
     done
     log "\$ ${as_root[*]} $pw ${hold[*]}"
-    setsid "${as_root[@]}" "$pw" "${hold[@]}" </dev/null >"$state/lease.log" 2>&1 &
-    echo $! >"$state/lease.pid"
-    for _ in $(seq 100); do
-        if grep -q 'until this command ends' "$state/lease.log" 2>/dev/null; then
-            break
-        fi
-        if ! [[ -e "/proc/$(cat "$state/lease.pid")" ]]; then
-            rm -f "$state/lease.pid"
-            fail "portwatch lease hold did not start: $(head -c 500 "$state/lease.log")"
-        fi
-        sleep 0.1
-    done
+    if ! start_background lease 'until this command ends' 10 "${as_root[@]}" "$pw" "${hold[@]}"; then
+        fail "portwatch lease hold did not start: $(head -c 500 "$state/lease.log")"
+    fi
     log "$(grep -m1 'leased to' "$state/lease.log" || echo "lease holder $(cat "$state/lease.pid") started")"
 fi

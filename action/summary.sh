@@ -19,27 +19,10 @@ if [[ -s "$state/as_root" ]]; then
 fi
 
 # The lease first: the job is over, its ports are everyone's again.
-if [[ -s "$state/lease.pid" ]]; then
-    pid="$(cat "$state/lease.pid")"
-    "${root[@]}" kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        [[ -e "/proc/$pid" ]] || break
-        sleep 0.1
-    done
-    rm -f "$state/lease.pid"
-fi
-
-if [[ -s "$state/agent.pid" ]]; then
-    pid="$(cat "$state/agent.pid")"
-    "${root[@]}" kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do
-        [[ -e "/proc/$pid" ]] || break
-        sleep 0.1
-    done
-    if [[ -e "/proc/$pid" ]]; then
-        warn "the portwatch agent $pid did not stop; the history may miss its last rows"
-    fi
-    rm -f "$state/agent.pid"
+stop_background lease 10 "${root[@]}" || true
+agent_pid="$(cat "$state/agent.pid" 2>/dev/null || true)"
+if ! stop_background agent 15 "${root[@]}"; then
+    warn "the portwatch agent $agent_pid did not stop; the history may miss its last rows"
 fi
 
 since="$(cat "$state/started" 2>/dev/null || echo 1h)"
