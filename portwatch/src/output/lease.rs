@@ -1,6 +1,4 @@
 //! `lease list`, the lease line of `who`, and `run --lease`'s refusal lines.
-use std::time::SystemTime;
-
 use crate::{
     model::{
         event::SockEvent,
@@ -11,10 +9,6 @@ use crate::{
 
 fn since(l: &LeaseView, now_secs: u64) -> String {
     age(now_secs.checked_sub(l.since))
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Who holds it, in words: `run pid 4711` or `operator lease lease-1700000000-99`.
@@ -37,7 +31,7 @@ pub fn render_list(leases: &[LeaseView]) -> String {
     if leases.is_empty() {
         return "no leases\n".into();
     }
-    let now = now_secs();
+    let now = crate::sys::clock::wall_now_secs();
     let mut t = Table::new(["PORT", "STATE", "HOLDER", "CGROUP", "SINCE", "REFUSED", "LAST REFUSED", "JOB", "COMMAND"]);
     for l in leases {
         t.row([
@@ -67,7 +61,7 @@ pub fn who_line(l: &LeaseView) -> String {
         (Some(r), n) => format!("; {n} bind{} refused, the last from pid {} ({}) {} ago", plural(n), r.pid, esc(&r.comm), age(r.secs_ago)),
         (None, _) => String::new(),
     };
-    format!("leased to {}{job} for {}{refused}{stale}", esc(&holder(l)), since(l, now_secs()))
+    format!("leased to {}{job} for {}{refused}{stale}", esc(&holder(l)), since(l, crate::sys::clock::wall_now_secs()))
 }
 
 fn plural(n: u64) -> &'static str {

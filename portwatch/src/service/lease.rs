@@ -10,7 +10,7 @@
 //!   nothing enforces a killed run's lease any more, but a removed cgroup's
 //!   operator lease would refuse everyone, so [`sweep`] removes both (`lease list`,
 //!   `cleanup`, and the agent call it).
-use std::{path::Path, time::SystemTime};
+use std::path::Path;
 
 use aya::maps::{MapData, RingBuf};
 use portwatch_common::Lease;
@@ -37,10 +37,6 @@ pub fn holder_of(name: &str) -> Option<Holder> {
         return Some(Holder::Run { pid: o.pid, start_ticks: o.start_ticks });
     }
     Holder::operator(name)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// How much of each lease to look up.
@@ -224,7 +220,7 @@ fn entry(cgroup_id: u64, level: u32, owner: Option<RunOwner>) -> Lease {
         level,
         owner_pid: owner.map_or(0, |o| o.pid as u32),
         owner_start: owner.map_or(0, |o| o.start_ticks),
-        since_unix: now_secs(),
+        since_unix: crate::sys::clock::wall_now_secs(),
         ..Lease::default()
     }
 }
@@ -243,7 +239,7 @@ pub fn add(ports: &[u16], to: Grantee<'_>) -> Result<(Vec<LeaseView>, RefusalErr
     let (id, level) = cgroup::id_and_level(&dir).map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
     sweep();
     check_free(ports)?;
-    let name = Holder::operator_name(now_secs(), std::process::id());
+    let name = Holder::operator_name(crate::sys::clock::wall_now_secs(), std::process::id());
     let leases: Vec<(u16, Lease)> = ports.iter().map(|&p| (p, entry(id, level, None))).collect();
     let installed = klease::install(&name, &leases, true)?;
     let errno = installed.errno;
@@ -358,7 +354,7 @@ impl RunLease {
     }
 
     /// The binds refused since the last call.
-    pub fn refusals(&mut self) -> Vec<SockEvent> {
+    fn refusals(&mut self) -> Vec<SockEvent> {
         let mut out = Vec::new();
         if let Some(ring) = self.ring.as_mut() {
             while let Some(item) = ring.next() {

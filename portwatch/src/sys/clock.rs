@@ -43,6 +43,11 @@ pub fn wall_now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// Now, as wall-clock seconds since the epoch.
+pub fn wall_now_secs() -> u64 {
+    (wall_now_ns() / 1_000_000_000).max(0) as u64
+}
+
 /// Converts a monotonic timestamp to wall-clock nanoseconds since the epoch.
 pub fn wall_ns(clock: &WallClock, mono_ns: u64) -> i64 {
     clock.wall(mono_ns).duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
