@@ -348,7 +348,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                         m.observe_port(port, socks.len(), pids.len(), queue, max, verdicts.iter().find(|v| v.port == port));
                     }
                     // Accepts are counted in the kernel, not sent as events.
-                    for (port, n) in &sample.queued {
+                    for (port, n) in sample.queued.iter().map(|(p, q)| (p, &q.after)) {
                         let before = accepted_seen.insert(*port, *n).unwrap_or(0);
                         if *n > before {
                             m.events.get_or_create(&metrics::EventLabel { event: "accept".into() }).inc_by(*n - before);

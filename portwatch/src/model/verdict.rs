@@ -3,11 +3,18 @@
 //! held, and names every reason with its figures.
 //!
 //! Accepting is measured, not guessed: the kernel counts connections it completes
-//! into a port's accept queues (`QUEUED`), so between two samples
-//! `accepted = queued_delta - backlog_delta` exactly (FIFO queues; connections reset
-//! while queued count as accepted, which only errs towards "not stuck"). When nothing
-//! was accepted and the queue was non-empty at the start of an interval, the same
-//! connections sat in it the whole interval.
+//! into a port's accept queues (`QUEUED`), so the connections accepted so far are
+//! `queued - backlog` (FIFO queues; connections reset while queued count as
+//! accepted, which only errs towards "not stuck"). The counter and the queues cannot
+//! be read at one instant, so the sampler reads the counter just before and just
+//! after the queues ([`Queued`]). When the two reads agree, nothing completed in
+//! between and the count is exact. When they differ, the sample says nothing about
+//! accepting: it neither moves the baseline nor gives an accept-stall verdict, and
+//! an accept in that interval is seen at the next exact sample (credited then, late:
+//! towards "not stuck"). A connection completing between the reads used to look
+//! like an accept and delay a stall verdict by a sample. When nothing was accepted
+//! and the queue was non-empty at the start of an interval, the same connections sat
+//! in it the whole interval.
 use std::{
     collections::{HashMap, HashSet},
     time::Duration,
@@ -48,9 +55,18 @@ pub struct Sample {
     pub at: Duration,
     pub sockets: Vec<SockSample>,
     /// Cumulative per-port count of connections completed into accept queues.
-    pub queued: HashMap<u16, u64>,
+    pub queued: HashMap<u16, Queued>,
     /// Per-port consecutive probe failures.
     pub probe_failures: HashMap<u16, ProbeStreak>,
+}
+
+/// A port's kernel count of connections completed into its accept queues, read
+/// just before and just after the sample's sockets (0 before: not read, a port
+/// that was not listening at the last sample).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub before: u64,
+    pub after: u64,
 }
 
 /// Consecutive failures of a port's health probe, the last error, and the address
@@ -137,9 +153,8 @@ struct Track {
 
 #[derive(Debug, Default)]
 struct PortTrack {
-    queued: u64,
-    backlog: u64,
-    seen: bool,
+    /// Connections accepted by the last exact sample, if there was one.
+    accepted: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -165,21 +180,24 @@ impl Engine {
         let now = s.at;
         // Per-port accepts since the last sample (listeners only).
         let mut accepted: HashMap<u16, bool> = HashMap::new();
+        // Ports whose counter moved while the queues were read: no accept judgement.
+        let mut unknown: HashSet<u16> = HashSet::new();
         let mut backlog_now: HashMap<u16, u64> = HashMap::new();
         for sock in s.sockets.iter().filter(|k| k.state == SockState::Listen) {
             *backlog_now.entry(sock.port).or_default() += u64::from(sock.backlog);
         }
         for (&port, &b) in &backlog_now {
-            let q = s.queued.get(&port).copied().unwrap_or(0);
+            let q = s.queued.get(&port).copied().unwrap_or_default();
             let pt = self.ports.entry(port).or_default();
-            let took = if pt.seen {
-                // accepted = enqueued - growth of the queue
-                (q.saturating_sub(pt.queued) as i64) - (b as i64 - pt.backlog as i64) > 0
-            } else {
-                false
-            };
+            if q.before != q.after {
+                unknown.insert(port);
+                continue;
+            }
+            // accepted so far = enqueued - still queued
+            let now_accepted = q.after as i64 - b as i64;
+            let took = pt.accepted.is_some_and(|was| now_accepted > was);
             accepted.insert(port, took);
-            *pt = PortTrack { queued: q, backlog: b, seen: true };
+            pt.accepted = Some(now_accepted);
         }
 
         // Which listeners each failing probe reached.
@@ -208,7 +226,7 @@ impl Engine {
                     let since = *t.nonempty_since.get_or_insert(now);
                     let idle = now.saturating_sub(t.last_accept);
                     let queued_for = now.saturating_sub(since);
-                    if queued_for >= self.stall && idle >= self.stall {
+                    if queued_for >= self.stall && idle >= self.stall && !unknown.contains(&sock.port) {
                         reasons.push(Reason {
                             kind: ReasonKind::AcceptStall,
                             evidence: format!(
@@ -313,6 +331,7 @@ mod tests {
     }
 
     fn sample(t: u64, socks: Vec<SockSample>, queued: u64) -> Sample {
+        let queued = Queued { before: queued, after: queued };
         Sample { at: Duration::from_secs(t), sockets: socks, queued: HashMap::from([(5050, queued)]), ..Sample::default() }
     }
 
@@ -330,6 +349,39 @@ mod tests {
         assert_eq!(kinds(&v), vec![ReasonKind::AcceptStall]);
         assert_eq!(v[0].pids, vec![10, 11]);
         assert!(v[0].reasons[0].evidence.contains("3/128"), "{:?}", v[0].reasons);
+    }
+
+    #[test]
+    fn a_connection_completing_between_the_reads_is_not_an_accept() {
+        let at = |t: u64, backlog: u32, before: u64, after: u64| Sample {
+            at: Duration::from_secs(t),
+            sockets: vec![listener(backlog, 'S')],
+            queued: HashMap::from([(5050, Queued { before, after })]),
+            ..Sample::default()
+        };
+        let mut e = Engine::new(STALL, HashMap::new(), false);
+        assert!(e.update(&at(0, 1, 1, 1)).is_empty());
+        // Two connections complete while the queue is read (the queue may or may not
+        // show them): the sample says nothing about accepting.
+        assert!(e.update(&at(1, 1, 1, 3)).is_empty());
+        // The queue shows them now; nothing was accepted since 0 s.
+        assert!(e.update(&at(2, 3, 3, 3)).is_empty());
+        assert_eq!(kinds(&e.update(&at(10, 3, 3, 3))), vec![ReasonKind::AcceptStall], "the stall counts from 0 s");
+
+        // An accept hidden in an inexact sample is seen at the next exact one.
+        let mut e = Engine::new(STALL, HashMap::new(), false);
+        e.update(&at(0, 3, 3, 3));
+        e.update(&at(1, 4, 3, 5));
+        e.update(&at(9, 4, 5, 5));
+        assert!(e.update(&at(10, 4, 5, 5)).is_empty(), "one accepted by 9 s (5 queued, 4 left)");
+        assert!(e.update(&at(18, 4, 5, 5)).is_empty());
+        assert_eq!(kinds(&e.update(&at(19, 4, 5, 5))), vec![ReasonKind::AcceptStall]);
+
+        // No verdict from an inexact sample: an accept may hide in it.
+        let mut e = Engine::new(STALL, HashMap::new(), false);
+        e.update(&at(0, 3, 3, 3));
+        assert!(e.update(&at(10, 3, 3, 4)).is_empty());
+        assert_eq!(kinds(&e.update(&at(11, 4, 4, 4))), vec![ReasonKind::AcceptStall], "exact again: nothing was accepted");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use crate::{
         plan::{Caller, PortReport},
         ports::PortSet,
         process::Holder,
-        socket::{SockState, Socket},
-        verdict::{Engine, HolderSample, ProbeStreak, Sample, SockSample, Verdict},
+        socket::Socket,
+        verdict::{Engine, HolderSample, ProbeStreak, Queued, Sample, SockSample, Verdict},
     },
     service::{
         holders::{self, WhoOptions, WhoResult},
@@ -45,6 +45,9 @@ pub type Streaks = HashMap<u16, ProbeStreak>;
 pub struct Sampler {
     holders: HashMap<u64, Vec<Holder>>,
     ticks: u64,
+    /// Ports with a listener at the last sample: their accept counters are read
+    /// before sock_diag too (see [`crate::model::verdict::Queued`]).
+    listening: Vec<u16>,
 }
 
 const FULL_EVERY: u64 = 10;
@@ -59,13 +62,26 @@ impl Sampler {
         let tracked = counts.any_tracked();
         if !tracked && self.ticks % FULL_EVERY != 1 {
             self.holders.clear();
+            self.listening.clear();
             let at = Duration::from_nanos(mono_ns());
             let sample = Sample { at, sockets: Vec::new(), queued: HashMap::new(), probe_failures: probe_failures.clone() };
             return Ok((sample, WhoResult { method: "none", ..WhoResult::default() }));
         }
         let list: Vec<u16> = ports.iter().collect();
         let q = Query { tcp: true, udp: false, connections: false };
+        // The accept counters bracket the read of the accept queues: one map read
+        // per listening port before sock_diag and one after.
+        let before: HashMap<u16, u64> = self.listening.iter().map(|&p| (p, counts.queued(p))).collect();
         let socks = sockdiag::sockets_on_ports(&list, q).map_err(|e| Error::io("sock_diag", e))?;
+        let mut listening: Vec<u16> = socks.iter().filter(|s| s.is_listener()).map(|s| s.port).collect();
+        listening.sort_unstable();
+        listening.dedup();
+        let queued: HashMap<u16, Queued> =
+            listening.iter().map(|&p| (p, Queued { before: before.get(&p).copied().unwrap_or(0), after: counts.queued(p) })).collect();
+        // The queue lengths judged are these, read between the counters (the holders
+        // pass reads the sockets again, later).
+        let accept_queue: HashMap<u64, u32> = socks.iter().filter(|s| s.is_listener()).map(|s| (s.cookie, s.recv_q)).collect();
+        self.listening = listening;
         if !tracked && !socks.is_empty() {
             counts.track(&socks);
         }
@@ -104,15 +120,11 @@ impl Sampler {
                 tcp: true,
                 state: s.state,
                 addr: s.addr,
-                backlog: s.accept_queue.unwrap_or(0),
+                backlog: accept_queue.get(&s.cookie).copied().or(s.accept_queue).unwrap_or(0),
                 max_backlog: s.backlog.unwrap_or(0),
                 holders: s.holders.iter().map(|h| HolderSample { pid: h.proc.pid, ppid: h.proc.ppid, state: h.proc.state }).collect(),
             })
             .collect();
-        // Only ports with a listener need the kernel counter (one map read each).
-        let mut listening: Vec<u16> = r.sockets.iter().filter(|s| s.state == SockState::Listen).map(|s| s.port).collect();
-        listening.dedup();
-        let queued = listening.into_iter().map(|p| (p, counts.queued(p))).collect();
         let at = Duration::from_nanos(mono_ns());
         Ok((Sample { at, sockets, queued, probe_failures: probe_failures.clone() }, r))
     }
