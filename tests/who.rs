@@ -294,3 +294,121 @@ fn fast_path_limits_fall_back_and_high_fds_and_many_ports_are_found() {
     }
     drop((many, h, guards));
 }
+
+/// `who --json -v PORT`: the answer, and how the holders were found (from stderr).
+fn who_verbose(port: u16) -> (Vec<serde_json::Value>, String) {
+    let out = portwatch(&["who", "--json", "-v", &port.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let method = err.split("holders found by ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_string();
+    (serde_json::from_slice(&out.stdout).expect("json"), method)
+}
+
+/// The candidates' pass: asked again, `who` checks the processes that held the
+/// port last time and their descendants instead of every task, and its answer is
+/// the full pass's. (Another test's `who` may rewrite the hints at the same moment,
+/// so the first of a few asks must come from the candidates.)
+#[test]
+fn a_repeated_who_checks_the_last_holders_and_gets_the_same_answer() {
+    require_root();
+    if !kernel_at_least(6, 1) {
+        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+        return;
+    }
+    let port = free_port();
+    // A master and three forked workers, all holding the listener; SIGUSR1 makes
+    // the master fork one more.
+    let (master, _) = spawn_python(&format!(
+        "import os, signal, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\ndef worker(*_):\n    if os.fork() == 0:\n        time.sleep(120); os._exit(0)\nsignal.signal(signal.SIGUSR1, worker)\nfor _ in range(3):\n    worker()\nprint('READY', flush=True)\nwhile True:\n    time.sleep(120)\n"
+    ));
+    let workers = portwatch_tests::children_of(master.pid());
+    let mut guards: Vec<PidGuard> = workers.iter().map(|&w| PidGuard(w)).collect();
+    let full = who_json(&[&port.to_string()]);
+    let mut want: BTreeSet<i64> = workers.iter().map(|&w| i64::from(w)).collect();
+    want.insert(i64::from(master.pid()));
+    assert_eq!(holder_pids(&full), want);
+    let from_candidates = |want: &BTreeSet<i64>| {
+        (0..5).find_map(|_| {
+            let (v, method) = who_verbose(port);
+            (method == "bpf-candidates").then(|| assert_eq!(&holder_pids(&v), want, "{v:#?}")).map(|()| v)
+        })
+    };
+    let v = from_candidates(&want).expect("a repeated who is answered from the candidates");
+    assert_eq!(summary(&v), summary(&full));
+    // A worker forked since (a pid the hints do not name) is found as a descendant.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master.pid()), nix::sys::signal::Signal::SIGUSR1).expect("SIGUSR1");
+    let now = portwatch_tests::wait_for("a fourth worker", Duration::from_secs(10), || {
+        let c = portwatch_tests::children_of(master.pid());
+        (c.len() == 4).then_some(c)
+    });
+    guards.extend(now.difference(&workers).map(|&w| PidGuard(w)));
+    want.extend(now.iter().map(|&w| i64::from(w)));
+    from_candidates(&want).expect("the new worker is found from the candidates");
+}
+
+/// A process outside the candidates that holds the socket (here: received over a
+/// unix socket) leaves one of the file's references unaccounted for: `who` then
+/// takes the full pass, and names it.
+#[test]
+fn a_holder_outside_the_candidates_is_found_by_the_full_pass() {
+    require_root();
+    if !kernel_at_least(6, 1) {
+        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+        return;
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pass.sock");
+    let (holder, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nu = socket.socket(socket.AF_UNIX); u.bind('{p}'); u.listen()\nprint('READY', flush=True)\nc, _ = u.accept(); socket.send_fds(c, [b'x'], [s.fileno()])\ntime.sleep(120)\n",
+        p = path.display()
+    ));
+    // The hints now name only the first holder.
+    let (first, _) = who_verbose(port);
+    assert_eq!(holder_pids(&first), BTreeSet::from([i64::from(holder.pid())]));
+    // A process of its own (not a descendant) receives the listener.
+    let (receiver, _) = spawn_python(&format!(
+        "import socket, time\nu = socket.socket(socket.AF_UNIX); u.connect('{p}')\nmsg, fds, _, _ = socket.recv_fds(u, 1, 1)\nprint('READY', fds[0], flush=True)\ntime.sleep(120)\n",
+        p = path.display()
+    ));
+    let (v, method) = who_verbose(port);
+    assert_eq!(holder_pids(&v), BTreeSet::from([i64::from(holder.pid()), i64::from(receiver.pid())]), "{v:#?}");
+    assert_ne!(method, "bpf-candidates", "the receiver is no candidate: the proof must fail");
+}
+
+/// Hints are never answers: planted pids that hold nothing, with the real holder
+/// left out, give the full pass's answer.
+#[test]
+fn planted_hints_change_nothing_but_the_time() {
+    require_root();
+    let port = free_port();
+    let (holder, _) = spawn_python(&format!(
+        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\ntime.sleep(120)\n"
+    ));
+    let bystander = ChildGuard(Command::new("sleep").arg("60").spawn().expect("sleep"));
+    // Written the way portwatch writes it (root's, 0600), naming the bystander only.
+    let hints = std::path::Path::new("/run/portwatch-holders");
+    let old = std::fs::read_to_string(hints).unwrap_or_default();
+    std::fs::write(hints, format!("{port} {}\n{old}", bystander.pid())).expect("write hints");
+    let (v, method) = who_verbose(port);
+    assert_eq!(holder_pids(&v), BTreeSet::from([i64::from(holder.pid())]), "{v:#?}");
+    assert_ne!(method, "bpf-candidates");
+}
+
+/// A thread blocked in accept() on the listener holds a transient reference to
+/// its file (the fd table is shared): the count exceeds the fds, the proof fails,
+/// and the full pass gives the answer, the same one.
+#[test]
+fn a_transient_reference_costs_a_full_pass_not_a_wrong_answer() {
+    require_root();
+    let port = free_port();
+    let (holder, _) = spawn_python(&format!(
+        "import socket, threading, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nthreading.Thread(target=s.accept, daemon=True).start()\ntime.sleep(0.2)\nprint('READY', flush=True)\ntime.sleep(120)\n"
+    ));
+    let want = BTreeSet::from([i64::from(holder.pid())]);
+    for _ in 0..3 {
+        let (v, method) = who_verbose(port);
+        assert_eq!(holder_pids(&v), want, "{v:#?}");
+        assert_ne!(method, "bpf-candidates", "one fd, two references");
+    }
+}

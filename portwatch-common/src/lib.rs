@@ -345,6 +345,8 @@ pub struct HolderQuery {
     pub inodes: [u64; holders::MAX_TARGETS],
     /// Per socket: `proto | family << 8 | state << 16 | port << 32`.
     pub info: [u64; holders::MAX_TARGETS],
+    /// Per socket: the references to its file (see [`HolderRecord::tgid`]).
+    pub refs: [u64; holders::MAX_TARGETS],
     /// Smallest and largest of `files`, to skip most fds with two compares.
     pub min_file: u64,
     pub max_file: u64,
@@ -362,6 +364,7 @@ impl HolderQuery {
         files: [0; holders::MAX_TARGETS],
         inodes: [0; holders::MAX_TARGETS],
         info: [0; holders::MAX_TARGETS],
+        refs: [0; holders::MAX_TARGETS],
         min_file: 0,
         max_file: 0,
     };
@@ -379,7 +382,12 @@ pub struct HolderRecord {
     pub family: u8,
     /// Sockets: the kernel's TCP state number (UDP: 7 unconnected, 1 connected).
     pub state: u8,
-    /// Holders: the process (init pid namespace).
+    /// Holders: the process (init pid namespace). Sockets: the references to the
+    /// socket's file when the program resolved it (0: not known on this kernel).
+    /// Every fd slot holding the socket is one, so when the holders found account
+    /// for all of them, no other process holds it. Transient references (a syscall
+    /// in progress on the fd in a multithreaded process, an fd in flight over a
+    /// unix socket) make the count larger, never smaller.
     pub tgid: u32,
     /// Holders: the fd number.
     pub fd: u32,
@@ -493,7 +501,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);
 const _: () = assert!(core::mem::size_of::<TrackedSk>() == 32);
-const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 3 * 8 * holders::MAX_TARGETS + 16);
+const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 4 * 8 * holders::MAX_TARGETS + 16);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<Lease>() == 88);
 

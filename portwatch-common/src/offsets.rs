@@ -154,6 +154,11 @@ kernel_offsets! {
         udp_hslot_head = [Member("udp_hslot", "head")],
         /// The bitmap of open fds, to read only the used slots.
         fdt_open_fds = [Member("fdtable", "open_fds")],
+        /// A file's references (one per fd slot, plus transient ones): `f_count`
+        /// (an `atomic_long_t`, the count) up to Linux 6.12, `f_ref` (a
+        /// `file_ref_t`, the count minus one) from 6.13. One of the two is missing.
+        file_count = [Member("file", "f_count")],
+        file_ref = [Member("file", "f_ref")],
     }
 }
 

@@ -84,6 +84,7 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
                 family: (info >> 8) as u8,
                 state: (info >> 16) as u8,
                 aux: (info >> 32) as u32,
+                tgid: q.refs[i].min(u64::from(u32::MAX)) as u32,
                 ino: q.inodes[i],
                 ..HolderRecord::default()
             };
@@ -397,6 +398,9 @@ fn add_socket(w: &mut Walk, q: &mut HolderQuery, sk: u64, proto: u8) -> Result<(
     }
     let inode: u64 = rd(file, off!(file_inode))?;
     let ino: u64 = rd(inode, off!(inode_ino))?;
+    // Read before the index below is computed: 6.1's verifier loses its bound
+    // across the helper calls.
+    let refs = file_refs(file);
     let n = q.ntargets as usize;
     if n >= MAX_TARGETS {
         w.status = TOO_MANY;
@@ -405,10 +409,28 @@ fn add_socket(w: &mut Walk, q: &mut HolderQuery, sk: u64, proto: u8) -> Result<(
     q.files[n] = file;
     q.inodes[n] = ino;
     q.info[n] = u64::from(proto) | u64::from(family as u8) << 8 | u64::from(state) << 16 | u64::from(w.port) << 32;
+    q.refs[n] = refs;
     q.ntargets = n as u32 + 1;
     q.min_file = q.min_file.min(file);
     q.max_file = q.max_file.max(file);
     Ok(())
+}
+
+/// The references to a file (see `HolderRecord::tgid`); 0 when unknown.
+#[inline(always)]
+fn file_refs(file: u64) -> u64 {
+    if off!(file_ref) != u32::MAX {
+        // file_ref_t: the count minus one while the file is live; above
+        // FILE_REF_MAXREF it is being released (or saturated): unknown.
+        match rd::<u64>(file, off!(file_ref)) {
+            Ok(r) if r < (1 << 62) => r + 1,
+            _ => 0,
+        }
+    } else if off!(file_count) != u32::MAX {
+        rd::<u64>(file, off!(file_count)).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// What `fd_chunk` is handed on the stack: what does not change during one

@@ -53,6 +53,9 @@ pub struct ScannedSocket {
     pub state: u8,
     pub port: u16,
     pub inode: u64,
+    /// References to the socket's file when it was found (0: unknown here); see
+    /// `HolderRecord::tgid`.
+    pub refs: u32,
 }
 
 /// What the holders iterator found: every socket on the ports and every fd holding one.
@@ -95,6 +98,66 @@ pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) ->
     Ok(Ok(scan))
 }
 
+/// The holders pass over the tasks of the given processes only (the kernel's task
+/// filter for iterator links, Linux >= 6.1), one run per process: what each run
+/// found, in the order of `pids` (a run's sockets are all on the ports, whoever
+/// holds them; its holders are that process's fds). At most 16 ports. `Ok(None)`
+/// when this cannot be done here (no pinned program, a kernel without the filter,
+/// or a run without a complete answer); the caller then takes the full pass.
+pub fn holders_in_processes(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32, pids: &[u32]) -> Result<Option<Vec<HolderScan>>> {
+    if ports.len() > holders::MAX_PORTS || !pinned() {
+        return Ok(None);
+    }
+    let dir = pin_dir();
+    let Ok(prog) = crate::sys::bpf_iter::PinnedProgram::open(&dir.join(HOLDERS_PROG_PIN)) else { return Ok(None) };
+    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
+    let mut map: BpfHashMap<MapData, u64, HolderQuery> =
+        BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
+    let q = query(ports, tcp, udp, tcp_states);
+    let key = query_key();
+    let mut out = Vec::with_capacity(pids.len());
+    let mut buf = Vec::with_capacity(4096);
+    for &pid in pids {
+        // The program resolves the query into the map value: a fresh one per run.
+        map.insert(key, q, 0).map_err(|e| Error::Internal(format!("holder query: {e}")))?;
+        buf.clear();
+        let run = prog.run_for_process(pid, &mut buf);
+        match run {
+            Ok(()) => match parse_holder_status(&buf) {
+                Ok(scan) => out.push(scan),
+                Err(_) => {
+                    let _ = map.remove(&key);
+                    return Ok(None);
+                }
+            },
+            // The process is gone: it holds nothing.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => out.push(HolderScan::default()),
+            Err(e) => {
+                tracing::debug!("filtered holders pass for pid {pid}: {e}");
+                let _ = map.remove(&key);
+                return Ok(None);
+            }
+        }
+    }
+    let _ = map.remove(&key);
+    Ok(Some(out))
+}
+
+fn query(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> HolderQuery {
+    let mut q = HolderQuery::EMPTY;
+    q.nports = ports.len() as u32;
+    q.ports[..ports.len()].copy_from_slice(ports);
+    q.protos = if tcp { holders::PROTO_TCP } else { 0 } | if udp { holders::PROTO_UDP } else { 0 };
+    q.tcp_states = tcp_states;
+    q
+}
+
+/// The program finds the query by the reading thread's (tgid, tid), as the kernel
+/// numbers them; in another pid namespace these differ and it finds none.
+fn query_key() -> u64 {
+    (u64::from(std::process::id()) << 32) | u64::from(nix::unistd::gettid().as_raw() as u32)
+}
+
 fn query_once(
     map: &mut BpfHashMap<MapData, u64, HolderQuery>,
     link: &Path,
@@ -103,14 +166,8 @@ fn query_once(
     udp: bool,
     tcp_states: u32,
 ) -> Result<std::result::Result<HolderScan, Option<u32>>> {
-    let mut q = HolderQuery::EMPTY;
-    q.nports = ports.len() as u32;
-    q.ports[..ports.len()].copy_from_slice(ports);
-    q.protos = if tcp { holders::PROTO_TCP } else { 0 } | if udp { holders::PROTO_UDP } else { 0 };
-    q.tcp_states = tcp_states;
-    // The program finds the query by the reading thread's (tgid, tid), as the kernel
-    // numbers them; in another pid namespace these differ and it finds none (below).
-    let key = (u64::from(std::process::id()) << 32) | u64::from(nix::unistd::gettid().as_raw() as u32);
+    let q = query(ports, tcp, udp, tcp_states);
+    let key = query_key();
     map.insert(key, q, 0).map_err(|e| Error::Internal(format!("holder query: {e}")))?;
     let read = File::open(link).and_then(|mut f| {
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -172,9 +229,14 @@ fn parse_holder_status(buf: &[u8]) -> std::result::Result<HolderScan, Option<u32
         match r.kind {
             // A later status (a failure while walking fd tables) overrides `OK`.
             holders::REC_STATUS => status = Some(if status.is_none() || r.aux != holders::OK { r.aux } else { holders::OK }),
-            holders::REC_SOCKET => {
-                scan.sockets.push(ScannedSocket { proto: r.proto, family: r.family, state: r.state, port: r.aux as u16, inode: r.ino })
-            }
+            holders::REC_SOCKET => scan.sockets.push(ScannedSocket {
+                proto: r.proto,
+                family: r.family,
+                state: r.state,
+                port: r.aux as u16,
+                inode: r.ino,
+                refs: r.tgid,
+            }),
             holders::REC_HOLDER => scan.holders.push(FdHolder { pid: r.tgid as i32, fd: r.fd as i32, inode: r.ino }),
             _ => return Err(None),
         }
@@ -205,6 +267,8 @@ fn read_iter(mut f: File) -> Result<Vec<FdHolder>> {
 }
 
 const HOLDERS_PIN: &str = "holders";
+/// The holders program itself, for links with a task filter.
+const HOLDERS_PROG_PIN: &str = "holders_prog";
 const QUERY_PIN: &str = "holder_query";
 
 /// Pins this build's iterators unless they are (the agent does it at start, with
@@ -242,6 +306,10 @@ fn load_and_pin(loader: &Loader, path: &Path) -> Result<Option<File>> {
     if let Some(h) = holders {
         let q = ebpf.map(maps::HOLDER_QUERY).ok_or_else(|| Error::Internal("holder query map missing".into()))?;
         let _ = q.pin(dir.join(QUERY_PIN));
+        if let Some(p) = hook(programs::HOLDERS_ITER).and_then(|h| ebpf.program_mut(h.program)) {
+            // Optional: without it, every query takes the full pass.
+            let _ = p.pin(dir.join(HOLDERS_PROG_PIN));
+        }
         pin_link(h, &dir.join(HOLDERS_PIN))?;
         // Offsets from BTF name fields, not meanings: before `who` relies on the
         // pass, it must find two sockets of our own. If not, it stays unused here.
@@ -250,7 +318,13 @@ fn load_and_pin(loader: &Loader, path: &Path) -> Result<Option<File>> {
                 tracing::warn!("holders pass failed its self-check ({why}); who uses the task_file pass");
                 let _ = SELF_CHECK.set(why);
                 let _ = fs::remove_file(dir.join(HOLDERS_PIN));
+                let _ = fs::remove_file(dir.join(HOLDERS_PROG_PIN));
                 let _ = fs::remove_file(dir.join(QUERY_PIN));
+            } else if let Err(why) = refs_check(dir) {
+                // The candidates' pass proves completeness by the file references:
+                // without a count it can trust, every query takes the full pass.
+                tracing::warn!("file reference count failed its self-check ({why}); who always uses the full holders pass");
+                let _ = fs::remove_file(dir.join(HOLDERS_PROG_PIN));
             }
         }
     }
@@ -292,6 +366,29 @@ fn self_check(dir: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Checks the references the holders pass reports for a socket's file: one for a
+/// listener of ours held by one fd, two once the fd is duplicated.
+fn refs_check(dir: &Path) -> std::result::Result<(), String> {
+    use std::os::fd::AsFd;
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| e.to_string())?;
+    let mut map: BpfHashMap<MapData, u64, HolderQuery> = BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| e.to_string())?;
+    let states = 1 << portwatch_common::tcp_state::LISTEN;
+    let refs = |map: &mut BpfHashMap<MapData, u64, HolderQuery>| -> std::result::Result<u32, String> {
+        let scan = run_query(map, dir, &[port], holders::PROTO_TCP, states)?;
+        scan.sockets.first().map(|s| s.refs).ok_or_else(|| "socket not found".to_string())
+    };
+    let one = refs(&mut map)?;
+    let dup = tcp.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+    let two = refs(&mut map)?;
+    drop(dup);
+    if (one, two) != (1, 2) {
+        return Err(format!("{one} and {two} references reported for 1 and 2 fds"));
+    }
+    Ok(())
+}
+
 /// One query of the pinned holders pass, for the self-check.
 fn run_query(
     map: &mut BpfHashMap<MapData, u64, HolderQuery>,
@@ -300,12 +397,8 @@ fn run_query(
     protos: u32,
     states: u32,
 ) -> std::result::Result<HolderScan, String> {
-    let mut q = HolderQuery::EMPTY;
-    q.nports = ports.len() as u32;
-    q.ports[..ports.len()].copy_from_slice(ports);
-    q.protos = protos;
-    q.tcp_states = states;
-    let key = (u64::from(std::process::id()) << 32) | u64::from(nix::unistd::gettid().as_raw() as u32);
+    let q = query(ports, protos & holders::PROTO_TCP != 0, protos & holders::PROTO_UDP != 0, states);
+    let key = query_key();
     map.insert(key, q, 0).map_err(|e| e.to_string())?;
     let read = File::open(dir.join(HOLDERS_PIN)).and_then(|mut f| {
         let mut buf = Vec::new();
@@ -397,7 +490,7 @@ mod tests {
         let sock = HolderRecord { kind: holders::REC_SOCKET, proto: 6, family: 2, state: 10, aux: 5050, ino: 77, ..Default::default() };
         let holder = HolderRecord { kind: holders::REC_HOLDER, tgid: 42, fd: 3, ino: 77, ..Default::default() };
         let scan = parse_holder_records(&bytes(&[status(holders::OK), sock, holder])).expect("complete");
-        assert_eq!(scan.sockets, vec![ScannedSocket { proto: 6, family: 2, state: 10, port: 5050, inode: 77 }]);
+        assert_eq!(scan.sockets, vec![ScannedSocket { proto: 6, family: 2, state: 10, port: 5050, inode: 77, refs: 0 }]);
         assert_eq!(scan.holders, vec![FdHolder { pid: 42, fd: 3, inode: 77 }]);
         // No status: the program found no query (e.g. another pid namespace).
         assert_eq!(parse_holder_records(&bytes(&[sock, holder])), None);

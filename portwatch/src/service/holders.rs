@@ -201,7 +201,32 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     }
     let mut clock = Phases::default();
     let tcp_states = if q.connections { !0 } else { (1 << tcp_state::LISTEN) | (1 << tcp_state::CLOSE) };
-    let scan = match iter::holders_on_ports(list, q.tcp, q.udp, tcp_states) {
+    let mut method = Method::Holders.name();
+    let candidates = match candidate_pass(list, q, tcp_states) {
+        Ok(found) => found,
+        Err(e) if strict => return Err(e),
+        Err(e) => {
+            tracing::debug!("holders pass over candidates: {e}");
+            None
+        }
+    };
+    let scan = match candidates {
+        Some(scan) => {
+            clock.lap("holders of candidates");
+            method = CANDIDATES;
+            Ok(Ok(scan))
+        }
+        None => {
+            clock.lap("candidates (no proof)");
+            let full = iter::holders_on_ports(list, q.tcp, q.udp, tcp_states);
+            if let Ok(Ok(scan)) = &full {
+                remember(scan);
+            }
+            clock.lap("holders pass");
+            full
+        }
+    };
+    let scan = match scan {
         Ok(Ok(scan)) => scan,
         Ok(Err(why)) if strict => {
             return Err(Error::unsupported(
@@ -216,7 +241,6 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
             return Ok(None);
         }
     };
-    clock.lap("holders pass");
     // One dump per (protocol, family, states) present.
     let mut dumps: Vec<(Proto, Family, u32)> = Vec::new();
     for s in &scan.sockets {
@@ -264,10 +288,95 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     }
     // Drop what /proc shows closed since the pass; keep what it will not show.
     let fds: Vec<FdHolder> = holders.into_iter().filter(|h| proc::fd_check(h.pid, h.fd, h.inode) != proc::FdCheck::Gone).collect();
-    let mut r = assemble(&sockets, &client_socks, &fds, Method::Holders.name(), Vec::new());
+    let mut r = assemble(&sockets, &client_socks, &fds, method, Vec::new());
     clock.lap("/proc details");
     r.phases = clock.0;
     Ok(Some(r))
+}
+
+/// [`WhoResult::method`] when the holders came from the candidates' pass.
+pub const CANDIDATES: &str = "bpf-candidates";
+
+/// Processes checked at most in the candidates' pass (hinted ones and their
+/// descendants); more, and the full pass is cheaper.
+const MAX_CANDIDATES: usize = 64;
+
+/// The holders pass over a few processes instead of every task (see
+/// [`hints`](super::hints)): first over this process alone, which finds the
+/// sockets on the ports (and answers at once when there are none), then over the
+/// processes that held these ports last time and their descendants. `None` when
+/// that answer cannot be proven complete ([`complete_from_candidates`]).
+fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<iter::HolderScan>> {
+    if list.len() > portwatch_common::holders::MAX_PORTS {
+        return Ok(None);
+    }
+    let me = std::process::id();
+    let Some(mine) = iter::holders_in_processes(list, q.tcp, q.udp, tcp_states, &[me])? else { return Ok(None) };
+    let Some(first) = mine.into_iter().next() else { return Ok(None) };
+    if first.sockets.is_empty() {
+        return Ok(Some(first));
+    }
+    let mut pids: Vec<i32> = super::hints::Hints::load().pids_for(list);
+    // Forked workers hold what their parent held: descendants, breadth first.
+    let mut i = 0;
+    while i < pids.len() && pids.len() < MAX_CANDIDATES {
+        for c in proc::children_of(pids[i]) {
+            if !pids.contains(&c) {
+                pids.push(c);
+            }
+        }
+        i += 1;
+    }
+    pids.truncate(MAX_CANDIDATES);
+    pids.retain(|&p| p as u32 != me);
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let pids: Vec<u32> = pids.into_iter().map(|p| p as u32).collect();
+    let Some(mut runs) = iter::holders_in_processes(list, q.tcp, q.udp, tcp_states, &pids)? else { return Ok(None) };
+    runs.insert(0, first);
+    Ok(complete_from_candidates(&runs))
+}
+
+/// One answer from the runs over candidate processes, when it is provably
+/// complete: every run found the same sockets, each with the same known number of
+/// references to its file, and the fds found over all runs account for every one.
+/// A process outside the candidates holding a socket leaves a reference
+/// unaccounted for; a transient reference does too, and costs a full pass.
+pub fn complete_from_candidates(runs: &[iter::HolderScan]) -> Option<iter::HolderScan> {
+    let first = runs.first()?;
+    let key = |scan: &iter::HolderScan| {
+        let mut k: Vec<(u64, u32)> = scan.sockets.iter().map(|s| (s.inode, s.refs)).collect();
+        k.sort_unstable();
+        k
+    };
+    let sockets = key(first);
+    if sockets.iter().any(|&(_, refs)| refs == 0) || runs.iter().any(|r| key(r) != sockets) {
+        return None;
+    }
+    let holders: Vec<FdHolder> = runs.iter().flat_map(|r| r.holders.iter().copied()).collect();
+    for &(inode, refs) in &sockets {
+        if holders.iter().filter(|h| h.inode == inode).count() != refs as usize {
+            return None;
+        }
+    }
+    let mut holders = holders;
+    holders.sort();
+    holders.dedup();
+    Some(iter::HolderScan { sockets: first.sockets.clone(), holders })
+}
+
+/// Remembers who held each port (for the next query's candidates).
+fn remember(scan: &iter::HolderScan) {
+    let mut seen: std::collections::BTreeMap<u16, Vec<i32>> = std::collections::BTreeMap::new();
+    for s in &scan.sockets {
+        let pids = seen.entry(s.port).or_default();
+        pids.extend(scan.holders.iter().filter(|h| h.inode == s.inode).map(|h| h.pid));
+    }
+    let mut hints = super::hints::Hints::load();
+    if hints.update(&seen) {
+        hints.store();
+    }
 }
 
 /// A socket the holders pass found and sock_diag does not list, described through a
@@ -476,4 +585,42 @@ pub fn check(ports: &PortSet, tcp: bool, udp: bool, strict: Strictness) -> Resul
         out.push(PortStatus { port, free, holders: if free { Vec::new() } else { holders }, notes });
     }
     Ok(CheckResult { statuses: out, notes: who.notes, sockets: who.sockets })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iter::{HolderScan, ScannedSocket};
+
+    fn sock(inode: u64, refs: u32) -> ScannedSocket {
+        ScannedSocket { proto: 6, family: 2, state: 10, port: 5050, inode, refs }
+    }
+
+    fn run(sockets: &[ScannedSocket], holders: &[(i32, i32, u64)]) -> HolderScan {
+        HolderScan { sockets: sockets.to_vec(), holders: holders.iter().map(|&(pid, fd, inode)| FdHolder { pid, fd, inode }).collect() }
+    }
+
+    #[test]
+    fn candidates_answer_only_when_every_reference_is_accounted_for() {
+        let s = [sock(7, 3)];
+        // Our own run finds the socket; three candidates hold one fd each.
+        let runs = [run(&s, &[]), run(&s, &[(10, 3, 7)]), run(&s, &[(11, 3, 7)]), run(&s, &[(12, 3, 7)])];
+        let got = complete_from_candidates(&runs).expect("complete");
+        assert_eq!(got.holders.iter().map(|h| h.pid).collect::<Vec<_>>(), vec![10, 11, 12]);
+        // One reference held elsewhere (or a transient one): no answer.
+        assert_eq!(complete_from_candidates(&runs[..3]), None);
+        // Two fds of one process count twice (dup).
+        let dup = [run(&[sock(7, 2)], &[]), run(&[sock(7, 2)], &[(10, 3, 7), (10, 9, 7)])];
+        assert_eq!(complete_from_candidates(&dup).map(|s| s.holders.len()), Some(2));
+        // The count changed between runs (a fork meanwhile), or is unknown: no answer.
+        let moved = [run(&[sock(7, 1)], &[]), run(&[sock(7, 2)], &[(10, 3, 7), (11, 3, 7)])];
+        assert_eq!(complete_from_candidates(&moved), None);
+        let unknown = [run(&[sock(7, 0)], &[])];
+        assert_eq!(complete_from_candidates(&unknown), None);
+        // A socket appeared between runs: no answer.
+        let grew = [run(&[sock(7, 1)], &[(10, 3, 7)]), run(&[sock(7, 1), sock(8, 1)], &[(11, 4, 8)])];
+        assert_eq!(complete_from_candidates(&grew), None);
+        // No sockets at all: a complete, empty answer.
+        assert_eq!(complete_from_candidates(&[run(&[], &[])]), Some(HolderScan::default()));
+    }
 }

@@ -5,6 +5,7 @@
 pub mod blame;
 pub mod doctor;
 pub mod events;
+pub mod hints;
 pub mod holders;
 pub mod judge;
 pub mod lease;

@@ -1,6 +1,7 @@
 //! Seams over the operating system: /proc, mounts, clocks, netlink. Parsing is kept
 //! in pure functions so it is unit-tested without root.
 pub mod bindable;
+pub mod bpf_iter;
 pub mod caps;
 pub mod cgroup;
 pub mod clock;
