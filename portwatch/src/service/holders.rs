@@ -2,9 +2,12 @@
 //! whatever must know a port's holders before acting: `free`, the agent, `wait`).
 //!
 //! Sockets come from sock_diag (filtered in the kernel). Holders come from the
-//! fastest method that can answer exactly here: the `iter/task` holders pass (one
-//! visit per task), then the `iter/task_file` pass (one visit per open file), then a
-//! /proc walk (no privilege needed; sees only what /proc shows).
+//! fastest method that can answer exactly here: the `iter/task` holders program
+//! run over the processes that held the ports last time (the candidates' pass,
+//! kept only when the fds found account for every reference to each socket's
+//! file), then over every task (one visit per task), then the `iter/task_file`
+//! pass (one visit per open file), then a /proc walk (no privilege needed; sees
+//! only what /proc shows).
 use std::collections::{HashMap, HashSet};
 
 use portwatch_common::tcp_state;
@@ -30,7 +33,8 @@ use crate::{
 pub enum Method {
     #[default]
     Auto,
-    /// The `iter/task` holders pass (one visit per task); fails if it cannot answer.
+    /// The `iter/task` holders pass over every task (never the candidates' pass:
+    /// see `complete_from_candidates`); fails if it cannot answer.
     Holders,
     /// The `iter/task_file` pass (one visit per open file on the host).
     TaskFile,
@@ -202,13 +206,14 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     let mut clock = Phases::default();
     let tcp_states = if q.connections { !0 } else { (1 << tcp_state::LISTEN) | (1 << tcp_state::CLOSE) };
     let mut method = Method::Holders.name();
-    let candidates = match candidate_pass(list, q, tcp_states) {
-        Ok(found) => found,
-        Err(e) if strict => return Err(e),
-        Err(e) => {
+    // `--method holders` is the full pass (one visit per task), always.
+    let candidates = if strict {
+        None
+    } else {
+        candidate_pass(list, q, tcp_states).unwrap_or_else(|e| {
             tracing::debug!("holders pass over candidates: {e}");
             None
-        }
+        })
     };
     let scan = match candidates {
         Some(scan) => {
