@@ -143,6 +143,22 @@ pub fn holders_in_processes(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32
     Ok(Some(out))
 }
 
+/// Whether the candidates' pass can run here (for `doctor`): the holders program
+/// pinned for it (its file reference count passed the self-check) and the
+/// kernel's task filter for iterator links.
+pub fn candidates_supported() -> std::result::Result<(), String> {
+    let path = pin_dir().join(HOLDERS_PROG_PIN);
+    let prog = crate::sys::bpf_iter::PinnedProgram::open(&path).map_err(|e| {
+        format!("{} not pinned ({e}): the holders pass or its file reference count failed its self-check here", path.display())
+    })?;
+    let mut buf = Vec::new();
+    match prog.run_for_process(std::process::id(), &mut buf) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(format!("no task filter for iterator links (Linux >= 6.1): {e}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn query(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> HolderQuery {
     let mut q = HolderQuery::EMPTY;
     q.nports = ports.len() as u32;

@@ -175,6 +175,21 @@ pub fn run() -> Report {
     if r.observer_ready {
         r.checks.push(self_test(&mut ebpf));
     }
+    if r.holders_ready {
+        // Pins the iterators as `who` would, then runs the holders program over
+        // this process alone.
+        let ready =
+            crate::ebpf::iter::ensure_pinned(&loader).map_err(|e| e.to_string()).and_then(|()| crate::ebpf::iter::candidates_supported());
+        r.checks.push(match ready {
+            Ok(()) => check(
+                "who candidates",
+                true,
+                "a repeated who checks the port's last holders, not every task (iter/task with a task filter)",
+            ),
+            // An optimization: its absence is a note, not a failure.
+            Err(why) => check("who candidates", true, format!("unavailable, every who visits every task: {why}")),
+        });
+    }
     r.kernel_errors = probe::NAMES
         .iter()
         .enumerate()
