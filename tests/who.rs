@@ -367,10 +367,13 @@ fn a_holder_outside_the_candidates_is_found_by_the_full_pass() {
     let (first, _) = who_verbose(port);
     assert_eq!(holder_pids(&first), BTreeSet::from([i64::from(holder.pid())]));
     // A process of its own (not a descendant) receives the listener.
+    // It then waits in select() on it, as servers do: a poller's own reference is
+    // accounted for, its fd must still be found.
     let (receiver, _) = spawn_python(&format!(
-        "import socket, time\nu = socket.socket(socket.AF_UNIX); u.connect('{p}')\nmsg, fds, _, _ = socket.recv_fds(u, 1, 1)\nprint('READY', fds[0], flush=True)\ntime.sleep(120)\n",
+        "import select, socket, time\nu = socket.socket(socket.AF_UNIX); u.connect('{p}')\nmsg, fds, _, _ = socket.recv_fds(u, 1, 1)\nprint('READY', fds[0], flush=True)\nselect.select([fds[0]], [], [])\n",
         p = path.display()
     ));
+    in_poll(receiver.pid());
     let (v, method) = who_verbose(port);
     assert_eq!(holder_pids(&v), BTreeSet::from([i64::from(holder.pid()), i64::from(receiver.pid())]), "{v:#?}");
     assert_ne!(method, "bpf-candidates", "the receiver is no candidate: the proof must fail");
@@ -411,4 +414,48 @@ fn a_transient_reference_costs_a_full_pass_not_a_wrong_answer() {
         assert_eq!(holder_pids(&v), want, "{v:#?}");
         assert_ne!(method, "bpf-candidates", "one fd, two references");
     }
+}
+
+/// Waits until `pid` sleeps in poll, select or pselect6.
+fn in_poll(pid: i32) {
+    portwatch_tests::wait_for("the process to wait in poll/select", Duration::from_secs(10), || {
+        let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+        let nr: i64 = sc.split_whitespace().next()?.parse().ok()?;
+        // x86_64: poll 7, select 23, pselect6 270, ppoll 271.
+        matches!(nr, 7 | 23 | 270 | 271).then_some(())
+    });
+}
+
+/// Servers wait in select()/poll() on their listener (gunicorn's sync workers,
+/// Python's socketserver); each waiter holds a reference to the file while it
+/// waits. The program subtracts those it finds on the socket's wait queue, so
+/// such a server is still answered from the candidates.
+#[test]
+fn pollers_are_answered_from_the_candidates() {
+    require_root();
+    if !kernel_at_least(6, 1) {
+        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+        return;
+    }
+    let port = free_port();
+    let (master, _) = spawn_python(&format!(
+        "import os, select, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nif os.fork() == 0:\n    select.select([s], [], [])\n    os._exit(0)\nimport selectors\nsel = selectors.PollSelector(); sel.register(s, selectors.EVENT_READ)\nprint('READY', flush=True)\nsel.select()\n"
+    ));
+    let workers = portwatch_tests::children_of(master.pid());
+    let _guards: Vec<PidGuard> = workers.iter().map(|&w| PidGuard(w)).collect();
+    in_poll(master.pid());
+    for &w in &workers {
+        in_poll(w);
+    }
+    let mut want: BTreeSet<i64> = workers.iter().map(|&w| i64::from(w)).collect();
+    want.insert(i64::from(master.pid()));
+    let full = who_json(&[&port.to_string()]);
+    assert_eq!(holder_pids(&full), want);
+    let v = (0..5)
+        .find_map(|_| {
+            let (v, method) = who_verbose(port);
+            (method == "bpf-candidates").then_some(v)
+        })
+        .expect("pollers are answered from the candidates");
+    assert_eq!(summary(&v), summary(&full));
 }

@@ -116,6 +116,7 @@ pub mod globals {
     /// Address of the kernel's global `udp_table` (kernels before 6.2, where
     /// `net->ipv4.udp_table` does not exist), or 0.
     pub const UDP_TABLE: &str = "UDP_TABLE";
+    pub const POLLWAKE: &str = "POLLWAKE";
     /// `u64`: the cgroup v2 id (directory inode) of the run whose ports the remap
     /// programs rewrite; 0 = none (the programs do nothing).
     pub const REMAP_CGROUP: &str = "REMAP_CGROUP";

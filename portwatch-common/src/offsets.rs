@@ -159,6 +159,15 @@ kernel_offsets! {
         /// `file_ref_t`, the count minus one) from 6.13. One of the two is missing.
         file_count = [Member("file", "f_count")],
         file_ref = [Member("file", "f_ref")],
+        /// The socket's wait queue (`socket.wq.wait.head`, a list of
+        /// `wait_queue_entry`): a task in poll/select on the socket is on it
+        /// through a `poll_table_entry` that holds a reference to the file.
+        socket_wait_head = [Embedded("socket", "wq"), Embedded("socket_wq", "wait"), Member("wait_queue_head", "head")],
+        list_next = [Member("list_head", "next")],
+        wqe_func = [Member("wait_queue_entry", "func")],
+        wqe_entry = [Member("wait_queue_entry", "entry")],
+        pte_filp = [Member("poll_table_entry", "filp")],
+        pte_wait = [Member("poll_table_entry", "wait")],
     }
 }
 

@@ -68,6 +68,17 @@ pub static HOLDER_OFFSETS: HolderOffsets = HolderOffsets::UNSET;
 #[unsafe(no_mangle)]
 static UDP_TABLE: u64 = 0;
 
+/// The address of the kernel's `pollwake` (the wake function of poll/select's
+/// wait-queue entries), or 0 when unknown.
+#[unsafe(no_mangle)]
+static POLLWAKE: u64 = 0;
+
+#[inline(always)]
+pub fn pollwake() -> u64 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&POLLWAKE) }
+}
+
 /// The global `udp_table`'s address (kernels before 6.2), or 0.
 #[inline(always)]
 pub fn udp_table_global() -> u64 {

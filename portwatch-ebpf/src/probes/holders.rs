@@ -18,7 +18,7 @@ use portwatch_common::{holders::*, probe, tcp_state, HolderQuery, HolderRecord, 
 
 use super::task_file::IterMeta;
 use crate::{
-    maps::{count_error, udp_table_global, FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY},
+    maps::{count_error, pollwake, udp_table_global, FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY},
     read::rd,
 };
 
@@ -400,7 +400,7 @@ fn add_socket(w: &mut Walk, q: &mut HolderQuery, sk: u64, proto: u8) -> Result<(
     let ino: u64 = rd(inode, off!(inode_ino))?;
     // Read before the index below is computed: 6.1's verifier loses its bound
     // across the helper calls.
-    let refs = file_refs(file);
+    let refs = fd_refs(sock, file);
     let n = q.ntargets as usize;
     if n >= MAX_TARGETS {
         w.status = TOO_MANY;
@@ -416,7 +416,64 @@ fn add_socket(w: &mut Walk, q: &mut HolderQuery, sk: u64, proto: u8) -> Result<(
     Ok(())
 }
 
-/// The references to a file (see `HolderRecord::tgid`); 0 when unknown.
+/// Waiters read on a socket's wait queue at most; more, and its references are
+/// not known.
+const MAX_WAITERS: u32 = 32;
+
+/// The references to a socket's file that fd slots hold (see
+/// `HolderRecord::tgid`): all of them, less those of tasks in poll/select on it
+/// (each `poll_table_entry` on the socket's wait queue holds one). 0 when unknown.
+#[inline(always)]
+fn fd_refs(sock: u64, file: u64) -> u64 {
+    let refs = file_refs(file);
+    if refs == 0 {
+        return 0;
+    }
+    let polls = match poll_refs(sock, file) {
+        Ok(Some(n)) => n,
+        _ => return 0,
+    };
+    // Read again: a count that moved meanwhile is not known.
+    if polls >= refs || file_refs(file) != refs {
+        return 0;
+    }
+    refs - polls
+}
+
+/// Entries of poll/select on the socket's wait queue that name `file`; None when
+/// the queue is longer than [`MAX_WAITERS`] or `pollwake` is unknown while the
+/// queue has waiters.
+#[inline(always)]
+fn poll_refs(sock: u64, file: u64) -> Result<Option<u64>, ()> {
+    if off!(socket_wait_head) == u32::MAX {
+        return Ok(None);
+    }
+    let head = sock + u64::from(off!(socket_wait_head));
+    let mut node: u64 = rd(head, off!(list_next))?;
+    let wake = pollwake();
+    let mut n = 0u64;
+    for _ in 0..MAX_WAITERS {
+        if node == head {
+            return Ok(Some(n));
+        }
+        if wake == 0 || off!(pte_filp) == u32::MAX {
+            return Ok(None);
+        }
+        let wqe = node - u64::from(off!(wqe_entry));
+        let func: u64 = rd(wqe, off!(wqe_func))?;
+        if func == wake {
+            let entry = wqe - u64::from(off!(pte_wait));
+            let filp: u64 = rd(entry, off!(pte_filp))?;
+            if filp == file {
+                n += 1;
+            }
+        }
+        node = rd(node, off!(list_next))?;
+    }
+    Ok(if node == head { Some(n) } else { None })
+}
+
+/// The references to a file; 0 when unknown.
 #[inline(always)]
 fn file_refs(file: u64) -> u64 {
     if off!(file_ref) != u32::MAX {

@@ -289,6 +289,9 @@ pub struct Loader {
     pub holder_offsets: HolderOffsets,
     /// Address of the global `udp_table` (kernels before 6.2), or 0.
     pub udp_table: u64,
+    /// Address of `pollwake` (for the holders iterator's file references), looked
+    /// up on first use.
+    pollwake: std::sync::OnceLock<u64>,
     pub memlock_raised: bool,
     /// Paths of offsets this kernel's BTF lacks: (offset, first missing step).
     pub missing: Vec<(&'static str, String)>,
@@ -314,10 +317,20 @@ impl Loader {
         drop(parsed);
         drop(raw);
         // Before 6.2 the UDP table is a global, not `net->ipv4.udp_table`.
-        let udp_table = if holder_offsets.net_udp_table == u32::MAX { kallsyms_address("udp_table").unwrap_or(0) } else { 0 };
+        let udp_table =
+            if holder_offsets.net_udp_table == u32::MAX { kallsyms_address("udp_table", &["d", "D", "b", "B"]).unwrap_or(0) } else { 0 };
         let btf =
             lean.as_ref().map_err(Clone::clone).and_then(|r| Btf::parse(r, Endianness::default()).map_err(|e| format!("{VMLINUX}: {e}")));
-        Ok(Self { btf, _lean: lean.ok(), offsets, holder_offsets, udp_table, memlock_raised, missing })
+        Ok(Self {
+            btf,
+            _lean: lean.ok(),
+            offsets,
+            holder_offsets,
+            udp_table,
+            pollwake: std::sync::OnceLock::new(),
+            memlock_raised,
+            missing,
+        })
     }
 
     /// Kernel BTF for loading, or why there is none.
@@ -344,6 +357,9 @@ impl Loader {
         l.override_global(globals::OFFSETS, &self.offsets, true);
         l.override_global(globals::HOLDER_OFFSETS, &self.holder_offsets, true);
         l.override_global(globals::UDP_TABLE, &self.udp_table, true);
+        // The holders iterator's (small loads: the pinned iterators, doctor).
+        let pollwake = if sizes.small { *self.pollwake.get_or_init(|| kallsyms_address("pollwake", &["t", "T"]).unwrap_or(0)) } else { 0 };
+        l.override_global(globals::POLLWAKE, &pollwake, true);
         if sizes.small {
             l.map_max_entries(maps::EVENTS, 4096);
             l.map_max_entries(maps::TRACKED, 1);
@@ -456,9 +472,9 @@ fn text<E: std::error::Error>(e: E) -> String {
     err_text(&e)
 }
 
-/// The address of a kernel data symbol (root reads real addresses in
-/// `/proc/kallsyms`; others see zeros, which count as missing).
-fn kallsyms_address(symbol: &str) -> Option<u64> {
+/// The address of a kernel symbol of one of the `kinds` (root reads real addresses
+/// in `/proc/kallsyms`; others see zeros, which count as missing).
+fn kallsyms_address(symbol: &str, kinds: &[&str]) -> Option<u64> {
     use std::io::BufRead;
     let f = std::io::BufReader::new(File::open("/proc/kallsyms").ok()?);
     f.lines()
@@ -466,9 +482,7 @@ fn kallsyms_address(symbol: &str) -> Option<u64> {
         .find_map(|l| {
             let mut it = l.split_whitespace();
             let (addr, kind, name) = (it.next()?, it.next()?, it.next()?);
-            (name == symbol && matches!(kind, "d" | "D" | "b" | "B") && it.next().is_none())
-                .then(|| u64::from_str_radix(addr, 16).ok())
-                .flatten()
+            (name == symbol && kinds.contains(&kind) && it.next().is_none()).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
         })
         .filter(|&a| a != 0)
 }
