@@ -359,10 +359,20 @@ fn a_holder_outside_the_candidates_is_found_by_the_full_pass() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("pass.sock");
-    let (holder, _) = spawn_python(&format!(
-        "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nu = socket.socket(socket.AF_UNIX); u.bind('{p}'); u.listen()\nprint('READY', flush=True)\nc, _ = u.accept(); socket.send_fds(c, [b'x'], [s.fileno()])\ntime.sleep(120)\n",
-        p = path.display()
-    ));
+    // The holder in a cgroup of its own, so that cgroup's candidates leave the
+    // receiver out too.
+    let cg = portwatch_tests::TestCgroup::new("who-outside");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-u",
+        "-c",
+        &format!(
+            "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nu = socket.socket(socket.AF_UNIX); u.bind('{p}'); u.listen()\nprint('READY', flush=True)\nc, _ = u.accept(); socket.send_fds(c, [b'x'], [s.fileno()])\ntime.sleep(120)\n",
+            p = path.display()
+        ),
+    ]);
+    cg.enter(&mut cmd);
+    let (holder, _) = portwatch_tests::spawn_ready(cmd);
     // The hints now name only the first holder.
     let (first, _) = who_verbose(port);
     assert_eq!(holder_pids(&first), BTreeSet::from([i64::from(holder.pid())]));
@@ -380,7 +390,7 @@ fn a_holder_outside_the_candidates_is_found_by_the_full_pass() {
 }
 
 /// Hints are never answers: planted pids that hold nothing, with the real holder
-/// left out, give the full pass's answer.
+/// left out, give the right answer (from the socket's cgroup or the full pass).
 #[test]
 fn planted_hints_change_nothing_but_the_time() {
     require_root();
@@ -393,9 +403,8 @@ fn planted_hints_change_nothing_but_the_time() {
     let hints = std::path::Path::new("/run/portwatch-holders");
     let old = std::fs::read_to_string(hints).unwrap_or_default();
     std::fs::write(hints, format!("{port} {}\n{old}", bystander.pid())).expect("write hints");
-    let (v, method) = who_verbose(port);
+    let (v, _) = who_verbose(port);
     assert_eq!(holder_pids(&v), BTreeSet::from([i64::from(holder.pid())]), "{v:#?}");
-    assert_ne!(method, "bpf-candidates");
 }
 
 /// A thread blocked in accept() on the listener holds a transient reference to
@@ -458,4 +467,38 @@ fn pollers_are_answered_from_the_candidates() {
         })
         .expect("pollers are answered from the candidates");
     assert_eq!(summary(&v), summary(&full));
+}
+
+/// A first ask about a port whose sockets were made in a cgroup of their own (a
+/// service's, a run's, a container's): the processes in that cgroup are the
+/// candidates, so even the first `who` visits no other task, and its answer is
+/// the full pass's.
+#[test]
+fn a_first_ask_checks_the_sockets_own_cgroup() {
+    require_root();
+    if !kernel_at_least(6, 1) {
+        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+        return;
+    }
+    let port = free_port();
+    let cg = portwatch_tests::TestCgroup::new("who-first");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-u",
+        "-c",
+        &format!(
+            "import os, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nif os.fork() == 0:\n    time.sleep(120); os._exit(0)\nprint('READY', flush=True)\ntime.sleep(120)\n"
+        ),
+    ]);
+    cg.enter(&mut cmd);
+    let (server, _) = portwatch_tests::spawn_ready(cmd);
+    let workers = portwatch_tests::children_of(server.pid());
+    let _guards: Vec<PidGuard> = workers.iter().map(|&w| PidGuard(w)).collect();
+    let mut want: BTreeSet<i64> = workers.iter().map(|&w| i64::from(w)).collect();
+    want.insert(i64::from(server.pid()));
+    // The first ask about this port: no hints name it.
+    let (v, method) = who_verbose(port);
+    assert_eq!(holder_pids(&v), want, "{v:#?}");
+    assert_eq!(method, "bpf-candidates", "the socket's cgroup gives the candidates");
+    assert_eq!(summary(&v), summary(&who_json(&[&port.to_string()])));
 }

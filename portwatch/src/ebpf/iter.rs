@@ -102,11 +102,16 @@ pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) ->
 /// filter for iterator links, Linux >= 6.1), one run per process: what each run
 /// found, in the order of `pids` (a run's sockets are all on the ports, whoever
 /// holds them; its holders are that process's fds). At most 16 ports. `Ok(None)`
-/// when this cannot be done here (no pinned program, a kernel without the filter,
-/// or a run without a complete answer); the caller then takes the full pass.
+/// when this cannot be done here (the program not pinned for it, a kernel without
+/// the filter, or a run without a complete answer); the caller then takes the
+/// full pass.
 pub fn holders_in_processes(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32, pids: &[u32]) -> Result<Option<Vec<HolderScan>>> {
-    if ports.len() > holders::MAX_PORTS || !pinned() {
+    if ports.len() > holders::MAX_PORTS {
         return Ok(None);
+    }
+    if !pinned() {
+        // The first run on a host, or a new build: load and pin, as the full pass would.
+        load_and_pin(&Loader::new()?, &pin_path())?;
     }
     let dir = pin_dir();
     let Ok(prog) = crate::sys::bpf_iter::PinnedProgram::open(&dir.join(HOLDERS_PROG_PIN)) else { return Ok(None) };

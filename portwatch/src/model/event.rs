@@ -403,6 +403,7 @@ pub(crate) mod tests {
             cookie,
             recv_q: 0,
             send_q: 128,
+            cgroup: 0,
         }
     }
 

@@ -162,6 +162,8 @@ pub struct SockEntry {
     pub recv_q: u32,
     /// Listeners: the accept queue's maximum (backlog).
     pub send_q: u32,
+    /// The cgroup v2 id of the process that created the socket (0: not known).
+    pub cgroup: u64,
 }
 
 impl SockEntry {
@@ -283,6 +285,7 @@ mod tests {
             cookie: 1,
             recv_q: 0,
             send_q: 128,
+            cgroup: 0,
         };
         let v4 = "127.0.0.1".parse().unwrap();
         let v6 = "::1".parse().unwrap();

@@ -246,27 +246,7 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
             return Ok(None);
         }
     };
-    // One dump per (protocol, family, states) present.
-    let mut dumps: Vec<(Proto, Family, u32)> = Vec::new();
-    for s in &scan.sockets {
-        let Some(family) = Family::from_af(u16::from(s.family)) else { return Ok(None) };
-        let d = match (Proto::from_ipproto(u16::from(s.proto)), s.state) {
-            (Some(Proto::Tcp), tcp_state::LISTEN) => (Proto::Tcp, family, 1 << tcp_state::LISTEN),
-            (Some(Proto::Tcp), tcp_state::CLOSE | tcp_state::BOUND_INACTIVE) => {
-                (Proto::Tcp, family, (1 << tcp_state::CLOSE) | (1 << tcp_state::BOUND_INACTIVE))
-            }
-            (Some(Proto::Tcp), state) => (Proto::Tcp, family, 1 << state),
-            (Some(Proto::Udp), _) => (Proto::Udp, family, u32::MAX),
-            (None, _) => return Ok(None),
-        };
-        if !dumps.contains(&d) {
-            dumps.push(d);
-        }
-    }
-    let mut sockets = Vec::new();
-    for (proto, family, states) in dumps {
-        sockets.extend(sockdiag::dump(proto, family, states, list).map_err(|e| Error::io("sock_diag", e))?);
-    }
+    let Some(mut sockets) = describe(&scan.sockets, list)? else { return Ok(None) };
     // A socket bound since the pass: its holders are unknown, so take the full path.
     let seen: HashSet<u64> = scan.sockets.iter().map(|s| s.inode).collect();
     if sockets.iter().any(|s| !seen.contains(&s.inode)) {
@@ -309,8 +289,9 @@ const MAX_CANDIDATES: usize = 64;
 /// The holders pass over a few processes instead of every task (see
 /// [`hints`](super::hints)): first over this process alone, which finds the
 /// sockets on the ports (and answers at once when there are none), then over the
-/// processes that held these ports last time and their descendants. `None` when
-/// that answer cannot be proven complete ([`complete_from_candidates`]).
+/// processes that held these ports last time and their descendants, then over
+/// the processes in the sockets' cgroups. `None` when no answer can be proven
+/// complete ([`complete_from_candidates`]).
 fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<iter::HolderScan>> {
     if list.len() > portwatch_common::holders::MAX_PORTS {
         return Ok(None);
@@ -321,7 +302,30 @@ fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<iter
     if first.sockets.is_empty() {
         return Ok(Some(first));
     }
-    let mut pids: Vec<i32> = super::hints::Hints::load().pids_for(list);
+    // The processes that held the ports at the last ask; then those in the
+    // sockets' own cgroups (a service's, a run's, a container's: a first ask).
+    let hinted = super::hints::Hints::load().pids_for(list);
+    let tried = if hinted.is_empty() { None } else { Some(check_candidates(hinted, &first, list, q, tcp_states)?) };
+    if let Some(Some(scan)) = tried {
+        return Ok(Some(scan));
+    }
+    let in_cgroups = cgroup_candidates(&first.sockets, list);
+    if in_cgroups.is_empty() {
+        return Ok(None);
+    }
+    check_candidates(in_cgroups, &first, list, q, tcp_states)
+}
+
+/// Runs the holders program over `pids` and their descendants; the answer when
+/// [`complete_from_candidates`] proves it, with `first` (the run over ourselves).
+fn check_candidates(
+    mut pids: Vec<i32>,
+    first: &iter::HolderScan,
+    list: &[u16],
+    q: Query,
+    tcp_states: u32,
+) -> Result<Option<iter::HolderScan>> {
+    let me = std::process::id();
     // Forked workers hold what their parent held: descendants, breadth first.
     let mut i = 0;
     while i < pids.len() && pids.len() < MAX_CANDIDATES {
@@ -339,8 +343,32 @@ fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<iter
     }
     let pids: Vec<u32> = pids.into_iter().map(|p| p as u32).collect();
     let Some(mut runs) = iter::holders_in_processes(list, q.tcp, q.udp, tcp_states, &pids)? else { return Ok(None) };
-    runs.insert(0, first);
+    runs.insert(0, first.clone());
     Ok(complete_from_candidates(&runs))
+}
+
+/// The processes in the cgroups (and their descendants) that created the sockets
+/// on the ports, when none is the root cgroup and there are at most
+/// [`MAX_CANDIDATES`]; else none.
+fn cgroup_candidates(found: &[iter::ScannedSocket], list: &[u16]) -> Vec<i32> {
+    /// The cgroup v2 root's id.
+    const ROOT: u64 = 1;
+    let Ok(Some(sockets)) = describe(found, list) else { return Vec::new() };
+    let mut ids: Vec<u64> = sockets.iter().map(|s| s.cgroup).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() || ids.iter().any(|&id| id == 0 || id == ROOT) {
+        return Vec::new();
+    }
+    let mut pids = Vec::new();
+    for id in ids {
+        let Some(dir) = crate::sys::cgroup::path_by_id(id) else { return Vec::new() };
+        pids.extend(crate::sys::cgroup::pids_in(&dir));
+        if pids.len() > MAX_CANDIDATES {
+            return Vec::new();
+        }
+    }
+    pids
 }
 
 /// One answer from the runs over candidate processes, when it is provably
@@ -384,6 +412,34 @@ fn remember(scan: &iter::HolderScan) {
     }
 }
 
+/// sock_diag's view of the sockets a holders pass found: one dump per (protocol,
+/// family, states) present (a TCP listener needs only the listening-hash dump, the
+/// cheapest; bound-only sockets need the whole bind hash). `None` for a socket of
+/// a kind it does not know.
+fn describe(found: &[iter::ScannedSocket], list: &[u16]) -> Result<Option<Vec<SockEntry>>> {
+    let mut dumps: Vec<(Proto, Family, u32)> = Vec::new();
+    for s in found {
+        let Some(family) = Family::from_af(u16::from(s.family)) else { return Ok(None) };
+        let d = match (Proto::from_ipproto(u16::from(s.proto)), s.state) {
+            (Some(Proto::Tcp), tcp_state::LISTEN) => (Proto::Tcp, family, 1 << tcp_state::LISTEN),
+            (Some(Proto::Tcp), tcp_state::CLOSE | tcp_state::BOUND_INACTIVE) => {
+                (Proto::Tcp, family, (1 << tcp_state::CLOSE) | (1 << tcp_state::BOUND_INACTIVE))
+            }
+            (Some(Proto::Tcp), state) => (Proto::Tcp, family, 1 << state),
+            (Some(Proto::Udp), _) => (Proto::Udp, family, u32::MAX),
+            (None, _) => return Ok(None),
+        };
+        if !dumps.contains(&d) {
+            dumps.push(d);
+        }
+    }
+    let mut sockets = Vec::new();
+    for (proto, family, states) in dumps {
+        sockets.extend(sockdiag::dump(proto, family, states, list).map_err(|e| Error::io("sock_diag", e))?);
+    }
+    Ok(Some(sockets))
+}
+
 /// A socket the holders pass found and sock_diag does not list, described through a
 /// duplicate of its holder's fd.
 fn unlisted_socket(s: &iter::ScannedSocket, h: &FdHolder) -> Option<SockEntry> {
@@ -401,6 +457,7 @@ fn unlisted_socket(s: &iter::ScannedSocket, h: &FdHolder) -> Option<SockEntry> {
         cookie,
         recv_q: 0,
         send_q: 0,
+        cgroup: 0,
     })
 }
 

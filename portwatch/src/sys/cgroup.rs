@@ -230,6 +230,37 @@ pub fn of_pid(pid: i32) -> Option<PathBuf> {
     Some(root.join(proc::cgroup_v2_path(&text).trim_start_matches('/')))
 }
 
+/// The cgroup v2 directory whose id is `id`, opened by its id (`open_by_handle_at`
+/// with a kernfs file handle: no walk; needs CAP_DAC_READ_SEARCH).
+pub fn path_by_id(id: u64) -> Option<PathBuf> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    /// `FILEID_KERNFS`: a kernfs node named by its 64-bit id.
+    const FILEID_KERNFS: i32 = 0xfe;
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    let root = File::open(mounts::cgroup2_root()?).ok()?;
+    let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+    // SAFETY: `h` is a `struct file_handle` with 8 bytes of handle; the kernel reads it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            root.as_raw_fd(),
+            (&mut h as *mut KernfsHandle).cast::<libc::c_void>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor that we own.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()
+}
+
 /// The cgroup v2 directory whose id is `id` (bounded walk), if it still exists.
 pub fn find_by_id(id: u64) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;

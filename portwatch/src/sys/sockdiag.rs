@@ -134,6 +134,7 @@ pub fn dump(proto: Proto, family: Family, states: u32, ports: &[u16]) -> io::Res
                             cookie: u64::from(lo) | (u64::from(hi) << 32),
                             recv_q: h.recv_queue,
                             send_q: h.send_queue,
+                            cgroup: cgroup_id(&r.nlas),
                         });
                     }
                 }
@@ -145,6 +146,24 @@ pub fn dump(proto: Proto, family: Family, states: u32, ports: &[u16]) -> io::Res
             offset += len;
         }
     }
+}
+
+/// `INET_DIAG_CGROUP_ID` (Linux >= 5.9): the cgroup v2 id of the socket's creator.
+const INET_DIAG_CGROUP_ID: u16 = 21;
+
+/// The socket's cgroup id from its attributes; 0 when absent.
+fn cgroup_id(nlas: &[netlink_packet_sock_diag::inet::nlas::Nla]) -> u64 {
+    use netlink_packet_utils::nla::Nla as _;
+    nlas.iter()
+        .find_map(|n| match n {
+            netlink_packet_sock_diag::inet::nlas::Nla::Other(a) if a.kind() == INET_DIAG_CGROUP_ID && a.value_len() == 8 => {
+                let mut v = [0u8; 8];
+                a.emit_value(&mut v);
+                Some(u64::from_ne_bytes(v))
+            }
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// Which sockets to look for.
