@@ -28,10 +28,7 @@ pub fn blame(sockets: &[Socket], history: HistoryLookup<'_>) -> Vec<Blame> {
                 Some((since, _)) => (Some(u64::try_from((now - since) / 1_000_000_000).unwrap_or(0)), HeldSource::History),
                 None => (h.proc.age_secs, HeldSource::Process),
             };
-            let job = seen
-                .as_ref()
-                .and_then(|(_, j)| j.clone())
-                .or_else(|| proc::details(h.proc.pid).and_then(|d| d.job.as_deref().map(str::to_owned)));
+            let job = seen.as_ref().and_then(|(_, j)| j.clone()).or_else(|| proc::job(h.proc.pid));
             let b = Blame {
                 port: s.port,
                 proto: s.proto,

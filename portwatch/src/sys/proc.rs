@@ -167,8 +167,13 @@ pub fn details(pid: i32) -> Option<ProcDetails> {
     let proc = info(pid)?;
     let mut chain = vec![format!("{} {}", proc.pid, proc.comm)];
     chain.extend(ancestors(pid).into_iter().map(|(p, c)| format!("{p} {c}")));
-    let env = read_small(&format!("/proc/{pid}/environ"), 256 * 1024).unwrap_or_default();
-    Some(ProcDetails { ancestry: Text::from(clip(chain.join(" < "))), job: job_from_environ(&env).map(|j| Text::from(clip(j))), proc })
+    Some(ProcDetails { ancestry: Text::from(clip(chain.join(" < "))), job: job(pid).map(|j| Text::from(clip(j))), proc })
+}
+
+/// The CI job `pid`'s environment names (see [`job_from_environ`]): one read.
+pub fn job(pid: i32) -> Option<String> {
+    let env = read_small(&format!("/proc/{pid}/environ"), 256 * 1024).ok()?;
+    job_from_environ(&env)
 }
 
 /// The agent's own resource use, as Prometheus' `process_*` metrics report it.
