@@ -17,11 +17,11 @@ use std::{
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, RingBuf},
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use portwatch_common::{maps, programs, Lease};
 
-use super::loader::{err_text, preflight, raise_memlock, OBJECT};
+use super::loader::{err_text, load_without_btf, preflight};
 use crate::{
     error::{Error, Result},
     model::lease::RefusalErrno,
@@ -70,20 +70,13 @@ pub fn dir_of(name: &str) -> PathBuf {
 /// `pin_links` the links are pinned too (the lease outlives this process).
 pub fn install(name: &str, leases: &[(u16, Lease)], pin_links: bool) -> Result<Installed> {
     preflight()?;
-    raise_memlock();
     let cgroup = mounts::cgroup2_root()
         .ok_or_else(|| Error::unsupported("leases need cgroup v2, and none is mounted", "mount cgroup2, e.g. on /sys/fs/cgroup"))?;
     let cgroup_file = File::open(&cgroup).map_err(|e| Error::io(format!("opening {}", cgroup.display()), e))?;
     mounts::ensure_mounted(mounts::BPFFS, "bpf")
         .map_err(|e| Error::unsupported(format!("leases need bpffs at {}: {e}", mounts::BPFFS), "mount -t bpf bpf /sys/fs/bpf"))?;
-    let mut l = EbpfLoader::new();
     // The lease programs read no kernel structs: no BTF to parse.
-    l.btf(None);
-    l.map_max_entries(maps::EVENTS, 64 << 10);
-    for small in [maps::TRACKED, maps::QUEUED, maps::PORTS, maps::HOLDER_QUERY] {
-        l.map_max_entries(small, 1);
-    }
-    let mut ebpf = l.load(OBJECT).map_err(|e| Error::bpf("loading the BPF object", e))?;
+    let mut ebpf = load_without_btf(64 << 10)?;
     {
         let map = ebpf.map_mut(maps::LEASES).ok_or_else(|| Error::Internal("lease map missing".into()))?;
         let mut m: BpfHashMap<&mut MapData, u32, Lease> = BpfHashMap::try_from(map).map_err(|e| Error::Internal(e.to_string()))?;

@@ -254,6 +254,22 @@ pub fn hook(program: &str) -> Option<&'static Hook> {
 }
 
 /// Checks privileges before touching BPF, so the user gets one clear line.
+/// Loads the object for programs that read no kernel structs (the lease
+/// programs): no BTF is parsed and no offset resolved (a [`Loader`] does both),
+/// the events ring has `ring_bytes`, and every map only those programs' callers
+/// use has one entry. Checks privileges first.
+pub fn load_without_btf(ring_bytes: u32) -> Result<Ebpf> {
+    preflight()?;
+    raise_memlock();
+    let mut l = EbpfLoader::new();
+    l.btf(None);
+    l.map_max_entries(maps::EVENTS, ring_bytes);
+    for small in [maps::TRACKED, maps::QUEUED, maps::PORTS, maps::HOLDER_QUERY] {
+        l.map_max_entries(small, 1);
+    }
+    l.load(OBJECT).map_err(|e| Error::bpf("loading the BPF object", e))
+}
+
 pub fn preflight() -> Result<()> {
     let missing = caps::current().missing_for_observer();
     if missing.is_empty() {
