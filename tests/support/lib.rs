@@ -49,9 +49,14 @@ pub fn free_port() -> u16 {
     let start = (std::process::id() % 1000) as u16 * 12;
     loop {
         let port = 20000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12000;
+        // std's TcpListener sets SO_REUSEADDR, which binds over a connection in
+        // TIME_WAIT on the port; servers in the tests do not all set it (a python
+        // listener got EADDRINUSE on a port another test binary had served), so
+        // the port must also bind without it, on every address.
         let ok = TcpListener::bind(("127.0.0.1", port)).is_ok()
             && TcpListener::bind(("::1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && portwatch::sys::bindable::bindable(port);
         if ok {
             return port;
         }
