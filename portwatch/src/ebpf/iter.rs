@@ -80,9 +80,7 @@ pub fn holders_on_ports(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) ->
         return Ok(Err(self_check_failure()
             .map_or_else(|| "it is not pinned on this host (see portwatch doctor)".into(), |w| format!("its self-check failed: {w}"))));
     }
-    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
-    let mut map: BpfHashMap<MapData, u64, HolderQuery> =
-        BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
+    let mut map = query_map(&dir).map_err(Error::Internal)?;
     let mut scan = HolderScan::default();
     for chunk in ports.chunks(holders::MAX_PORTS) {
         match query_once(&mut map, &link, chunk, tcp, udp, tcp_states)? {
@@ -115,37 +113,34 @@ pub fn holders_in_processes(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32
     }
     let dir = pin_dir();
     let Ok(prog) = crate::sys::bpf_iter::PinnedProgram::open(&dir.join(HOLDERS_PROG_PIN)) else { return Ok(None) };
-    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
-    let mut map: BpfHashMap<MapData, u64, HolderQuery> =
-        BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| Error::Internal(format!("holder query map: {e}")))?;
+    let mut map = query_map(&dir).map_err(Error::Internal)?;
     let q = query(ports, tcp, udp, tcp_states);
     let key = query_key();
-    let mut out = Vec::with_capacity(pids.len());
     let mut buf = Vec::with_capacity(4096);
-    for &pid in pids {
-        // The program resolves the query into the map value: a fresh one per run.
-        map.insert(key, q, 0).map_err(|e| Error::Internal(format!("holder query: {e}")))?;
-        buf.clear();
-        let run = prog.run_for_process(pid, &mut buf);
-        match run {
-            Ok(()) => match parse_holder_status(&buf) {
-                Ok(scan) => out.push(scan),
-                Err(_) => {
-                    let _ = map.remove(&key);
+    let mut runs = || -> Result<Option<Vec<HolderScan>>> {
+        let mut out = Vec::with_capacity(pids.len());
+        for &pid in pids {
+            // The program resolves the query into the map value: a fresh one per run.
+            map.insert(key, q, 0).map_err(|e| Error::Internal(format!("holder query: {e}")))?;
+            buf.clear();
+            match prog.run_for_process(pid, &mut buf) {
+                Ok(()) => match parse_holder_status(&buf) {
+                    Ok(scan) => out.push(scan),
+                    Err(_) => return Ok(None),
+                },
+                // The process is gone: it holds nothing.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => out.push(HolderScan::default()),
+                Err(e) => {
+                    tracing::debug!("filtered holders pass for pid {pid}: {e}");
                     return Ok(None);
                 }
-            },
-            // The process is gone: it holds nothing.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => out.push(HolderScan::default()),
-            Err(e) => {
-                tracing::debug!("filtered holders pass for pid {pid}: {e}");
-                let _ = map.remove(&key);
-                return Ok(None);
             }
         }
-    }
+        Ok(Some(out))
+    };
+    let out = runs();
     let _ = map.remove(&key);
-    Ok(Some(out))
+    out
 }
 
 /// Whether the candidates' pass can run here (for `doctor`): the holders program
@@ -164,6 +159,14 @@ pub fn candidates_supported() -> std::result::Result<(), String> {
     }
 }
 
+type QueryMap = BpfHashMap<MapData, u64, HolderQuery>;
+
+/// The pinned `HOLDER_QUERY` map in `dir`.
+fn query_map(dir: &Path) -> std::result::Result<QueryMap, String> {
+    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| format!("holder query map: {e}"))?;
+    BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| format!("holder query map: {e}"))
+}
+
 fn query(ports: &[u16], tcp: bool, udp: bool, tcp_states: u32) -> HolderQuery {
     let mut q = HolderQuery::EMPTY;
     q.nports = ports.len() as u32;
@@ -180,7 +183,7 @@ fn query_key() -> u64 {
 }
 
 fn query_once(
-    map: &mut BpfHashMap<MapData, u64, HolderQuery>,
+    map: &mut QueryMap,
     link: &Path,
     ports: &[u16],
     tcp: bool,
@@ -364,8 +367,7 @@ fn self_check(dir: &Path) -> std::result::Result<(), String> {
     let (pt, pu) = (port(tcp.local_addr())?, port(udp.local_addr())?);
     let ino = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| m.ino()).map_err(|e| e.to_string());
     let (it, iu) = (ino(tcp.as_raw_fd())?, ino(udp.as_raw_fd())?);
-    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| e.to_string())?;
-    let mut map: BpfHashMap<MapData, u64, HolderQuery> = BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| e.to_string())?;
+    let mut map = query_map(dir)?;
     let states = 1 << portwatch_common::tcp_state::LISTEN;
     // TCP and UDP apart first, so a failure says which walk failed.
     for (what, ports, protos) in [("TCP", vec![pt], holders::PROTO_TCP), ("UDP", vec![pu], holders::PROTO_UDP)] {
@@ -393,10 +395,9 @@ fn refs_check(dir: &Path) -> std::result::Result<(), String> {
     use std::os::fd::AsFd;
     let tcp = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
     let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
-    let map = MapData::from_pin(dir.join(QUERY_PIN)).map_err(|e| e.to_string())?;
-    let mut map: BpfHashMap<MapData, u64, HolderQuery> = BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|e| e.to_string())?;
+    let mut map = query_map(dir)?;
     let states = 1 << portwatch_common::tcp_state::LISTEN;
-    let refs = |map: &mut BpfHashMap<MapData, u64, HolderQuery>| -> std::result::Result<u32, String> {
+    let refs = |map: &mut QueryMap| -> std::result::Result<u32, String> {
         let scan = run_query(map, dir, &[port], holders::PROTO_TCP, states)?;
         scan.sockets.first().map(|s| s.refs).ok_or_else(|| "socket not found".to_string())
     };
@@ -411,13 +412,7 @@ fn refs_check(dir: &Path) -> std::result::Result<(), String> {
 }
 
 /// One query of the pinned holders pass, for the self-check.
-fn run_query(
-    map: &mut BpfHashMap<MapData, u64, HolderQuery>,
-    dir: &Path,
-    ports: &[u16],
-    protos: u32,
-    states: u32,
-) -> std::result::Result<HolderScan, String> {
+fn run_query(map: &mut QueryMap, dir: &Path, ports: &[u16], protos: u32, states: u32) -> std::result::Result<HolderScan, String> {
     let q = query(ports, protos & holders::PROTO_TCP != 0, protos & holders::PROTO_UDP != 0, states);
     let key = query_key();
     map.insert(key, q, 0).map_err(|e| e.to_string())?;

@@ -253,7 +253,6 @@ pub fn hook(program: &str) -> Option<&'static Hook> {
     HOOKS.iter().find(|h| h.program == program)
 }
 
-/// Checks privileges before touching BPF, so the user gets one clear line.
 /// Loads the object for programs that read no kernel structs (the lease
 /// programs): no BTF is parsed and no offset resolved (a [`Loader`] does both),
 /// the events ring has `ring_bytes`, and every map only those programs' callers
@@ -270,6 +269,7 @@ pub fn load_without_btf(ring_bytes: u32) -> Result<Ebpf> {
     l.load(OBJECT).map_err(|e| Error::bpf("loading the BPF object", e))
 }
 
+/// Checks privileges before touching BPF, so the user gets one clear line.
 pub fn preflight() -> Result<()> {
     let missing = caps::current().missing_for_observer();
     if missing.is_empty() {

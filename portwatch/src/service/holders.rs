@@ -305,19 +305,15 @@ fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<iter
     // The processes that held the ports at the last ask; then those in the
     // sockets' own cgroups (a service's, a run's, a container's: a first ask).
     let hinted = super::hints::Hints::load().pids_for(list);
-    let tried = if hinted.is_empty() { None } else { Some(check_candidates(hinted, &first, list, q, tcp_states)?) };
-    if let Some(Some(scan)) = tried {
+    if let Some(scan) = check_candidates(hinted, &first, list, q, tcp_states)? {
         return Ok(Some(scan));
     }
-    let in_cgroups = cgroup_candidates(&first.sockets, list);
-    if in_cgroups.is_empty() {
-        return Ok(None);
-    }
-    check_candidates(in_cgroups, &first, list, q, tcp_states)
+    check_candidates(cgroup_candidates(&first.sockets, list), &first, list, q, tcp_states)
 }
 
 /// Runs the holders program over `pids` and their descendants; the answer when
 /// [`complete_from_candidates`] proves it, with `first` (the run over ourselves).
+/// No pids: no answer, and no run.
 fn check_candidates(
     mut pids: Vec<i32>,
     first: &iter::HolderScan,
