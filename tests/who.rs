@@ -304,6 +304,25 @@ fn who_verbose(port: u16) -> (Vec<serde_json::Value>, String) {
     (serde_json::from_slice(&out.stdout).expect("json"), method)
 }
 
+/// Whether the kernel has the task filter for iterator links the candidates' pass
+/// needs (Linux 6.1); says so when the test is skipped.
+fn task_filter() -> bool {
+    let ok = kernel_at_least(6, 1);
+    if !ok {
+        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+    }
+    ok
+}
+
+/// `who --json PORT` when one of a few asks is answered from the candidates (a
+/// parallel test's `who` may rewrite the hints at the moment of one ask).
+fn from_candidates(port: u16) -> Option<Vec<serde_json::Value>> {
+    (0..5).find_map(|_| {
+        let (v, method) = who_verbose(port);
+        (method == "bpf-candidates").then_some(v)
+    })
+}
+
 /// The candidates' pass: asked again, `who` checks the processes that held the
 /// port last time and their descendants instead of every task, and its answer is
 /// the full pass's. (Another test's `who` may rewrite the hints at the same moment,
@@ -311,8 +330,7 @@ fn who_verbose(port: u16) -> (Vec<serde_json::Value>, String) {
 #[test]
 fn a_repeated_who_checks_the_last_holders_and_gets_the_same_answer() {
     require_root();
-    if !kernel_at_least(6, 1) {
-        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+    if !task_filter() {
         return;
     }
     let port = free_port();
@@ -327,13 +345,8 @@ fn a_repeated_who_checks_the_last_holders_and_gets_the_same_answer() {
     let mut want: BTreeSet<i64> = workers.iter().map(|&w| i64::from(w)).collect();
     want.insert(i64::from(master.pid()));
     assert_eq!(holder_pids(&full), want);
-    let from_candidates = |want: &BTreeSet<i64>| {
-        (0..5).find_map(|_| {
-            let (v, method) = who_verbose(port);
-            (method == "bpf-candidates").then(|| assert_eq!(&holder_pids(&v), want, "{v:#?}")).map(|()| v)
-        })
-    };
-    let v = from_candidates(&want).expect("a repeated who is answered from the candidates");
+    let v = from_candidates(port).expect("a repeated who is answered from the candidates");
+    assert_eq!(holder_pids(&v), want, "{v:#?}");
     assert_eq!(summary(&v), summary(&full));
     // A worker forked since (a pid the hints do not name) is found as a descendant.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(master.pid()), nix::sys::signal::Signal::SIGUSR1).expect("SIGUSR1");
@@ -343,7 +356,8 @@ fn a_repeated_who_checks_the_last_holders_and_gets_the_same_answer() {
     });
     guards.extend(now.difference(&workers).map(|&w| PidGuard(w)));
     want.extend(now.iter().map(|&w| i64::from(w)));
-    from_candidates(&want).expect("the new worker is found from the candidates");
+    let v = from_candidates(port).expect("the new worker is found from the candidates");
+    assert_eq!(holder_pids(&v), want, "{v:#?}");
 }
 
 /// A process outside the candidates that holds the socket (here: received over a
@@ -352,8 +366,7 @@ fn a_repeated_who_checks_the_last_holders_and_gets_the_same_answer() {
 #[test]
 fn a_holder_outside_the_candidates_is_found_by_the_full_pass() {
     require_root();
-    if !kernel_at_least(6, 1) {
-        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+    if !task_filter() {
         return;
     }
     let port = free_port();
@@ -362,17 +375,13 @@ fn a_holder_outside_the_candidates_is_found_by_the_full_pass() {
     // The holder in a cgroup of its own, so that cgroup's candidates leave the
     // receiver out too.
     let cg = portwatch_tests::TestCgroup::new("who-outside");
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-u",
-        "-c",
+    let (holder, _) = portwatch_tests::spawn_python_in(
+        &cg,
         &format!(
             "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nu = socket.socket(socket.AF_UNIX); u.bind('{p}'); u.listen()\nprint('READY', flush=True)\nc, _ = u.accept(); socket.send_fds(c, [b'x'], [s.fileno()])\ntime.sleep(120)\n",
             p = path.display()
         ),
-    ]);
-    cg.enter(&mut cmd);
-    let (holder, _) = portwatch_tests::spawn_ready(cmd);
+    );
     // The hints now name only the first holder.
     let (first, _) = who_verbose(port);
     assert_eq!(holder_pids(&first), BTreeSet::from([i64::from(holder.pid())]));
@@ -442,8 +451,7 @@ fn in_poll(pid: i32) {
 #[test]
 fn pollers_are_answered_from_the_candidates() {
     require_root();
-    if !kernel_at_least(6, 1) {
-        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+    if !task_filter() {
         return;
     }
     let port = free_port();
@@ -460,12 +468,7 @@ fn pollers_are_answered_from_the_candidates() {
     want.insert(i64::from(master.pid()));
     let full = who_json(&[&port.to_string()]);
     assert_eq!(holder_pids(&full), want);
-    let v = (0..5)
-        .find_map(|_| {
-            let (v, method) = who_verbose(port);
-            (method == "bpf-candidates").then_some(v)
-        })
-        .expect("pollers are answered from the candidates");
+    let v = from_candidates(port).expect("pollers are answered from the candidates");
     assert_eq!(summary(&v), summary(&full));
 }
 
@@ -476,22 +479,17 @@ fn pollers_are_answered_from_the_candidates() {
 #[test]
 fn a_first_ask_checks_the_sockets_own_cgroup() {
     require_root();
-    if !kernel_at_least(6, 1) {
-        eprintln!("skipped: the task filter for iterators needs Linux 6.1");
+    if !task_filter() {
         return;
     }
     let port = free_port();
     let cg = portwatch_tests::TestCgroup::new("who-first");
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-u",
-        "-c",
+    let (server, _) = portwatch_tests::spawn_python_in(
+        &cg,
         &format!(
             "import os, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nif os.fork() == 0:\n    time.sleep(120); os._exit(0)\nprint('READY', flush=True)\ntime.sleep(120)\n"
         ),
-    ]);
-    cg.enter(&mut cmd);
-    let (server, _) = portwatch_tests::spawn_ready(cmd);
+    );
     let workers = portwatch_tests::children_of(server.pid());
     let _guards: Vec<PidGuard> = workers.iter().map(|&w| PidGuard(w)).collect();
     let mut want: BTreeSet<i64> = workers.iter().map(|&w| i64::from(w)).collect();

@@ -123,6 +123,14 @@ pub fn spawn_python(script: &str) -> (ChildGuard, String) {
     spawn_ready(cmd)
 }
 
+/// [`spawn_python`], the script started inside the test's cgroup `cg`.
+pub fn spawn_python_in(cg: &TestCgroup, script: &str) -> (ChildGuard, String) {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", script]);
+    cg.enter(&mut cmd);
+    spawn_ready(cmd)
+}
+
 /// Starts `cmd` (its stdout piped); waits until it prints a line starting with
 /// `READY`, and returns the guard and the rest of that line.
 pub fn spawn_ready(mut cmd: Command) -> (ChildGuard, String) {
