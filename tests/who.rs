@@ -297,11 +297,18 @@ fn fast_path_limits_fall_back_and_high_fds_and_many_ports_are_found() {
 
 /// `who --json -v PORT`: the answer, and how the holders were found (from stderr).
 fn who_verbose(port: u16) -> (Vec<serde_json::Value>, String) {
+    let (v, method, _) = who_account(port);
+    (v, method)
+}
+
+/// [`who_verbose`], with `-v`'s whole account ("holders found by METHOD in ... ms
+/// (phases)").
+fn who_account(port: u16) -> (Vec<serde_json::Value>, String, String) {
     let out = portwatch(&["who", "--json", "-v", &port.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let method = err.split("holders found by ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_string();
-    (serde_json::from_slice(&out.stdout).expect("json"), method)
+    (serde_json::from_slice(&out.stdout).expect("json"), method, err)
 }
 
 /// Whether the kernel has the task filter for iterator links the candidates' pass
@@ -385,14 +392,12 @@ fn a_holder_outside_the_candidates_is_found_by_the_full_pass() {
     // The hints now name only the first holder.
     let (first, _) = who_verbose(port);
     assert_eq!(holder_pids(&first), BTreeSet::from([i64::from(holder.pid())]));
-    // A process of its own (not a descendant) receives the listener.
-    // It then waits in select() on it, as servers do: a poller's own reference is
-    // accounted for, its fd must still be found.
+    // A process of its own (not a descendant) receives the listener, and sleeps:
+    // not waiting on the socket, it is no candidate either.
     let (receiver, _) = spawn_python(&format!(
-        "import select, socket, time\nu = socket.socket(socket.AF_UNIX); u.connect('{p}')\nmsg, fds, _, _ = socket.recv_fds(u, 1, 1)\nprint('READY', fds[0], flush=True)\nselect.select([fds[0]], [], [])\n",
+        "import socket, time\nu = socket.socket(socket.AF_UNIX); u.connect('{p}')\nmsg, fds, _, _ = socket.recv_fds(u, 1, 1)\nprint('READY', fds[0], flush=True)\ntime.sleep(120)\n",
         p = path.display()
     ));
-    in_poll(receiver.pid());
     let (v, method) = who_verbose(port);
     assert_eq!(holder_pids(&v), BTreeSet::from([i64::from(holder.pid()), i64::from(receiver.pid())]), "{v:#?}");
     assert_ne!(method, "bpf-candidates", "the receiver is no candidate: the proof must fail");
@@ -434,16 +439,6 @@ fn a_transient_reference_costs_a_full_pass_not_a_wrong_answer() {
     }
 }
 
-/// Waits until `pid` sleeps in poll, select or pselect6.
-fn in_poll(pid: i32) {
-    portwatch_tests::wait_for("the process to wait in poll/select", Duration::from_secs(10), || {
-        let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-        let nr: i64 = sc.split_whitespace().next()?.parse().ok()?;
-        // x86_64: poll 7, select 23, pselect6 270, ppoll 271.
-        matches!(nr, 7 | 23 | 270 | 271).then_some(())
-    });
-}
-
 /// Servers wait in select()/poll() on their listener (gunicorn's sync workers,
 /// Python's socketserver); each waiter holds a reference to the file while it
 /// waits. The program subtracts those it finds on the socket's wait queue, so
@@ -460,9 +455,9 @@ fn pollers_are_answered_from_the_candidates() {
     ));
     let workers = portwatch_tests::children_of(master.pid());
     let _guards: Vec<PidGuard> = workers.iter().map(|&w| PidGuard(w)).collect();
-    in_poll(master.pid());
+    in_wait(master.pid());
     for &w in &workers {
-        in_poll(w);
+        in_wait(w);
     }
     let mut want: BTreeSet<i64> = workers.iter().map(|&w| i64::from(w)).collect();
     want.insert(i64::from(master.pid()));
@@ -499,4 +494,63 @@ fn a_first_ask_checks_the_sockets_own_cgroup() {
     assert_eq!(holder_pids(&v), want, "{v:#?}");
     assert_eq!(method, "bpf-candidates", "the socket's cgroup gives the candidates");
     assert_eq!(summary(&v), summary(&who_json(&[&port.to_string()])));
+}
+
+/// A first ask about a server idle on its listener (in accept(), poll() or
+/// epoll_wait(), as idle servers are): the program finds the waiting process on
+/// the socket's wait queue, and it and its parent are the candidates. A
+/// pre-forked worker in accept() brings its master (the parent, asleep). The
+/// answer is the full pass's.
+#[test]
+fn a_first_ask_finds_an_idle_server_from_its_waiters() {
+    require_root();
+    if !task_filter() {
+        return;
+    }
+    let waits = [
+        ("accept", "s.accept()"),
+        ("poll", "import select\np = select.poll(); p.register(s, select.POLLIN); p.poll()"),
+        ("epoll", "import select\ne = select.epoll(); e.register(s.fileno(), select.EPOLLIN); e.poll()"),
+        ("forked worker in accept", "if os.fork() == 0:\n    s.accept(); os._exit(0)\ntime.sleep(120)"),
+    ];
+    let mut servers = Vec::new();
+    for (what, wait) in waits {
+        let port = free_port();
+        let (server, _) = spawn_python(&format!(
+            "import os, socket, time\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\n{wait}\n"
+        ));
+        let mut want = BTreeSet::from([i64::from(server.pid())]);
+        let workers = if what.starts_with("forked") {
+            portwatch_tests::wait_for("the forked worker", Duration::from_secs(10), || {
+                let c = portwatch_tests::children_of(server.pid());
+                (!c.is_empty()).then_some(c)
+            })
+        } else {
+            BTreeSet::new()
+        };
+        want.extend(workers.iter().map(|&w| i64::from(w)));
+        let guards: Vec<PidGuard> = workers.iter().map(|&w| PidGuard(w)).collect();
+        servers.push((what, port, server, guards, want));
+    }
+    for (what, port, server, _, want) in &servers {
+        let waiter = portwatch_tests::children_of(server.pid()).into_iter().next().unwrap_or(server.pid());
+        in_wait(waiter);
+        // The first ask about this port (no hints name it: the full pass writes them).
+        let (v, method, account) = who_account(*port);
+        assert_eq!(&holder_pids(&v), want, "{what}: {v:#?}");
+        assert_eq!(method, "bpf-candidates", "{what}: {account}");
+        assert!(account.contains("holders of waiting candidates"), "{what}: answered by the waiters: {account}");
+        assert_eq!(summary(&v), summary(&who_json(&[&port.to_string()])), "{what}");
+    }
+}
+
+/// Waits until `pid` sleeps in accept, poll/select or epoll_wait.
+fn in_wait(pid: i32) {
+    portwatch_tests::wait_for("the process to wait on its listener", Duration::from_secs(10), || {
+        let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+        let nr: i64 = sc.split_whitespace().next()?.parse().ok()?;
+        // x86_64: poll 7, select 23, accept 43, epoll_wait 232, pselect6 270,
+        // ppoll 271, epoll_pwait 281, accept4 288, epoll_pwait2 441.
+        matches!(nr, 7 | 23 | 43 | 232 | 270 | 271 | 281 | 288 | 441).then_some(())
+    });
 }

@@ -117,6 +117,8 @@ pub mod globals {
     /// `net->ipv4.udp_table` does not exist), or 0.
     pub const UDP_TABLE: &str = "UDP_TABLE";
     pub const POLLWAKE: &str = "POLLWAKE";
+    /// Address of the kernel's `ep_poll_callback` (epoll's wait-queue entries), or 0.
+    pub const EP_POLL_CALLBACK: &str = "EP_POLL_CALLBACK";
     /// `u64`: the cgroup v2 id (directory inode) of the run whose ports the remap
     /// programs rewrite; 0 = none (the programs do nothing).
     pub const REMAP_CGROUP: &str = "REMAP_CGROUP";
@@ -312,6 +314,11 @@ pub mod holders {
     pub const REC_STATUS: u8 = 1;
     pub const REC_SOCKET: u8 = 2;
     pub const REC_HOLDER: u8 = 3;
+    /// A process waiting on a socket (in accept, poll/select or epoll_wait): `tgid`
+    /// and the socket's `ino`. A candidate holder only, for `who`'s proof.
+    pub const REC_WAITER: u8 = 4;
+    /// Waiting processes recorded at most (over all sockets).
+    pub const MAX_WAITER_PIDS: usize = 16;
     /// Status values (in a `REC_STATUS` record's `aux`). Anything but `OK` means the
     /// answer is incomplete and the caller must use another method.
     pub const OK: u32 = 1;
@@ -351,6 +358,11 @@ pub struct HolderQuery {
     /// Smallest and largest of `files`, to skip most fds with two compares.
     pub min_file: u64,
     pub max_file: u64,
+    /// Processes found waiting on the sockets, and the socket's index in `files`
+    /// (`tgid | index << 32`); [`holders::REC_WAITER`] records.
+    pub waiters: [u64; holders::MAX_WAITER_PIDS],
+    pub nwaiters: u32,
+    pub _pad2: u32,
 }
 
 impl HolderQuery {
@@ -368,6 +380,9 @@ impl HolderQuery {
         refs: [0; holders::MAX_TARGETS],
         min_file: 0,
         max_file: 0,
+        waiters: [0; holders::MAX_WAITER_PIDS],
+        nwaiters: 0,
+        _pad2: 0,
     };
 }
 
@@ -375,7 +390,8 @@ impl HolderQuery {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HolderRecord {
-    /// [`holders::REC_STATUS`], [`holders::REC_SOCKET`] or [`holders::REC_HOLDER`].
+    /// [`holders::REC_STATUS`], [`holders::REC_SOCKET`], [`holders::REC_HOLDER`]
+    /// or [`holders::REC_WAITER`].
     pub kind: u8,
     /// Sockets: 6 (TCP) or 17 (UDP).
     pub proto: u8,
@@ -383,7 +399,7 @@ pub struct HolderRecord {
     pub family: u8,
     /// Sockets: the kernel's TCP state number (UDP: 7 unconnected, 1 connected).
     pub state: u8,
-    /// Holders: the process (init pid namespace). Sockets: the references to the
+    /// Holders and waiters: the process (init pid namespace). Sockets: the references to the
     /// socket's file when the program resolved it (0: not known on this kernel).
     /// Every fd slot holding the socket is one, so when the holders found account
     /// for all of them, no other process holds it. Transient references (a syscall
@@ -397,7 +413,7 @@ pub struct HolderRecord {
     // A status record after the socket walk also says where it stopped: `tgid` =
     // steps in the last hash chain, `fd` = the port's index, `state` = the walk's
     // phase, `family` = sockets found, `ino` = bpf_loop's iterations (for doctor).
-    /// Sockets and holders: the socket's inode number.
+    /// Sockets, holders and waiters: the socket's inode number.
     pub ino: u64,
 }
 
@@ -502,7 +518,8 @@ const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<TaskSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<TrackedSock>() == 24);
 const _: () = assert!(core::mem::size_of::<TrackedSk>() == 32);
-const _: () = assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 4 * 8 * holders::MAX_TARGETS + 16);
+const _: () =
+    assert!(core::mem::size_of::<HolderQuery>() == 32 + 24 + 4 * 8 * holders::MAX_TARGETS + 16 + 8 * holders::MAX_WAITER_PIDS + 8);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<Lease>() == 88);
 

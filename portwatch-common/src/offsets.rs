@@ -168,6 +168,17 @@ kernel_offsets! {
         wqe_entry = [Member("wait_queue_entry", "entry")],
         pte_filp = [Member("poll_table_entry", "filp")],
         pte_wait = [Member("poll_table_entry", "wait")],
+        /// Who waits on the socket (candidates for `who`'s proof, never an answer):
+        /// an entry's `private` is the task (accept), the `poll_wqueues` of a
+        /// poll/select (its `polling_task`), or nothing for epoll, whose entry sits
+        /// in an `eppoll_entry` whose epitem's `eventpoll` has the epoll_wait tasks
+        /// on its own wait queue.
+        wqe_private = [Member("wait_queue_entry", "private")],
+        pwq_polling_task = [Member("poll_wqueues", "polling_task")],
+        epe_wait = [Member("eppoll_entry", "wait")],
+        epe_base = [Member("eppoll_entry", "base")],
+        epi_ep = [Member("epitem", "ep")],
+        ep_wait_head = [Embedded("eventpoll", "wq"), Member("wait_queue_head", "head")],
     }
 }
 

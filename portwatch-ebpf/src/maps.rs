@@ -79,6 +79,17 @@ pub fn pollwake() -> u64 {
     unsafe { core::ptr::read_volatile(&POLLWAKE) }
 }
 
+/// The address of the kernel's `ep_poll_callback` (the wake function of epoll's
+/// entries on a watched file's wait queue), or 0 when unknown.
+#[unsafe(no_mangle)]
+static EP_POLL_CALLBACK: u64 = 0;
+
+#[inline(always)]
+pub fn ep_poll_callback() -> u64 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&EP_POLL_CALLBACK) }
+}
+
 /// The global `udp_table`'s address (kernels before 6.2), or 0.
 #[inline(always)]
 pub fn udp_table_global() -> u64 {

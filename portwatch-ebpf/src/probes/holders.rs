@@ -18,7 +18,7 @@ use portwatch_common::{holders::*, probe, tcp_state, HolderQuery, HolderRecord, 
 
 use super::task_file::IterMeta;
 use crate::{
-    maps::{count_error, pollwake, udp_table_global, FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY},
+    maps::{count_error, ep_poll_callback, pollwake, udp_table_global, FD_CHUNK, HOLDER_OFFSETS, HOLDER_QUERY},
     read::rd,
 };
 
@@ -89,6 +89,14 @@ fn try_task_holders(ctx: *mut IterTask) -> Result<(), ()> {
                 ..HolderRecord::default()
             };
             emit(seq, &rec);
+        }
+        for i in 0..MAX_WAITER_PIDS {
+            if i as u32 >= q.nwaiters {
+                break;
+            }
+            let w = q.waiters[i];
+            let ino = q.inodes[(w >> 32) as usize & (MAX_TARGETS - 1)];
+            emit(seq, &HolderRecord { kind: REC_WAITER, tgid: w as u32, ino, ..HolderRecord::default() });
         }
     }
     if q.status != OK || q.ntargets == 0 {
@@ -400,7 +408,7 @@ fn add_socket(w: &mut Walk, q: &mut HolderQuery, sk: u64, proto: u8) -> Result<(
     let ino: u64 = rd(inode, off!(inode_ino))?;
     // Read before the index below is computed: 6.1's verifier loses its bound
     // across the helper calls.
-    let refs = fd_refs(sock, file);
+    let refs = fd_refs(q, sock, file);
     let n = q.ntargets as usize;
     if n >= MAX_TARGETS {
         w.status = TOO_MANY;
@@ -423,13 +431,14 @@ const MAX_WAITERS: u32 = 32;
 /// The references to a socket's file that fd slots hold (see
 /// `HolderRecord::tgid`): all of them, less those of tasks in poll/select on it
 /// (each `poll_table_entry` on the socket's wait queue holds one). 0 when unknown.
+/// The processes waiting on it go to `q.waiters`, as the next socket's.
 #[inline(always)]
-fn fd_refs(sock: u64, file: u64) -> u64 {
+fn fd_refs(q: &mut HolderQuery, sock: u64, file: u64) -> u64 {
     let refs = file_refs(file);
     if refs == 0 {
         return 0;
     }
-    let polls = match poll_refs(sock, file) {
+    let polls = match poll_refs(q, sock, file) {
         Ok(Some(n)) => n,
         _ => return 0,
     };
@@ -442,9 +451,9 @@ fn fd_refs(sock: u64, file: u64) -> u64 {
 
 /// Entries of poll/select on the socket's wait queue that name `file`; None when
 /// the queue is longer than [`MAX_WAITERS`] or `pollwake` is unknown while the
-/// queue has waiters.
+/// queue has waiters. Who waits is noted on the way ([`note_waiter`]).
 #[inline(always)]
-fn poll_refs(sock: u64, file: u64) -> Result<Option<u64>, ()> {
+fn poll_refs(q: &mut HolderQuery, sock: u64, file: u64) -> Result<Option<u64>, ()> {
     if off!(socket_wait_head) == u32::MAX {
         return Ok(None);
     }
@@ -468,9 +477,50 @@ fn poll_refs(sock: u64, file: u64) -> Result<Option<u64>, ()> {
                 n += 1;
             }
         }
+        note_waiter(q, wqe, func, wake);
         node = rd(node, off!(list_next))?;
     }
     Ok(if node == head { Some(n) } else { None })
+}
+
+/// Notes the process behind one wait-queue entry of a socket (the one about to be
+/// `q.files[q.ntargets]`) in `q.waiters`: a task in accept() (the entry's
+/// `private`), in poll/select (its `poll_wqueues`' task), or the first task in
+/// epoll_wait on an epoll that watches the socket. A candidate only: what it
+/// reads is checked by the proof in user space, so a wrong guess costs a run,
+/// never an answer, and a failed read here is no failure of the walk.
+#[inline(always)]
+fn note_waiter(q: &mut HolderQuery, wqe: u64, func: u64, wake: u64) {
+    let Ok(private) = rd::<u64>(wqe, off!(wqe_private)) else { return };
+    let task = if func == wake {
+        rd::<u64>(private, off!(pwq_polling_task)).unwrap_or(0)
+    } else if func == ep_poll_callback() {
+        epoll_waiter(wqe).unwrap_or(0)
+    } else {
+        private
+    };
+    let Ok(tgid) = rd::<u32>(task, off!(task_tgid)) else { return };
+    let k = q.nwaiters as usize;
+    if tgid == 0 || k >= MAX_WAITER_PIDS {
+        return;
+    }
+    const _: () = assert!(MAX_WAITER_PIDS.is_power_of_two() && MAX_TARGETS.is_power_of_two());
+    q.waiters[k & (MAX_WAITER_PIDS - 1)] = u64::from(tgid) | ((q.ntargets as u64) & (MAX_TARGETS as u64 - 1)) << 32;
+    q.nwaiters = k as u32 + 1;
+}
+
+/// The first task in epoll_wait on the epoll whose entry `wqe` is (0: none).
+#[inline(always)]
+fn epoll_waiter(wqe: u64) -> Result<u64, ()> {
+    let entry = wqe - u64::from(off!(epe_wait));
+    let epi: u64 = rd(entry, off!(epe_base))?;
+    let ep: u64 = rd(epi, off!(epi_ep))?;
+    let head = ep + u64::from(off!(ep_wait_head));
+    let first: u64 = rd(head, off!(list_next))?;
+    if first == head || off!(ep_wait_head) == u32::MAX {
+        return Ok(0);
+    }
+    rd(first - u64::from(off!(wqe_entry)), off!(wqe_private))
 }
 
 /// The references to a file; 0 when unknown.

@@ -63,6 +63,9 @@ pub struct ScannedSocket {
 pub struct HolderScan {
     pub sockets: Vec<ScannedSocket>,
     pub holders: Vec<FdHolder>,
+    /// Processes that were waiting on the sockets (in accept, poll/select or
+    /// epoll_wait) when the program found them: candidates, not holders.
+    pub waiters: Vec<i32>,
 }
 
 /// The sockets on `ports` (TCP ones in `tcp_states`) and their holders, from the
@@ -262,6 +265,13 @@ fn parse_holder_status(buf: &[u8]) -> std::result::Result<HolderScan, Option<u32
                 refs: r.tgid,
             }),
             holders::REC_HOLDER => scan.holders.push(FdHolder { pid: r.tgid as i32, fd: r.fd as i32, inode: r.ino }),
+            holders::REC_WAITER => {
+                if let Ok(pid) = i32::try_from(r.tgid) {
+                    if !scan.waiters.contains(&pid) {
+                        scan.waiters.push(pid);
+                    }
+                }
+            }
             _ => return Err(None),
         }
     }
@@ -508,6 +518,10 @@ mod tests {
         let scan = parse_holder_records(&bytes(&[status(holders::OK), sock, holder])).expect("complete");
         assert_eq!(scan.sockets, vec![ScannedSocket { proto: 6, family: 2, state: 10, port: 5050, inode: 77, refs: 0 }]);
         assert_eq!(scan.holders, vec![FdHolder { pid: 42, fd: 3, inode: 77 }]);
+        // Waiters are candidates, once each, and never holders.
+        let waiter = |pid| HolderRecord { kind: holders::REC_WAITER, tgid: pid, ino: 77, ..Default::default() };
+        let scan = parse_holder_records(&bytes(&[status(holders::OK), sock, waiter(9), waiter(8), waiter(9)])).expect("complete");
+        assert_eq!((scan.waiters, scan.holders), (vec![9, 8], vec![]));
         // No status: the program found no query (e.g. another pid namespace).
         assert_eq!(parse_holder_records(&bytes(&[sock, holder])), None);
         assert_eq!(parse_holder_records(&bytes(&[status(holders::TOO_MANY)])), None);

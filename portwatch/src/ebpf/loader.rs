@@ -305,9 +305,9 @@ pub struct Loader {
     pub holder_offsets: HolderOffsets,
     /// Address of the global `udp_table` (kernels before 6.2), or 0.
     pub udp_table: u64,
-    /// Address of `pollwake` (for the holders iterator's file references), looked
-    /// up on first use.
-    pollwake: std::sync::OnceLock<u64>,
+    /// Addresses of `pollwake` and `ep_poll_callback` (for the holders iterator's
+    /// file references and waiters), looked up on first use.
+    wake_functions: std::sync::OnceLock<[u64; 2]>,
     pub memlock_raised: bool,
     /// Paths of offsets this kernel's BTF lacks: (offset, first missing step).
     pub missing: Vec<(&'static str, String)>,
@@ -333,8 +333,11 @@ impl Loader {
         drop(parsed);
         drop(raw);
         // Before 6.2 the UDP table is a global, not `net->ipv4.udp_table`.
-        let udp_table =
-            if holder_offsets.net_udp_table == u32::MAX { kallsyms_address("udp_table", &["d", "D", "b", "B"]).unwrap_or(0) } else { 0 };
+        let udp_table = if holder_offsets.net_udp_table == u32::MAX {
+            kallsyms_addresses(&[("udp_table", &["d", "D", "b", "B"])])[0].unwrap_or(0)
+        } else {
+            0
+        };
         let btf =
             lean.as_ref().map_err(Clone::clone).and_then(|r| Btf::parse(r, Endianness::default()).map_err(|e| format!("{VMLINUX}: {e}")));
         Ok(Self {
@@ -343,7 +346,7 @@ impl Loader {
             offsets,
             holder_offsets,
             udp_table,
-            pollwake: std::sync::OnceLock::new(),
+            wake_functions: std::sync::OnceLock::new(),
             memlock_raised,
             missing,
         })
@@ -374,8 +377,17 @@ impl Loader {
         l.override_global(globals::HOLDER_OFFSETS, &self.holder_offsets, true);
         l.override_global(globals::UDP_TABLE, &self.udp_table, true);
         // The holders iterator's (small loads: the pinned iterators, doctor).
-        let pollwake = if sizes.small { *self.pollwake.get_or_init(|| kallsyms_address("pollwake", &["t", "T"]).unwrap_or(0)) } else { 0 };
+        let [pollwake, ep_poll_callback] = if sizes.small {
+            *self.wake_functions.get_or_init(|| {
+                let text = ["t", "T"];
+                let found = kallsyms_addresses(&[("pollwake", &text), ("ep_poll_callback", &text)]);
+                [found[0].unwrap_or(0), found[1].unwrap_or(0)]
+            })
+        } else {
+            [0, 0]
+        };
         l.override_global(globals::POLLWAKE, &pollwake, true);
+        l.override_global(globals::EP_POLL_CALLBACK, &ep_poll_callback, true);
         if sizes.small {
             l.map_max_entries(maps::EVENTS, 4096);
             l.map_max_entries(maps::TRACKED, 1);
@@ -488,19 +500,26 @@ fn text<E: std::error::Error>(e: E) -> String {
     err_text(&e)
 }
 
-/// The address of a kernel symbol of one of the `kinds` (root reads real addresses
-/// in `/proc/kallsyms`; others see zeros, which count as missing).
-fn kallsyms_address(symbol: &str, kinds: &[&str]) -> Option<u64> {
+/// The addresses of kernel symbols, each of one of its kinds, in one read of
+/// `/proc/kallsyms` (root reads real addresses there; others see zeros, which
+/// count as missing).
+fn kallsyms_addresses(wanted: &[(&str, &[&str])]) -> Vec<Option<u64>> {
     use std::io::BufRead;
-    let f = std::io::BufReader::new(File::open("/proc/kallsyms").ok()?);
-    f.lines()
-        .map_while(std::result::Result::ok)
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            let (addr, kind, name) = (it.next()?, it.next()?, it.next()?);
-            (name == symbol && kinds.contains(&kind) && it.next().is_none()).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
-        })
-        .filter(|&a| a != 0)
+    let mut found = vec![None; wanted.len()];
+    let Ok(f) = File::open("/proc/kallsyms") else { return found };
+    for l in std::io::BufReader::new(f).lines().map_while(std::result::Result::ok) {
+        let mut it = l.split_whitespace();
+        let (Some(addr), Some(kind), Some(name), None) = (it.next(), it.next(), it.next(), it.next()) else { continue };
+        for (slot, (symbol, kinds)) in found.iter_mut().zip(wanted) {
+            if slot.is_none() && name == *symbol && kinds.contains(&kind) {
+                *slot = u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0);
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found
 }
 
 /// An error with its sources on one line.

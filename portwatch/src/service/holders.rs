@@ -216,8 +216,8 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
         })
     };
     let scan = match candidates {
-        Some(scan) => {
-            clock.lap("holders of candidates");
+        Some((scan, source)) => {
+            clock.lap(source);
             method = CANDIDATES;
             Ok(Ok(scan))
         }
@@ -289,10 +289,11 @@ const MAX_CANDIDATES: usize = 64;
 /// The holders pass over a few processes instead of every task (see
 /// [`hints`](super::hints)): first over this process alone, which finds the
 /// sockets on the ports (and answers at once when there are none), then over the
-/// processes that held these ports last time and their descendants, then over
-/// the processes in the sockets' cgroups. `None` when no answer can be proven
-/// complete ([`complete_from_candidates`]).
-fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<iter::HolderScan>> {
+/// processes that held these ports last time, those waiting on the sockets and
+/// their parents, and those in the sockets' cgroups, each with their descendants.
+/// `None` when no answer can be proven complete ([`complete_from_candidates`]);
+/// else the answer and which candidates gave it (for `who -v`).
+fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<(iter::HolderScan, &'static str)>> {
     if list.len() > portwatch_common::holders::MAX_PORTS {
         return Ok(None);
     }
@@ -300,15 +301,33 @@ fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<iter
     let Some(mine) = iter::holders_in_processes(list, q.tcp, q.udp, tcp_states, &[me])? else { return Ok(None) };
     let Some(first) = mine.into_iter().next() else { return Ok(None) };
     if first.sockets.is_empty() {
-        return Ok(Some(first));
+        return Ok(Some((first, "no sockets")));
     }
-    // The processes that held the ports at the last ask; then those in the
-    // sockets' own cgroups (a service's, a run's, a container's: a first ask).
-    let hinted = super::hints::Hints::load().pids_for(list);
-    if let Some(scan) = check_candidates(hinted, &first, list, q, tcp_states)? {
-        return Ok(Some(scan));
+    // The cheapest first; the cgroup's needs a sock_diag dump and a cgroup read.
+    let sources: [(&'static str, &dyn Fn() -> Vec<i32>); 3] = [
+        ("holders of hinted candidates", &|| super::hints::Hints::load().pids_for(list)),
+        ("holders of waiting candidates", &|| waiter_candidates(&first.waiters)),
+        ("holders of the cgroup's candidates", &|| cgroup_candidates(&first.sockets, list)),
+    ];
+    for (source, pids) in sources {
+        if let Some(scan) = check_candidates(pids(), &first, list, q, tcp_states)? {
+            return Ok(Some((scan, source)));
+        }
     }
-    check_candidates(cgroup_candidates(&first.sockets, list), &first, list, q, tcp_states)
+    Ok(None)
+}
+
+/// The processes waiting on the sockets (a server idle in accept, poll/select or
+/// epoll_wait) and their parents: a pre-forking server's master holds the
+/// listener its workers wait on.
+fn waiter_candidates(waiters: &[i32]) -> Vec<i32> {
+    let mut pids = waiters.to_vec();
+    for &w in waiters {
+        if let Some(parent) = proc::parent_of(w).filter(|&p| p > 1 && !pids.contains(&p)) {
+            pids.push(parent);
+        }
+    }
+    pids
 }
 
 /// Runs the holders program over `pids` and their descendants; the answer when
@@ -392,7 +411,7 @@ pub fn complete_from_candidates(runs: &[iter::HolderScan]) -> Option<iter::Holde
     let mut holders = holders;
     holders.sort();
     holders.dedup();
-    Some(iter::HolderScan { sockets: first.sockets.clone(), holders })
+    Some(iter::HolderScan { sockets: first.sockets.clone(), holders, waiters: Vec::new() })
 }
 
 /// Remembers who held each port (for the next query's candidates).
@@ -655,7 +674,11 @@ mod tests {
     }
 
     fn run(sockets: &[ScannedSocket], holders: &[(i32, i32, u64)]) -> HolderScan {
-        HolderScan { sockets: sockets.to_vec(), holders: holders.iter().map(|&(pid, fd, inode)| FdHolder { pid, fd, inode }).collect() }
+        HolderScan {
+            sockets: sockets.to_vec(),
+            holders: holders.iter().map(|&(pid, fd, inode)| FdHolder { pid, fd, inode }).collect(),
+            waiters: Vec::new(),
+        }
     }
 
     #[test]

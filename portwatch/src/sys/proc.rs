@@ -133,21 +133,28 @@ pub fn exe(pid: i32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
+/// A process's `stat`, in one read.
+fn stat(pid: i32) -> Option<procfs::process::Stat> {
+    use procfs::FromRead;
+    procfs::process::Stat::from_read(&read_small(&format!("/proc/{pid}/stat"), 4096).ok()?[..]).ok()
+}
+
 /// The start time (clock ticks since boot) and state of a process, from `stat`.
 pub fn start_and_state(pid: i32) -> Option<(u64, char)> {
-    use procfs::FromRead;
-    let stat = procfs::process::Stat::from_read(&read_small(&format!("/proc/{pid}/stat"), 4096).ok()?[..]).ok()?;
-    Some((stat.starttime, stat.state))
+    stat(pid).map(|s| (s.starttime, s.state))
+}
+
+/// A process's parent (0 for one whose parent is outside its pid namespace).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat(pid).map(|s| s.ppid)
 }
 
 /// The parent chain of `pid`, nearest first: (pid, comm), up to PID 1 or 64 steps.
 pub fn ancestors(pid: i32) -> Vec<(i32, String)> {
-    use procfs::FromRead;
     let mut out = Vec::new();
     let mut p = pid;
     for _ in 0..64 {
-        let Some(stat) = read_small(&format!("/proc/{p}/stat"), 4096).ok().and_then(|b| procfs::process::Stat::from_read(&b[..]).ok())
-        else {
+        let Some(stat) = stat(p) else {
             break;
         };
         if stat.ppid <= 0 || out.iter().any(|(q, _)| *q == stat.ppid) {
