@@ -345,6 +345,9 @@ fn a_stale_operator_lease_on_a_removed_cgroup_is_swept() {
     let cg = TestCgroup::new("gone");
     let o = portwatch(&["lease", "add", "-p", &p, "--cgroup", cg.0.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // The cgroup is found by its id (opened by handle, or walked to).
+    let l = leases(port);
+    assert_eq!((l[0]["state"].as_str(), l[0]["cgroup"].as_str()), (Some("active"), cg.0.to_str()), "{l:?}");
     drop(cg);
     // No process can be in a removed cgroup: the lease would refuse everyone.
     assert_eq!(tcp_bind("127.0.0.1", port), Err(EADDRINUSE));

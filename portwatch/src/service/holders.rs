@@ -215,11 +215,14 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
             None
         })
     };
+    // sock_diag's view of the sockets, when the cgroup's candidates needed it.
+    let mut described = None;
     let scan = match candidates {
-        Some((scan, source)) => {
-            clock.lap(source);
+        Some(found) => {
+            clock.lap(found.source);
             method = CANDIDATES;
-            Ok(Ok(scan))
+            described = found.described;
+            Ok(Ok(found.scan))
         }
         None => {
             clock.lap("candidates (no proof)");
@@ -246,7 +249,11 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
             return Ok(None);
         }
     };
-    let Some(mut sockets) = describe(&scan.sockets, list)? else { return Ok(None) };
+    let described = match described {
+        Some(d) => Some(d),
+        None => describe(&scan.sockets, list)?,
+    };
+    let Some(mut sockets) = described else { return Ok(None) };
     // A socket bound since the pass: its holders are unknown, so take the full path.
     let seen: HashSet<u64> = scan.sockets.iter().map(|s| s.inode).collect();
     if sockets.iter().any(|s| !seen.contains(&s.inode)) {
@@ -291,9 +298,8 @@ const MAX_CANDIDATES: usize = 64;
 /// sockets on the ports (and answers at once when there are none), then over the
 /// processes that held these ports last time, those waiting on the sockets and
 /// their parents, and those in the sockets' cgroups, each with their descendants.
-/// `None` when no answer can be proven complete ([`complete_from_candidates`]);
-/// else the answer and which candidates gave it (for `who -v`).
-fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<(iter::HolderScan, &'static str)>> {
+/// `None` when no answer can be proven complete ([`complete_from_candidates`]).
+fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<FromCandidates>> {
     if list.len() > portwatch_common::holders::MAX_PORTS {
         return Ok(None);
     }
@@ -301,20 +307,29 @@ fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<(ite
     let Some(mine) = iter::holders_in_processes(list, q.tcp, q.udp, tcp_states, &[me])? else { return Ok(None) };
     let Some(first) = mine.into_iter().next() else { return Ok(None) };
     if first.sockets.is_empty() {
-        return Ok(Some((first, "no sockets")));
+        return Ok(Some(FromCandidates { scan: first, source: "no sockets", described: None }));
     }
+    let found = |scan, source, described| Some(FromCandidates { scan, source, described });
     // The cheapest first; the cgroup's needs a sock_diag dump and a cgroup read.
-    let sources: [(&'static str, &dyn Fn() -> Vec<i32>); 3] = [
-        ("holders of hinted candidates", &|| super::hints::Hints::load().pids_for(list)),
-        ("holders of waiting candidates", &|| waiter_candidates(&first.waiters)),
-        ("holders of the cgroup's candidates", &|| cgroup_candidates(&first.sockets, list)),
-    ];
-    for (source, pids) in sources {
-        if let Some(scan) = check_candidates(pids(), &first, list, q, tcp_states)? {
-            return Ok(Some((scan, source)));
-        }
+    let hinted = super::hints::Hints::load().pids_for(list);
+    if let Some(scan) = check_candidates(hinted, &first, list, q, tcp_states)? {
+        return Ok(found(scan, "holders of hinted candidates", None));
     }
-    Ok(None)
+    if let Some(scan) = check_candidates(waiter_candidates(&first.waiters), &first, list, q, tcp_states)? {
+        return Ok(found(scan, "holders of waiting candidates", None));
+    }
+    let Ok(Some(described)) = describe(&first.sockets, list) else { return Ok(None) };
+    Ok(check_candidates(cgroup_candidates(&described), &first, list, q, tcp_states)?
+        .and_then(|scan| found(scan, "holders of the cgroup's candidates", Some(described))))
+}
+
+/// An answer of the candidates' pass.
+struct FromCandidates {
+    scan: iter::HolderScan,
+    /// Which candidates gave it (a phase of `who -v`).
+    source: &'static str,
+    /// sock_diag's view of its sockets, when the pass read it.
+    described: Option<Vec<SockEntry>>,
 }
 
 /// The processes waiting on the sockets (a server idle in accept, poll/select or
@@ -365,10 +380,9 @@ fn check_candidates(
 /// The processes in the cgroups (and their descendants) that created the sockets
 /// on the ports, when none is the root cgroup and there are at most
 /// [`MAX_CANDIDATES`]; else none.
-fn cgroup_candidates(found: &[iter::ScannedSocket], list: &[u16]) -> Vec<i32> {
+fn cgroup_candidates(sockets: &[SockEntry]) -> Vec<i32> {
     /// The cgroup v2 root's id.
     const ROOT: u64 = 1;
-    let Ok(Some(sockets)) = describe(found, list) else { return Vec::new() };
     let mut ids: Vec<u64> = sockets.iter().map(|s| s.cgroup).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -377,7 +391,7 @@ fn cgroup_candidates(found: &[iter::ScannedSocket], list: &[u16]) -> Vec<i32> {
     }
     let mut pids = Vec::new();
     for id in ids {
-        let Some(dir) = crate::sys::cgroup::path_by_id(id) else { return Vec::new() };
+        let Ok(dir) = crate::sys::cgroup::path_by_id(id) else { return Vec::new() };
         pids.extend(crate::sys::cgroup::pids_in(&dir));
         if pids.len() > MAX_CANDIDATES {
             return Vec::new();

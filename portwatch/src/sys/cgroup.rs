@@ -231,8 +231,9 @@ pub fn of_pid(pid: i32) -> Option<PathBuf> {
 }
 
 /// The cgroup v2 directory whose id is `id`, opened by its id (`open_by_handle_at`
-/// with a kernfs file handle: no walk; needs CAP_DAC_READ_SEARCH).
-pub fn path_by_id(id: u64) -> Option<PathBuf> {
+/// with a kernfs file handle: no walk; needs CAP_DAC_READ_SEARCH). `Err` with
+/// ESTALE when no cgroup has that id (any more).
+pub fn path_by_id(id: u64) -> io::Result<PathBuf> {
     use std::os::fd::{FromRawFd, OwnedFd};
     /// `FILEID_KERNFS`: a kernfs node named by its 64-bit id.
     const FILEID_KERNFS: i32 = 0xfe;
@@ -242,7 +243,7 @@ pub fn path_by_id(id: u64) -> Option<PathBuf> {
         handle_type: i32,
         id: u64,
     }
-    let root = File::open(mounts::cgroup2_root()?).ok()?;
+    let root = File::open(mounts::cgroup2_root().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?)?;
     let mut h = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
     // SAFETY: `h` is a `struct file_handle` with 8 bytes of handle; the kernel reads it.
     let fd = unsafe {
@@ -254,15 +255,25 @@ pub fn path_by_id(id: u64) -> Option<PathBuf> {
         )
     };
     if fd < 0 {
-        return None;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor that we own.
     let dir = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()
+    fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
-/// The cgroup v2 directory whose id is `id` (bounded walk), if it still exists.
+/// The cgroup v2 directory whose id is `id`, if it still exists: opened by its id
+/// ([`path_by_id`]), or found by a bounded walk where the kernel cannot open it so.
 pub fn find_by_id(id: u64) -> Option<PathBuf> {
+    match path_by_id(id) {
+        Ok(p) => Some(p),
+        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => None,
+        Err(_) => walk_for_id(id),
+    }
+}
+
+/// [`find_by_id`]'s walk: every directory down to [`MAX_DEPTH`], at most [`MAX_DIRS`].
+fn walk_for_id(id: u64) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let root = mounts::cgroup2_root()?;
     let mut stack = vec![(root, 0usize)];
