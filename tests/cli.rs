@@ -83,6 +83,14 @@ fn doctor_reports_hooks_as_json() {
     let hook = |name: &str| hooks.iter().find(|h| h["hook"] == name).unwrap_or_else(|| panic!("{name} not probed"));
     assert_eq!(hook("cgroup/post_bind4")["supported"], true);
     assert_eq!(hook("tp_btf/inet_sock_set_state")["supported"], true);
+    // The holders program's self-checks: the task filter (6.1+) and, with it, the
+    // tasks waiting on a socket (a thread of doctor's own in poll and epoll_wait).
+    if portwatch_tests::kernel_at_least(6, 1) {
+        let checks = v["checks"].as_array().expect("checks");
+        let detail = |name: &str| checks.iter().find(|c| c["name"] == name).map(|c| c["detail"].to_string()).unwrap_or_default();
+        assert!(detail("who candidates").contains("a repeated who checks"), "{checks:?}");
+        assert!(detail("who waiters").contains("a first who checks the tasks waiting"), "{checks:?}");
+    }
     // Every probe has a verdict, and every failure says why.
     for h in hooks {
         assert!(h["supported"].is_boolean());

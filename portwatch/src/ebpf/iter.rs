@@ -162,6 +162,65 @@ pub fn candidates_supported() -> std::result::Result<(), String> {
     }
 }
 
+/// Whether the holders program finds the tasks waiting on a socket, the
+/// candidates of a first ask (for `doctor`): a thread of ours in poll(), then one
+/// in epoll_wait(), on a listener of ours, each woken by a connection it accepts.
+pub fn waiters_supported() -> std::result::Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+    let me = std::process::id();
+    for (how, wait) in [("poll()", poll_once as fn(i32)), ("epoll_wait()", epoll_once)] {
+        let listener = tcp.try_clone().map_err(|e| e.to_string())?;
+        let waiter = std::thread::spawn(move || {
+            wait(listener.as_raw_fd());
+            let _ = listener.accept();
+        });
+        let mut seen = Ok(false);
+        for _ in 0..100 {
+            seen = match holders_in_processes(&[addr.port()], true, false, 1 << portwatch_common::tcp_state::LISTEN, &[me]) {
+                Ok(Some(runs)) => Ok(runs.first().is_some_and(|r| r.waiters.contains(&(me as i32)))),
+                Ok(None) => Err("the holders pass gave no complete answer".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if !matches!(seen, Ok(false)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Wakes the waiter (it accepts the connection, so the next one waits too).
+        let _ = std::net::TcpStream::connect(addr);
+        let _ = waiter.join();
+        if !seen? {
+            return Err(format!("a thread in {how} on a listener was not found on its wait queue"));
+        }
+    }
+    Ok(())
+}
+
+/// Waits (at most 2 s) in poll() for `fd` to be readable.
+fn poll_once(fd: i32) {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 2000) };
+}
+
+/// Waits (at most 2 s) in epoll_wait() for `fd` to be readable.
+fn epoll_once(fd: i32) {
+    // SAFETY: plain syscalls on an epoll fd of our own, closed before returning.
+    unsafe {
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        if ep < 0 {
+            return;
+        }
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+        if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) == 0 {
+            libc::epoll_wait(ep, &mut ev, 1, 2000);
+        }
+        libc::close(ep);
+    }
+}
+
 type QueryMap = BpfHashMap<MapData, u64, HolderQuery>;
 
 /// The pinned `HOLDER_QUERY` map in `dir`.

@@ -180,6 +180,7 @@ pub fn run() -> Report {
         // this process alone.
         let ready =
             crate::ebpf::iter::ensure_pinned(&loader).map_err(|e| e.to_string()).and_then(|()| crate::ebpf::iter::candidates_supported());
+        let waiters = ready.is_ok().then(crate::ebpf::iter::waiters_supported);
         r.checks.push(match ready {
             Ok(()) => check(
                 "who candidates",
@@ -189,6 +190,16 @@ pub fn run() -> Report {
             // An optimization: its absence is a note, not a failure.
             Err(why) => check("who candidates", true, format!("unavailable, every who visits every task: {why}")),
         });
+        if let Some(waiters) = waiters {
+            r.checks.push(match waiters {
+                Ok(()) => check(
+                    "who waiters",
+                    true,
+                    "a first who checks the tasks waiting on the socket (accept, poll/select, epoll_wait) and their parents",
+                ),
+                Err(why) => check("who waiters", true, format!("unavailable, a first who on an idle server may visit every task: {why}")),
+            });
+        }
     }
     r.kernel_errors = probe::NAMES
         .iter()
