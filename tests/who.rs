@@ -544,6 +544,35 @@ fn a_first_ask_finds_an_idle_server_from_its_waiters() {
     }
 }
 
+/// A server found from its waiters is remembered: once it stops waiting (here
+/// SIGSTOPped, as a wedged server does not wait either), the next ask checks it
+/// as a hinted candidate instead of visiting every task.
+#[test]
+fn a_server_seen_waiting_is_still_a_candidate_once_stopped() {
+    require_root();
+    if !task_filter() {
+        return;
+    }
+    let port = free_port();
+    let (server, _) = spawn_python(&format!(
+        "import socket\ns = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\nprint('READY', flush=True)\ns.accept()\n"
+    ));
+    in_wait(server.pid());
+    let want = BTreeSet::from([i64::from(server.pid())]);
+    let (v, _, account) = who_account(port);
+    assert_eq!(holder_pids(&v), want);
+    assert!(account.contains("holders of waiting candidates"), "{account}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid()), nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    portwatch_tests::wait_for("the server to stop", Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).ok()?;
+        (stat.rsplit(')').next()?.split_whitespace().next()? == "T").then_some(())
+    });
+    let (v, method, account) = who_account(port);
+    assert_eq!(holder_pids(&v), want, "{v:#?}");
+    assert_eq!(method, "bpf-candidates", "{account}");
+    assert!(account.contains("holders of hinted candidates"), "remembered from the first ask: {account}");
+}
+
 /// Waits until `pid` sleeps in accept, poll/select or epoll_wait.
 fn in_wait(pid: i32) {
     portwatch_tests::wait_for("the process to wait on its listener", Duration::from_secs(10), || {

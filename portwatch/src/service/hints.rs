@@ -99,10 +99,27 @@ impl Hints {
         Self::parse(&text)
     }
 
-    /// Writes the hints (root only; anyone else's `who` never gets here). Errors are
-    /// ignored: hints only save time.
-    pub fn store(&self) {
-        let _ = self.store_at(Path::new(PATH));
+    /// Puts `seen` (port → holder pids) first in the hints on this host and writes
+    /// them when that changes anything, under a lock (two `who`s at once keep both
+    /// updates). Root only: anyone else's `who` never gets here. Errors are ignored:
+    /// hints only save time.
+    pub fn remember(seen: &BTreeMap<u16, Vec<i32>>) {
+        let _ = Self::remember_at(Path::new(PATH), seen);
+    }
+
+    fn remember_at(path: &Path, seen: &BTreeMap<u16, Vec<i32>>) -> std::io::Result<()> {
+        let lock = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path.with_extension("lock"))?;
+        let _locked = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
+        let mut hints = Self::load_from(path);
+        if hints.update(seen) {
+            hints.store_at(path)?;
+        }
+        Ok(())
     }
 
     fn store_at(&self, path: &Path) -> std::io::Result<()> {
@@ -142,6 +159,18 @@ mod tests {
         let all: BTreeMap<u16, Vec<i32>> = (1..=300).map(|p| (p, vec![1])).collect();
         h.update(&all);
         assert_eq!(h.0.len(), MAX_PORTS);
+    }
+
+    #[test]
+    fn remembering_keeps_other_ports_and_writes_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hints");
+        Hints::remember_at(&path, &BTreeMap::from([(5050, vec![10])])).unwrap();
+        Hints::remember_at(&path, &BTreeMap::from([(5051, vec![20, 21])])).unwrap();
+        assert_eq!(Hints::load_from(&path), Hints(vec![(5051, vec![20, 21]), (5050, vec![10])]));
+        let before = fs::metadata(&path).unwrap().ino();
+        Hints::remember_at(&path, &BTreeMap::from([(5050, vec![10])])).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), before, "no change, no write");
     }
 
     #[test]

@@ -219,7 +219,12 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     let mut described = None;
     let scan = match candidates {
         Some(found) => {
-            clock.lap(found.source);
+            clock.lap(found.source.phase());
+            // Who holds the port now, for a later ask: when this server stops
+            // waiting on its socket (stopped, wedged), its holders stay candidates.
+            if matches!(found.source, Source::Waiting | Source::Cgroup) {
+                remember(&found.scan);
+            }
             method = CANDIDATES;
             described = found.described;
             Ok(Ok(found.scan))
@@ -307,29 +312,53 @@ fn candidate_pass(list: &[u16], q: Query, tcp_states: u32) -> Result<Option<From
     let Some(mine) = iter::holders_in_processes(list, q.tcp, q.udp, tcp_states, &[me])? else { return Ok(None) };
     let Some(first) = mine.into_iter().next() else { return Ok(None) };
     if first.sockets.is_empty() {
-        return Ok(Some(FromCandidates { scan: first, source: "no sockets", described: None }));
+        return Ok(Some(FromCandidates { scan: first, source: Source::NoSockets, described: None }));
     }
     let found = |scan, source, described| Some(FromCandidates { scan, source, described });
     // The cheapest first; the cgroup's needs a sock_diag dump and a cgroup read.
     let hinted = super::hints::Hints::load().pids_for(list);
     if let Some(scan) = check_candidates(hinted, &first, list, q, tcp_states)? {
-        return Ok(found(scan, "holders of hinted candidates", None));
+        return Ok(found(scan, Source::Hinted, None));
     }
     if let Some(scan) = check_candidates(waiter_candidates(&first.waiters), &first, list, q, tcp_states)? {
-        return Ok(found(scan, "holders of waiting candidates", None));
+        return Ok(found(scan, Source::Waiting, None));
     }
     let Ok(Some(described)) = describe(&first.sockets, list) else { return Ok(None) };
     Ok(check_candidates(cgroup_candidates(&described), &first, list, q, tcp_states)?
-        .and_then(|scan| found(scan, "holders of the cgroup's candidates", Some(described))))
+        .and_then(|scan| found(scan, Source::Cgroup, Some(described))))
 }
 
 /// An answer of the candidates' pass.
 struct FromCandidates {
     scan: iter::HolderScan,
-    /// Which candidates gave it (a phase of `who -v`).
-    source: &'static str,
+    source: Source,
     /// sock_diag's view of its sockets, when the pass read it.
     described: Option<Vec<SockEntry>>,
+}
+
+/// Which candidates gave an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The run over `who` itself found no sockets on the ports.
+    NoSockets,
+    /// The processes that held the ports at the last ask ([`hints`](super::hints)).
+    Hinted,
+    /// The processes waiting on the sockets, and their parents.
+    Waiting,
+    /// The processes in the sockets' cgroups.
+    Cgroup,
+}
+
+impl Source {
+    /// The phase `who -v` names.
+    fn phase(self) -> &'static str {
+        match self {
+            Self::NoSockets => "no sockets",
+            Self::Hinted => "holders of hinted candidates",
+            Self::Waiting => "holders of waiting candidates",
+            Self::Cgroup => "holders of the cgroup's candidates",
+        }
+    }
 }
 
 /// The processes waiting on the sockets (a server idle in accept, poll/select or
@@ -435,10 +464,7 @@ fn remember(scan: &iter::HolderScan) {
         let pids = seen.entry(s.port).or_default();
         pids.extend(scan.holders.iter().filter(|h| h.inode == s.inode).map(|h| h.pid));
     }
-    let mut hints = super::hints::Hints::load();
-    if hints.update(&seen) {
-        hints.store();
-    }
+    super::hints::Hints::remember(&seen);
 }
 
 /// sock_diag's view of the sockets a holders pass found: one dump per (protocol,
