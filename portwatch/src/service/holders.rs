@@ -219,12 +219,12 @@ fn gather_fast(list: &[u16], q: Query, clients: bool, strict: bool) -> Result<Op
     let mut described = None;
     let scan = match candidates {
         Some(found) => {
-            clock.lap(found.source.phase());
             // Who holds the port now, for a later ask: when this server stops
             // waiting on its socket (stopped, wedged), its holders stay candidates.
             if matches!(found.source, Source::Waiting | Source::Cgroup) {
                 remember(&found.scan);
             }
+            clock.lap(found.source.phase());
             method = CANDIDATES;
             described = found.described;
             Ok(Ok(found.scan))
