@@ -139,3 +139,32 @@ print(os.getpid(), s.getsockname()[1])
     assert_eq!(listens.len(), 1, "{events:#?}");
     assert_eq!(listens[0]["port"], port, "the implicitly bound port is resolved");
 }
+
+/// A socket whose own storage cannot be allocated (forced here with
+/// `PORTWATCH_NO_SOCKET_STORAGE=1`) is tracked in the cookie-keyed hash instead:
+/// its close is still reported, for a listener, a bound-only TCP socket and UDP.
+#[test]
+fn closes_are_reported_when_a_socket_has_no_storage() {
+    require_root();
+    let (p_listen, p_bound, p_udp) = (free_port(), free_port(), free_port());
+    let ports = format!("{p_listen},{p_bound},{p_udp}");
+    let watch = Watch::start_env(&["--port", &ports], &[("PORTWATCH_NO_SOCKET_STORAGE", "1")]);
+    let out = run_python(&format!(
+        r#"
+import os, socket
+t = socket.socket(); t.bind(("127.0.0.1", {p_listen})); t.listen()
+b = socket.socket(); b.bind(("127.0.0.1", {p_bound}))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", {p_udp}))
+for s in (t, b, u):
+    s.close()
+print(os.getpid())
+"#
+    ));
+    let pid: i32 = out.trim().parse().expect("child pid");
+    let (events, stderr) = watch.stop();
+    for port in [p_listen, p_bound, p_udp] {
+        assert_eq!(events_of(&events, pid, port, "bind").len(), 1, "{port}: {events:#?}");
+        assert_eq!(events_of(&events, pid, port, "close").len(), 1, "{port}: {events:#?}");
+    }
+    assert!(stderr.contains(" 0 lost"), "{stderr}");
+}

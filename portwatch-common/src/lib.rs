@@ -58,9 +58,13 @@ pub mod probe {
     pub const TASK_FILE: u32 = 4;
     pub const HOLDERS: u32 = 5;
     pub const LEASE: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// A socket's storage could not be made (its close is then tracked in the
+    /// `TRACKED` hash instead).
+    pub const TRACK: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Names, indexed by id.
-    pub const NAMES: [&str; COUNT as usize] = ["bind", "post_bind", "inet_sock_set_state", "sock_release", "task_file", "holders", "lease"];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["bind", "post_bind", "inet_sock_set_state", "sock_release", "task_file", "holders", "lease", "socket_storage"];
 }
 
 /// Names of the kernel programs, shared with user space.
@@ -139,6 +143,10 @@ pub mod config {
     /// (then `BPF_RB_FORCE_WAKEUP`); the reader drains on a timer meanwhile. 0 = the
     /// kernel's default (a wakeup when the reader has caught up).
     pub const WAKEUP_BYTES: u32 = 2;
+    /// Non-zero: sockets are tracked in the `TRACKED` hash, never in their own
+    /// storage, as when that storage cannot be allocated
+    /// (`PORTWATCH_NO_SOCKET_STORAGE=1`, which tests that fallback).
+    pub const NO_STORAGE: u32 = 3;
     pub const LEN: u32 = 4;
 }
 

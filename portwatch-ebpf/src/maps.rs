@@ -27,8 +27,9 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 #[map]
 pub static TRACKED: LruHashMap<u64, TrackedSock> = LruHashMap::with_max_entries(TRACKED_ENTRIES, 0);
 
-/// Non-zero while user space's seeded entries may be in `TRACKED`: otherwise
-/// `sock_release` skips the cookie and the hash lookup. Written by user space only.
+/// Non-zero while entries may be in `TRACKED` (user space's seeded sockets, or a
+/// socket whose storage could not be made): otherwise `sock_release` skips the
+/// cookie and the hash lookup. Set by both sides; only user space clears it.
 #[map]
 pub static TRACKED_ANY: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -185,13 +186,26 @@ fn live_add(n: i64) {
 pub fn track(sk: *mut c_void, d: &SockData) {
     let map = core::ptr::addr_of!(TRACKED_SK).cast_mut().cast::<c_void>();
     let mut t = TrackedSk { cookie: d.cookie, port: d.port, family: d.family, _pad: 0, addr: d.addr };
-    // SAFETY: `sk` is a socket pointer the verifier knows; `map` is the map.
-    unsafe {
-        if !bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0).is_null() {
-            return;
+    if !matches!(CONFIG.get(config::NO_STORAGE), Some(v) if *v != 0) {
+        // SAFETY: `sk` is a socket pointer the verifier knows; `map` is the map.
+        unsafe {
+            if !bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0).is_null() {
+                return;
+            }
+            if !bpf_sk_storage_get(map, sk, core::ptr::addr_of_mut!(t).cast(), BPF_SK_STORAGE_GET_F_CREATE).is_null() {
+                live_add(1);
+                return;
+            }
         }
-        if !bpf_sk_storage_get(map, sk, core::ptr::addr_of_mut!(t).cast(), BPF_SK_STORAGE_GET_F_CREATE).is_null() {
-            live_add(1);
+        // No storage (an allocation that failed): counted, for doctor and the metrics.
+        count_error(probe::TRACK);
+    }
+    // The cookie-keyed hash keeps the socket instead, so its close is still reported.
+    let seeded = TrackedSock { port: t.port, family: t.family, _pad: 0, addr: t.addr };
+    if TRACKED.insert(&t.cookie, &seeded, 0).is_ok() {
+        if let Some(any) = TRACKED_ANY.get_ptr_mut(0) {
+            // SAFETY: the array's one value; a plain store of 1.
+            unsafe { core::ptr::write_volatile(any, 1) };
         }
     }
 }

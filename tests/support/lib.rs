@@ -232,10 +232,16 @@ pub struct Watch {
 impl Watch {
     /// Starts the watch and returns once its hooks are attached.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_env(extra, &[])
+    }
+
+    /// [`Watch::start`] with extra environment variables.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bin())
             .arg("watch")
             .arg("--json")
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -82,11 +82,17 @@ impl Counts {
             return true;
         }
         let mut t = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seeded = t.map.keys().next().is_some();
+        let mut seeded = t.map.keys().next().is_some();
         if !seeded {
             // Every seeded socket is gone: `sock_release` can stop looking them up.
-            // Under the lock, so a seed cannot slip in between.
+            // Under the lock, so a seed cannot slip in between; the kernel side
+            // may add one (a socket without storage) and set the flag at any time,
+            // so look again after clearing it and set it back if so.
             let _ = t.any.set(0, 0, 0);
+            if t.map.keys().next().is_some() {
+                let _ = t.any.set(0, 1, 0);
+                seeded = true;
+            }
         }
         seeded
     }
@@ -187,6 +193,10 @@ impl Observer {
                 Array::try_from(ebpf.map_mut(maps::CONFIG).ok_or_else(|| missing(maps::CONFIG))?).map_err(internal)?;
             cfg.set(config::ACCEPTS, u64::from(opts.accepts), 0).map_err(internal)?;
             cfg.set(config::WAKEUP_BYTES, wakeup_watermark(ring), 0).map_err(internal)?;
+            // For tests: the path a socket takes when its storage cannot be allocated.
+            if std::env::var_os("PORTWATCH_NO_SOCKET_STORAGE").is_some_and(|v| v == "1") {
+                cfg.set(config::NO_STORAGE, 1, 0).map_err(internal)?;
+            }
         }
         let mut obs = Self {
             ebpf,
