@@ -43,8 +43,10 @@ fn gunicorn(dir: &std::path::Path, port: u16) -> ChildGuard {
         .expect("gunicorn (cargo xtask test puts it on PATH)");
     let g = ChildGuard(child);
     let start = Instant::now();
-    while http_get(port, "/").is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20), "gunicorn did not start");
+    // Serving, and both workers forked (one answers before the other exists: a
+    // tree stopped then would leave the second serving).
+    while http_get(port, "/").is_none() || portwatch_tests::children_of(g.pid()).len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "gunicorn did not start its two workers");
         std::thread::sleep(Duration::from_millis(50));
     }
     g
