@@ -78,8 +78,10 @@ fn bind_storm_while_recording_loses_nothing() {
         conn.query_row("SELECT COUNT(*) FROM events WHERE event = ?1 AND port = ?2", rusqlite::params![event, port], |r| r.get::<_, i64>(0))
             .expect("count") as u64
     };
-    assert_eq!(count("bind"), binds, "every bind recorded");
-    assert_eq!(count("close"), binds, "every close recorded");
+    // What the agent warned about, for a failure's message.
+    let warnings: Vec<&String> = lines.iter().filter(|l| l.contains("WARN") || l.contains("\"warn") || l.contains("error")).collect();
+    assert_eq!(count("bind"), binds, "every bind recorded; agent warnings: {warnings:?}");
+    assert_eq!(count("close"), binds, "every close recorded; agent warnings: {warnings:?}; {stopped}");
     // Bounded by the history queue (QUEUE_ROWS) and the ring buffer; the systemd unit
     // allows 128 MiB.
     assert!(max_rss < 128 * 1024, "agent RSS peaked at {max_rss} KiB");

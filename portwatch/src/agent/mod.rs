@@ -404,6 +404,12 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
         let _ = job.await;
     }
     let lost = obs.lost();
+    // Kernel programs' error counts, by program, when any: for the stop line.
+    let mut kernel_errors: Vec<String> = obs.errors().into_iter().filter(|&(_, n)| n > 0).map(|(p, n)| format!("{p} {n}")).collect();
+    let malformed = pump::MALFORMED.load(std::sync::atomic::Ordering::Relaxed);
+    if malformed > 0 {
+        kernel_errors.push(format!("malformed events {malformed}"));
+    }
     drop(ring);
     drop(obs);
     let recorder = match Arc::try_unwrap(recorder) {
@@ -424,6 +430,10 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     if let Some(path) = &cfg.socket {
         let _ = control::server::remove_stale(path);
     }
-    info!(lost_events = lost, "agent stopped; hooks detached");
+    if kernel_errors.is_empty() {
+        info!(lost_events = lost, "agent stopped; hooks detached");
+    } else {
+        info!(lost_events = lost, kernel_errors = %kernel_errors.join(", "), "agent stopped; hooks detached");
+    }
     Ok(())
 }

@@ -98,13 +98,22 @@ impl Pump {
     }
 }
 
+/// Records taken from the ring buffer that did not decode (none, unless the kernel
+/// and user sides disagree): counted for the stop line, the first one logged.
+pub static MALFORMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Takes up to `max` events from the ring buffer; true when it stopped at `max`
 /// (more may be waiting).
 pub fn drain(rb: &mut aya::maps::RingBuf<aya::maps::MapData>, into: &mut Vec<SockEvent>, max: usize) -> bool {
     while into.len() < max {
         let Some(item) = rb.next() else { return false };
-        if let Ok(ev) = decode(&item) {
-            into.push(ev);
+        match decode(&item) {
+            Ok(ev) => into.push(ev),
+            Err(e) => {
+                if MALFORMED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "dropped a malformed kernel event (later ones are counted in the stop line)");
+                }
+            }
         }
     }
     true
