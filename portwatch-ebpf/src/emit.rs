@@ -1,10 +1,8 @@
 //! Filling in the parts of an event that do not depend on the hook.
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
 };
-use core::mem::MaybeUninit;
-
 use portwatch_common::{info_flags, Event, EventKind};
 
 use crate::maps::self_tgid;
@@ -15,31 +13,10 @@ pub fn is_self() -> bool {
     (bpf_get_current_pid_tgid() >> 32) as u32 == self_tgid()
 }
 
-/// Zeroes `slot` in place and returns it as an event. Not `Event::default()`:
-/// zeroing compiles to a call of the BPF build's `memset`, a loop of five
-/// instructions per byte (~500 for an event, more than the rest of the record);
-/// sixteen 8-byte stores instead, volatile so LLVM does not merge them back into
-/// that call, and in the caller's slot, since moving the result out would be
-/// another (a copy of known zeros is a memset too).
+/// A new event of `kind` stamped with the current task.
 #[inline(always)]
-fn zeroed_event(slot: &mut MaybeUninit<Event>) -> &mut Event {
-    const WORDS: usize = core::mem::size_of::<Event>() / 8;
-    const _: () = assert!(core::mem::size_of::<Event>() % 8 == 0 && core::mem::align_of::<Event>() == 8);
-    let words = slot.as_mut_ptr().cast::<u64>();
-    let mut i = 0;
-    while i < WORDS {
-        // SAFETY: word `i` of the event (size and alignment checked above).
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-        i += 1;
-    }
-    // SAFETY: every byte is written, and all-zero is a valid `Event` (plain integers).
-    unsafe { slot.assume_init_mut() }
-}
-
-/// A new event of `kind` stamped with the current task, made in `slot`.
-#[inline(always)]
-pub fn task_event(slot: &mut MaybeUninit<Event>, kind: EventKind) -> &mut Event {
-    let ev = zeroed_event(slot);
+pub fn task_event(kind: EventKind) -> Event {
+    let mut ev = Event::default();
     ev.info.kind = kind as u32;
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.info.tgid = (pid_tgid >> 32) as u32;
@@ -52,17 +29,16 @@ pub fn task_event(slot: &mut MaybeUninit<Event>, kind: EventKind) -> &mut Event 
         ev.info.ts_ns = bpf_ktime_get_ns();
         ev.info.cgroup_id = bpf_get_current_cgroup_id();
     }
-    // SAFETY: the helper writes at most 16 bytes (NUL-padded) into the event's
-    // zeroed `comm` (aya's wrapper would zero a buffer of its own by `memset`).
-    unsafe { bpf_get_current_comm(ev.info.comm.as_mut_ptr().cast(), ev.info.comm.len() as u32) };
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.info.comm = comm;
+    }
     ev
 }
 
-/// A new event of `kind` raised outside process context (softirq): no task fields;
-/// made in `slot`.
+/// A new event of `kind` raised outside process context (softirq): no task fields.
 #[inline(always)]
-pub fn softirq_event(slot: &mut MaybeUninit<Event>, kind: EventKind) -> &mut Event {
-    let ev = zeroed_event(slot);
+pub fn softirq_event(kind: EventKind) -> Event {
+    let mut ev = Event::default();
     ev.info.kind = kind as u32;
     ev.info.flags = info_flags::NO_TASK;
     // SAFETY: helper without arguments.
@@ -80,20 +56,30 @@ macro_rules! ctx_field {
     };
 }
 
-/// Copies a `[u32; 4]` IPv6 address (network order words) into bytes (two 8-byte
-/// words: a zeroed byte array would be a `memset` call, see [`zeroed_event`]).
+/// Copies a `[u32; 4]` IPv6 address (network order words) into bytes.
 #[inline(always)]
 pub fn ip6_bytes(words: [u32; 4]) -> [u8; 16] {
-    const _: () = assert!(cfg!(target_endian = "little"));
-    let lo = u64::from(words[0]) | u64::from(words[1]) << 32;
-    let hi = u64::from(words[2]) | u64::from(words[3]) << 32;
-    // SAFETY: two u64s are 16 plain bytes; this target is little-endian, so each
-    // word's bytes stay in order.
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([lo, hi]) }
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
 }
 
 /// Copies a network-order IPv4 word into the first 4 bytes.
 #[inline(always)]
 pub fn ip4_bytes(word: u32) -> [u8; 16] {
-    ip6_bytes([word, 0, 0, 0])
+    let mut out = [0u8; 16];
+    let b = word.to_ne_bytes();
+    out[0] = b[0];
+    out[1] = b[1];
+    out[2] = b[2];
+    out[3] = b[3];
+    out
 }

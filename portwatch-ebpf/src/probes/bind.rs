@@ -41,8 +41,7 @@ fn try_bind(ctx: &SockAddrContext, family: u16) -> Result<(), ()> {
     if port == 0 || !watched(port) || is_self() {
         return Ok(());
     }
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ev = task_event(&mut slot, EventKind::BindAttempt);
+    let mut ev = task_event(EventKind::BindAttempt);
     // SAFETY: helpers valid for cgroup/sock_addr programs.
     unsafe {
         ev.info.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
@@ -57,7 +56,7 @@ fn try_bind(ctx: &SockAddrContext, family: u16) -> Result<(), ()> {
     } else {
         ip6_bytes([ctx_field!(sa, user_ip6[0]), ctx_field!(sa, user_ip6[1]), ctx_field!(sa, user_ip6[2]), ctx_field!(sa, user_ip6[3])])
     };
-    submit(ev);
+    submit(&ev);
     Ok(())
 }
 
@@ -86,8 +85,7 @@ fn try_post_bind<const V6: bool>(ctx: &SockContext) -> Result<(), ()> {
     if !watched(port) || is_self() {
         return Ok(());
     }
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ev = task_event(&mut slot, EventKind::Bind);
+    let mut ev = task_event(EventKind::Bind);
     // SAFETY: helpers valid for cgroup/sock programs.
     unsafe {
         ev.info.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
@@ -102,6 +100,6 @@ fn try_post_bind<const V6: bool>(ctx: &SockContext) -> Result<(), ()> {
         ip4_bytes(ctx_field!(sk, src_ip4))
     };
     track(ctx.as_ptr(), &ev.data);
-    submit(ev);
+    submit(&ev);
     Ok(())
 }

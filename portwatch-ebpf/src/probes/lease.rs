@@ -66,8 +66,7 @@ fn check<const RETVAL: bool>(ctx: &SockAddrContext, family: u16) -> i32 {
     if netns != 0 && here != netns {
         return ALLOW;
     }
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ev = task_event(&mut slot, EventKind::Refused);
+    let mut ev = task_event(EventKind::Refused);
     ev.info.netns_cookie = here;
     // SAFETY: helper valid for cgroup/sock_addr programs.
     ev.data.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -92,7 +91,7 @@ fn check<const RETVAL: bool>(ctx: &SockAddrContext, family: u16) -> i32 {
         (*l).last_cookie = ev.data.cookie;
         (*l).last_comm = ev.info.comm;
     }
-    submit(ev);
+    submit(&ev);
     if RETVAL {
         // SAFETY: helper valid for cgroup programs on Linux >= 5.18 (the other build
         // does not call it).

@@ -45,8 +45,7 @@ fn try_sock_release(ctx: &SockContext) -> Result<(), ()> {
         (cookie, t)
     };
     let sk = ctx.sock;
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ev = task_event(&mut slot, EventKind::Close);
+    let mut ev = task_event(EventKind::Close);
     // SAFETY: helper valid for cgroup/sock programs.
     ev.info.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     ev.data.cookie = cookie;
@@ -55,6 +54,6 @@ fn try_sock_release(ctx: &SockContext) -> Result<(), ()> {
     ev.data.port = t.port;
     ev.data.old_state = ctx_field!(sk, state) as u8;
     ev.data.addr = t.addr;
-    submit(ev);
+    submit(&ev);
     Ok(())
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint
 use portwatch_common::{probe, tcp_state, EventKind, KernelOffsets, AF_INET, AF_INET6};
 
 use crate::{
-    emit::{ip4_bytes, is_self, softirq_event, task_event},
+    emit::{is_self, softirq_event, task_event},
     maps::{accepts_wanted, count_error, offsets, submit, track, watched, CONFIG, QUEUED},
     read::rd,
 };
@@ -61,8 +61,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
             }
         }
     }
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let ev = if kind == EventKind::Listen { task_event(&mut slot, kind) } else { softirq_event(&mut slot, kind) };
+    let mut ev = if kind == EventKind::Listen { task_event(kind) } else { softirq_event(kind) };
     fill_sock(&mut ev.data, sk, &off)?;
     ev.data.port = port;
     ev.data.old_state = old as u8;
@@ -75,7 +74,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), ()> {
         ev.data.cookie = unsafe { bpf_get_socket_cookie(ctx.arg(0)) };
         track(ctx.arg(0), &ev.data);
     }
-    submit(ev);
+    submit(&ev);
     Ok(())
 }
 
@@ -84,17 +83,13 @@ fn fill_sock(d: &mut portwatch_common::SockData, sk: u64, off: &KernelOffsets) -
     d.protocol = rd(sk, off.sk_protocol).unwrap_or(0);
     d.peer_port = u16::from_be(rd(sk, off.skc_dport).unwrap_or(0));
     if d.family == AF_INET {
-        // `d` is zeroed (`emit::zeroed_event`): an unread peer stays 0, with no
-        // zeroed temporary (a `memset` call here).
-        d.addr = ip4_bytes(rd(sk, off.skc_rcv_saddr)?);
-        if let Ok(p) = rd::<u32>(sk, off.skc_daddr) {
-            d.peer_addr = ip4_bytes(p);
-        }
+        let a: [u8; 4] = rd(sk, off.skc_rcv_saddr)?;
+        let p: [u8; 4] = rd(sk, off.skc_daddr).unwrap_or([0; 4]);
+        d.addr[..4].copy_from_slice(&a);
+        d.peer_addr[..4].copy_from_slice(&p);
     } else if d.family == AF_INET6 {
         d.addr = rd(sk, off.skc_v6_rcv_saddr)?;
-        if let Ok(p) = rd(sk, off.skc_v6_daddr) {
-            d.peer_addr = p;
-        }
+        d.peer_addr = rd(sk, off.skc_v6_daddr).unwrap_or([0; 16]);
     }
     Ok(())
 }
