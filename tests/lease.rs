@@ -128,7 +128,22 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// What sweeps stale leases in these tests (`lease list` as root, `cleanup`, the
+/// agent) runs under this lock, so a test that leaves its lease stale on purpose
+/// sees its own sweep remove it (tests run in parallel).
+static SWEEPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn sweeping() -> std::sync::MutexGuard<'static, ()> {
+    SWEEPS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn leases(port: u16) -> Vec<serde_json::Value> {
+    let _sweeps = sweeping();
+    leases_unlocked(port)
+}
+
+/// [`leases`] for a test that holds [`SWEEPS`] already.
+fn leases_unlocked(port: u16) -> Vec<serde_json::Value> {
     let o = portwatch(&["lease", "list", "--json", &port.to_string()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).unwrap()
@@ -220,6 +235,8 @@ fn a_sigkilled_runs_lease_ends_with_it_and_is_swept() {
     let name = wait_for("the run's lease directory", Duration::from_secs(5), || {
         holder_dirs().into_iter().find(|d| d.starts_with(&format!("portwatch-run-{}-", run.pid())))
     });
+    // No other test's sweep until this one has looked.
+    let sweeps = sweeping();
     kill(Pid::from_raw(run.pid()), Signal::SIGKILL).unwrap();
     let _ = run.wait();
     // The kernel closed the run's links: not one more bind is refused.
@@ -228,9 +245,10 @@ fn a_sigkilled_runs_lease_ends_with_it_and_is_swept() {
     let o = portwatch(&["lease", "list"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("removed stale lease {name}")), "{o:?}");
     assert!(!holder_dirs().contains(&name));
-    assert!(leases(port).is_empty());
+    assert!(leases_unlocked(port).is_empty());
     // What the killed run left (its service, in its cgroup) is for cleanup.
     let _ = portwatch(&["cleanup", "--runs"]);
+    drop(sweeps);
 }
 
 /// `python3 -c SCRIPT` started inside the test's cgroup `cg`.
@@ -353,7 +371,10 @@ fn a_stale_operator_lease_on_a_removed_cgroup_is_swept() {
     assert_eq!(tcp_bind("127.0.0.1", port), Err(EADDRINUSE));
     let l = leases(port);
     assert!(l.is_empty() || l[0]["state"] == "stale", "{l:?}");
-    let o = portwatch(&["cleanup", "--runs"]);
+    let o = {
+        let _sweeps = sweeping();
+        portwatch(&["cleanup", "--runs"])
+    };
     assert!(o.status.code().is_some_and(|c| c <= 1), "{o:?}");
     assert_eq!(tcp_bind("127.0.0.1", port), Ok(()), "swept");
     assert!(leases(port).is_empty());
@@ -384,6 +405,8 @@ fn the_agent_records_who_a_lease_refused_and_the_timeline_marks_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("history.db");
     let dbs = db.to_str().unwrap();
+    // The agent sweeps stale leases every 5 s.
+    let _sweeps = sweeping();
     let (agent, _log) =
         portwatch_tests::start_logged(&["agent", "--no-socket", "--interval", "200ms", "-p", &p, "--db", dbs], "agent started");
     let run = Run::leased_server(port, &[("GITHUB_RUN_ID", "9191"), ("GITHUB_JOB", "lease-smoke")]);
@@ -478,7 +501,10 @@ fn lease_hold_leases_to_a_cgroup_while_it_runs_and_not_after_a_kill() {
     kill(Pid::from_raw(hold.pid()), Signal::SIGKILL).unwrap();
     let _ = hold.wait();
     assert_eq!(tcp_bind("127.0.0.1", port), Ok(()));
-    let _ = portwatch(&["lease", "list"]);
+    drop({
+        let _sweeps = sweeping();
+        portwatch(&["lease", "list"])
+    });
     assert!(leases(port).is_empty());
     // Not root: no.
     let o = portwatch_unprivileged(&["lease", "hold", "-p", &p, "--cgroup", cg.0.to_str().unwrap()]);
