@@ -482,6 +482,11 @@ pub struct Boot<'a> {
 pub struct Outcome {
     /// The guest script wrote `done` (always false for [`Init::Program`]).
     pub finished: bool,
+    /// The initramfs's init printed its first line: the kernel finished booting.
+    pub booted: bool,
+    /// The console of an earlier boot whose kernel panicked before its init ran,
+    /// and which was therefore booted once more (see [`boot`]).
+    pub boot_panic: Option<PathBuf>,
     pub timed_out: bool,
     /// The console line that made the harness kill qemu.
     pub aborted: Option<String>,
@@ -509,11 +514,42 @@ impl Outcome {
     }
 }
 
+/// What marks the kernel's own boot as over: the initramfs's first console line.
+const BOOTED_LINE: &str = "vmtest-init: kernel booted";
+
 /// Boots `kernel` under qemu and waits for it to power off, killing it at the
 /// timeout (or at an `abort_on` line). The guest sees the host's root through the
 /// initramfs's overlay and `results` read-write at the same path; the serial
 /// console is saved to `results/console.log`.
+///
+/// A kernel that panics before its init runs is booted once more. Under
+/// multi-threaded TCG the stock kernels rarely (once in many CI runs) die in their
+/// own late initcalls: a static key flipped on one vCPU (`sched_clock_running` in
+/// `sched_clock_init_late`) while the other still runs the old translation of the
+/// patched code hits a stale `int3` ("Oops: int3", "Fatal exception in
+/// interrupt"). Nothing of the project has run then, so that boot says nothing
+/// about it; its console is kept as `console-boot-panic.log` and the report names
+/// the retry. A panic after the init started is never retried.
 pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
+    let first = boot_once(b)?;
+    if first.booted || first.aborted.as_deref() != Some("Kernel panic - not syncing") {
+        return Ok(first);
+    }
+    let kept = std::env::temp_dir().join(format!("portwatch-vmtest-boot-panic-{}.log", std::process::id()));
+    fs::copy(&first.console, &kept).with_context(|| format!("keeping {}", first.console.display()))?;
+    eprintln!(
+        "xtask: vmtest: {} ({}): the kernel panicked while booting, before its init ran; booting it once more",
+        b.kernel.series, b.kernel.release
+    );
+    let mut again = boot_once(b)?;
+    let saved = b.results.join("console-boot-panic.log");
+    fs::copy(&kept, &saved).with_context(|| format!("writing {}", saved.display()))?;
+    let _ = fs::remove_file(&kept);
+    again.boot_panic = Some(saved);
+    Ok(again)
+}
+
+fn boot_once(b: &Boot<'_>) -> Result<Outcome> {
     let results = b.results;
     let text = results.to_str().context("results path is not UTF-8")?;
     if text.contains(|c: char| c.is_whitespace() || c == ',') {
@@ -586,11 +622,13 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
     let deadline = start + b.timeout;
     let mut timed_out = false;
     let mut aborted = None;
+    let mut booted = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let _ = writeln!(console, "{line}");
+                booted |= line.contains(BOOTED_LINE);
                 match b.echo {
                     Echo::All => eprintln!("{tag} {line}"),
                     Echo::Progress if line.starts_with("vmtest:") => eprintln!("{tag} {line}"),
@@ -633,7 +671,22 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
     if let Some(dir) = results.parent() {
         let _ = fs::copy(results.join("vmlinux.btf"), dir.join("vmlinux.btf"));
     }
-    Ok(Outcome { finished, timed_out, aborted, elapsed, console: console_path, qemu_status, other_cpus })
+    Ok(Outcome { finished, booted, boot_panic: None, timed_out, aborted, elapsed, console: console_path, qemu_status, other_cpus })
+}
+
+/// The console lines a report shows for a guest that did not finish: from the
+/// kernel's first oops line (its kind, e.g. "Oops: int3", and the trace) when
+/// there is one, else the last lines.
+fn console_excerpt(console: &Path) -> Vec<String> {
+    let text = fs::read_to_string(console).unwrap_or_default();
+    excerpt_of(&text)
+}
+
+fn excerpt_of(text: &str) -> Vec<String> {
+    const MARKS: [&str; 5] = ["Oops:", "BUG:", "general protection fault", "Kernel panic", "WARNING:"];
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| MARKS.iter().any(|m| l.contains(m))).unwrap_or_else(|| lines.len().saturating_sub(15));
+    lines[start..].iter().take(30).map(|l| (*l).to_owned()).collect()
 }
 
 /// USER_HZ, the unit of /proc/stat and /proc/PID/stat times (100 on Linux/x86).
@@ -974,8 +1027,9 @@ pub fn vmtest(o: &Options) -> Result<()> {
                 (None, None) => bail!("internal: neither --shell nor --init"),
             };
             let shell = matches!(init, Init::Script(_));
-            let out =
-                boot(&Boot { kernel: k, accel, results: &results, init, append: &o.append, timeout, echo: Echo::All, abort_on: &[] })?;
+            // A panic ends the boot at once (and one before the init is retried).
+            let abort_on = &["Kernel panic - not syncing"];
+            let out = boot(&Boot { kernel: k, accel, results: &results, init, append: &o.append, timeout, echo: Echo::All, abort_on })?;
             let rc =
                 fs::read_to_string(results.join("out/shell.status")).ok().and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok());
             let verdict = match (shell, out.finished, rc) {
@@ -988,7 +1042,10 @@ pub fn vmtest(o: &Options) -> Result<()> {
                     if out.timed_out { "killed at the timeout" } else { "powered off" }
                 ),
             };
-            let load = out.other_cpus.map(|o| format!("; other host load {o:.2} CPUs")).unwrap_or_default();
+            let mut load = out.other_cpus.map(|o| format!("; other host load {o:.2} CPUs")).unwrap_or_default();
+            if let Some(first) = &out.boot_panic {
+                let _ = write!(load, "; booted twice, the first kernel panicked before its init ran ({})", first.display());
+            }
             eprintln!("xtask: vmtest: {} ({}): {verdict}{load}; console in {}", k.series, k.release, out.console.display());
             if shell && !(out.finished && rc == Some(0)) {
                 bad.push(k.series.clone());
@@ -1055,6 +1112,9 @@ pub fn vmtest(o: &Options) -> Result<()> {
     let mut text = String::new();
     for (k, out, bins) in &reports {
         let _ = writeln!(text, "\n== kernel {} ({}, {}, {:.0}s) ==", k.series, k.release, accel.name(), out.elapsed.as_secs_f64());
+        if let Some(first) = &out.boot_panic {
+            let _ = writeln!(text, "  booted twice: the first boot's kernel panicked before its init ran ({})", first.display());
+        }
         if let Some(other) = out.other_cpus {
             let _ = write!(text, "  other host load: {other:.2} of {} CPUs busy outside this guest", host_cpus());
             if other > BUSY_HOST_CPUS {
@@ -1100,9 +1160,7 @@ pub fn vmtest(o: &Options) -> Result<()> {
         }
         if !out.finished {
             let _ = writeln!(text, "  GUEST DID NOT FINISH: {}; console: {}", out.why_unfinished(), out.console.display());
-            let tail = fs::read_to_string(&out.console).unwrap_or_default();
-            let lines: Vec<&str> = tail.lines().collect();
-            for l in &lines[lines.len().saturating_sub(15)..] {
+            for l in console_excerpt(&out.console) {
                 let _ = writeln!(text, "    | {l}");
             }
         }
@@ -1183,6 +1241,9 @@ pub fn systemd_test(k: &Kernel, accel: Accel) -> Result<bool> {
     let report = fs::read_to_string(results.join("systemd.txt")).unwrap_or_default();
     let fails = fs::read_to_string(results.join("systemd.status")).ok().and_then(|s| s.trim().parse::<u32>().ok());
     println!("\n== systemd as PID 1, kernel {} ({}, {}, {:.0}s) ==", k.series, k.release, accel.name(), out.elapsed.as_secs_f64());
+    if let Some(first) = &out.boot_panic {
+        println!("  booted twice: the first boot's kernel panicked before its init ran ({})", first.display());
+    }
     for line in report.lines() {
         println!("  {line}");
     }
@@ -1194,9 +1255,7 @@ pub fn systemd_test(k: &Kernel, accel: Accel) -> Result<bool> {
         }
         None => {
             println!("  the test did not finish ({}); console: {}", out.why_unfinished(), out.console.display());
-            let tail = fs::read_to_string(&out.console).unwrap_or_default();
-            let lines: Vec<&str> = tail.lines().collect();
-            for l in &lines[lines.len().saturating_sub(15)..] {
+            for l in console_excerpt(&out.console) {
                 println!("    | {l}");
             }
             false
@@ -1209,6 +1268,24 @@ pub fn systemd_test(k: &Kernel, accel: Accel) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_excerpt_starts_at_the_oops() {
+        let mut text = String::new();
+        for i in 0..40 {
+            text.push_str(&format!("[ 1.{i:02}] boot line {i}\n"));
+        }
+        text.push_str("[ 1.39] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n[ 1.39] RIP: 0010:sched_clock_cpu+0x9/0x190\n");
+        text.push_str("[ 1.40] Kernel panic - not syncing: Fatal exception in interrupt\n");
+        let ex = excerpt_of(&text);
+        assert_eq!(ex.len(), 3);
+        assert!(ex[0].contains("Oops: int3"), "{ex:?}");
+        // Without an oops: the last 15 lines.
+        let quiet: String = (0..40).map(|i| format!("line {i}\n")).collect();
+        let ex = excerpt_of(&quiet);
+        assert_eq!(ex.len(), 15);
+        assert_eq!(ex[0], "line 25");
+    }
 
     #[test]
     fn picks_generic_flavour_of_the_series() {

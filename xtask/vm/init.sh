@@ -24,6 +24,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 say() { echo "vmtest-init: $*" > /dev/console; }
+# The harness reads this line as "the kernel finished booting" (a panic before it
+# is a boot failure, which it retries once: see boot() in xtask/src/vmtest.rs).
+say "kernel booted"
 die() {
 	say "FATAL: $*"
 	echo o > /proc/sysrq-trigger
