@@ -512,12 +512,16 @@ fn note_waiter(q: &mut HolderQuery, wqe: u64, func: u64, wake: u64) {
 /// The first task in epoll_wait on the epoll whose entry `wqe` is (0: none).
 #[inline(always)]
 fn epoll_waiter(wqe: u64) -> Result<u64, ()> {
+    // Offsets BTF did not give (u32::MAX): no reads through them at all.
+    if off!(epe_wait) == u32::MAX || off!(epe_base) == u32::MAX || off!(epi_ep) == u32::MAX || off!(ep_wait_head) == u32::MAX {
+        return Ok(0);
+    }
     let entry = wqe - u64::from(off!(epe_wait));
     let epi: u64 = rd(entry, off!(epe_base))?;
     let ep: u64 = rd(epi, off!(epi_ep))?;
     let head = ep + u64::from(off!(ep_wait_head));
     let first: u64 = rd(head, off!(list_next))?;
-    if first == head || off!(ep_wait_head) == u32::MAX {
+    if first == head {
         return Ok(0);
     }
     rd(first - u64::from(off!(wqe_entry)), off!(wqe_private))
