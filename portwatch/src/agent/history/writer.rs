@@ -156,6 +156,7 @@ impl Writer {
             dropped_logged: 0,
             drop_log_at: Instant::now(),
             last_prune: None,
+            vacuum_due: true,
         };
         let (taken, taken_bytes) = (queued.clone(), queued_bytes.clone());
         let spawned = std::thread::Builder::new().name("history".into()).spawn(move || thread.run(&rx, &taken, &taken_bytes));
@@ -233,6 +234,10 @@ struct Thread {
     dropped_logged: u64,
     drop_log_at: Instant,
     last_prune: Option<Instant>,
+    /// Rows were written or deleted since free pages were last found below the
+    /// give-back threshold. An idle agent then asks SQLite nothing: two PRAGMA
+    /// reads five times a second were most of its idle CPU.
+    vacuum_due: bool,
 }
 
 impl Thread {
@@ -242,7 +247,12 @@ impl Thread {
             if self.store.is_none() && Instant::now() >= self.retry_at {
                 self.open();
             }
-            let closed = match rx.recv_timeout(Duration::from_millis(200)) {
+            // Waiting to reopen the database: look often. Otherwise rows wake the
+            // thread, and the timeout only paces the upkeep (pruning once a minute,
+            // the dropped-rows warning): once a second, since every wakeup of an
+            // idle agent costs CPU.
+            let wait = if self.store.is_none() { Duration::from_millis(200) } else { Duration::from_secs(1) };
+            let closed = match rx.recv_timeout(wait) {
                 Ok(q) => {
                     let mut bytes = q.bytes;
                     batch.push(q.row);
@@ -300,6 +310,8 @@ impl Thread {
         }
         self.health.rows.set(store.row_count() as i64);
         self.store = Some(store);
+        // Trimmed at open, or free pages left by an earlier run.
+        self.vacuum_due = true;
         self.backoff = self.retry_first;
         let recovered = self.health.error().is_some();
         self.health.set(None);
@@ -328,6 +340,8 @@ impl Thread {
         };
         match store.insert(batch) {
             Ok(_) => {
+                // Inserting at the row bound deletes the oldest rows.
+                self.vacuum_due = true;
                 self.health.rows.set(store.row_count() as i64);
             }
             Err(e) => {
@@ -346,8 +360,16 @@ impl Thread {
             r = store.prune(before, self.retention.max_rows).map(drop);
             self.health.rows.set(store.row_count() as i64);
             self.last_prune = Some(Instant::now());
+            self.vacuum_due = true;
         }
-        if let Err(e) = r.and_then(|()| store.give_back().map(drop)) {
+        let r = r.and_then(|()| {
+            if self.vacuum_due {
+                // 0: below the threshold, nothing to give back until rows go again.
+                self.vacuum_due = store.give_back()? > 0;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
             self.fail(format!("history database {}: pruning failed: {e}", self.path.display()));
         }
     }
