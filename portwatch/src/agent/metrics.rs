@@ -1,6 +1,10 @@
 //! Prometheus metrics for the agent (`--metrics ADDR`), served at `/metrics` in the
 //! text exposition format by a small HTTP responder.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -13,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    agent::history::writer::Health,
+    agent::{history::writer::Health, shared::lock},
     error::{Error, Result},
     model::verdict::Verdict,
     sys::proc::SelfUsage,
@@ -75,6 +79,20 @@ pub struct Metrics {
     pub lost: Counter,
     /// Errors each kernel program counted (failed kernel reads...).
     pub kernel_errors: Family<ProgramLabel, Gauge>,
+    /// What each port's gauges were last set to: a sample that changes nothing
+    /// sets nothing (an idle agent's ticks set nine labelled gauges per port).
+    last_ports: Arc<Mutex<HashMap<u16, PortGauges>>>,
+}
+
+/// One port's gauges, as last set.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct PortGauges {
+    held: bool,
+    holders: usize,
+    queue: u64,
+    queue_max: u64,
+    /// Bit i: stuck for `REASONS[i]`.
+    stuck: u32,
 }
 
 pub const REASONS: &[&str] = &["accept_stall", "holders_stopped", "probe_failing", "bound_not_listening", "leftover"];
@@ -101,6 +119,7 @@ impl Metrics {
             reaps: Family::default(),
             lost: Counter::default(),
             kernel_errors: Family::default(),
+            last_ports: Arc::default(),
         };
         r.register("port_held", "Whether a socket is bound to the watched port (1) or not (0)", m.held.clone());
         r.register("port_holders", "Processes holding sockets on the watched port", m.holders.clone());
@@ -145,14 +164,22 @@ impl Metrics {
 
     /// Sets the per-port gauges from one sample.
     pub fn observe_port(&self, port: u16, sockets: usize, holders: usize, queue: u64, queue_max: u64, verdict: Option<&Verdict>) {
+        let stuck = REASONS
+            .iter()
+            .enumerate()
+            .filter(|(_, reason)| verdict.is_some_and(|v| v.reasons.iter().any(|r| r.kind.name() == **reason)))
+            .fold(0u32, |bits, (i, _)| bits | 1 << i);
+        let now = PortGauges { held: sockets > 0, holders, queue, queue_max, stuck };
+        if lock(&self.last_ports).insert(port, now) == Some(now) {
+            return;
+        }
         let l = PortLabel { port };
-        self.held.get_or_create(&l).set(i64::from(sockets > 0));
+        self.held.get_or_create(&l).set(i64::from(now.held));
         self.holders.get_or_create(&l).set(holders as i64);
         self.accept_queue.get_or_create(&l).set(queue as i64);
         self.accept_queue_max.get_or_create(&l).set(queue_max as i64);
-        for reason in REASONS {
-            let on = verdict.is_some_and(|v| v.reasons.iter().any(|r| r.kind.name() == *reason));
-            self.stuck.get_or_create(&StuckLabel { port, reason: (*reason).to_string() }).set(i64::from(on));
+        for (i, reason) in REASONS.iter().enumerate() {
+            self.stuck.get_or_create(&StuckLabel { port, reason: (*reason).to_string() }).set(i64::from(stuck >> i & 1));
         }
     }
 
@@ -346,6 +373,36 @@ mod tests {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
         assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn a_port_sample_sets_its_gauges_only_when_they_change() {
+        let (m, r) = Metrics::new();
+        let stall = Verdict {
+            port: 5050,
+            cookie: 1,
+            reasons: vec![Reason { kind: ReasonKind::AcceptStall, evidence: String::new() }],
+            pids: vec![1],
+        };
+        m.observe_port(5050, 1, 2, 3, 128, Some(&stall));
+        // Someone else's write to a gauge shows whether the same sample sets it again.
+        m.holders.get_or_create(&PortLabel { port: 5050 }).set(99);
+        m.observe_port(5050, 1, 2, 3, 128, Some(&stall));
+        assert!(render(&r).contains("portwatch_port_holders{port=\"5050\"} 99"), "an unchanged sample was set again");
+        // Any change sets every gauge of the port, the stuck reasons included.
+        m.observe_port(5050, 0, 0, 0, 0, None);
+        let text = render(&r);
+        for needle in [
+            "portwatch_port_held{port=\"5050\"} 0",
+            "portwatch_port_holders{port=\"5050\"} 0",
+            "portwatch_accept_queue_max{port=\"5050\"} 0",
+            "portwatch_port_stuck{port=\"5050\",reason=\"accept_stall\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        // Another port is its own.
+        m.observe_port(5051, 1, 1, 0, 128, None);
+        assert!(render(&r).contains("portwatch_port_held{port=\"5051\"} 1"));
     }
 
     #[test]
