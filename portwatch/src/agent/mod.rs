@@ -44,7 +44,7 @@ use crate::{
     output::esc,
     service::{
         holders::WhoResult,
-        judge::{self, Sampler, Streaks},
+        judge::{self, Sampler, Streaks, Tick},
         reaper,
         supervisor::tree,
     },
@@ -320,11 +320,19 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     judge::run_probes(&cfg, &mut streaks).await;
                 }
                 if let Some(mut s) = sampler.take() {
-                    let (ports, counts, streaks) = (cfg.ports.clone(), counts.clone(), streaks.clone());
-                    sampling = Some(tokio::task::spawn_blocking(move || {
-                        let r = s.sample(&ports, &counts, &streaks);
-                        (s, r)
-                    }));
+                    sampling = Some(match s.tick(&counts, &streaks) {
+                        // Nothing on the ports (a few map reads told): finished on
+                        // this thread, without waking a blocking-pool thread twice a
+                        // tick (most of an idle agent's CPU on this VM).
+                        Tick::Idle(idle) => tokio::spawn(async move { (s, Ok(*idle)) }),
+                        Tick::Look { tracked } => {
+                            let (ports, counts, streaks) = (cfg.ports.clone(), counts.clone(), streaks.clone());
+                            tokio::task::spawn_blocking(move || {
+                                let r = s.look(tracked, &ports, &counts, &streaks);
+                                (s, r)
+                            })
+                        }
+                    });
                 }
             }
             done = async { match sampling.as_mut() { Some(job) => job.await, None => std::future::pending().await } }, if sampling.is_some() => {

@@ -52,21 +52,44 @@ pub struct Sampler {
 
 const FULL_EVERY: u64 = 10;
 
+/// What one tick of the sampler needs.
+pub enum Tick {
+    /// Nothing bound or listening on the watched ports: the (empty) sample, taken
+    /// with a few map reads, cheap enough for the agent's own loop.
+    Idle(Box<(Sample, WhoResult)>),
+    /// A look at the ports ([`Sampler::look`]: sock_diag, /proc, maybe the
+    /// holders pass), for the blocking pool. `tracked`: the kernel tracks a socket
+    /// on them.
+    Look { tracked: bool },
+}
+
 impl Sampler {
     pub fn sample(&mut self, ports: &PortSet, counts: &Counts, probe_failures: &Streaks) -> Result<(Sample, WhoResult)> {
-        self.ticks += 1;
-        // Nothing bound or listening on the watched ports (the kernel tracks each
-        // such socket): an empty sample without sock_diag or a holders pass. Every
-        // FULL_EVERY ticks it looks anyway, and tracks what it finds (a tracked
-        // listener can be evicted from the LRU map by a storm of binds).
-        let tracked = counts.any_tracked();
-        if !tracked && self.ticks % FULL_EVERY != 1 {
-            self.holders.clear();
-            self.listening.clear();
-            let at = Duration::from_nanos(mono_ns());
-            let sample = Sample { at, sockets: Vec::new(), queued: HashMap::new(), probe_failures: probe_failures.clone() };
-            return Ok((sample, WhoResult { method: "none", ..WhoResult::default() }));
+        match self.tick(counts, probe_failures) {
+            Tick::Idle(idle) => Ok(*idle),
+            Tick::Look { tracked } => self.look(tracked, ports, counts, probe_failures),
         }
+    }
+
+    /// Starts a tick. Nothing bound or listening on the watched ports (the kernel
+    /// tracks each such socket): an empty sample without sock_diag or a holders
+    /// pass. Every FULL_EVERY ticks it looks anyway, and tracks what it finds (a
+    /// tracked listener can be evicted from the LRU map by a storm of binds).
+    pub fn tick(&mut self, counts: &Counts, probe_failures: &Streaks) -> Tick {
+        self.ticks += 1;
+        let tracked = counts.any_tracked();
+        if tracked || self.ticks % FULL_EVERY == 1 {
+            return Tick::Look { tracked };
+        }
+        self.holders.clear();
+        self.listening.clear();
+        let at = Duration::from_nanos(mono_ns());
+        let sample = Sample { at, sockets: Vec::new(), queued: HashMap::new(), probe_failures: probe_failures.clone() };
+        Tick::Idle(Box::new((sample, WhoResult { method: "none", ..WhoResult::default() })))
+    }
+
+    /// The rest of a tick that must look at the ports.
+    pub fn look(&mut self, tracked: bool, ports: &PortSet, counts: &Counts, probe_failures: &Streaks) -> Result<(Sample, WhoResult)> {
         let list: Vec<u16> = ports.iter().collect();
         let q = Query { tcp: true, udp: false, connections: false };
         // The accept counters bracket the read of the accept queues: one map read
