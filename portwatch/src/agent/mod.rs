@@ -48,7 +48,10 @@ use crate::{
         reaper,
         supervisor::tree,
     },
-    sys::sockdiag::{self, Query},
+    sys::{
+        clock::mono_ns,
+        sockdiag::{self, Query},
+    },
 };
 
 /// The ring buffer's pages are mapped into the agent (twice, for wrap-around) and
@@ -235,6 +238,8 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_every = judge::probe_every(&cfg);
     let mut ticks: u64 = 0;
+    // When the tick last read the ring buffer to its end (see Msg::Tick).
+    let mut drained_ns: u64 = 0;
     // systemd (Type=notify): ready once the hooks are attached, the control socket
     // listens and the metrics are served.
     sd_notify(&format!("READY=1\nSTATUS=watching {} port(s)", list.len()));
@@ -304,17 +309,28 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
-                // A last resort for a record a kernel program wrote without a wakeup
-                // while the mode switched back: read at the next tick at the latest.
-                if pending.is_none() && !batched {
+                // What the ring holds goes to the event thread before the tick that
+                // expires bind attempts: in batched mode a bind's success can wait
+                // in the ring for a drain tick, and its attempt, read earlier, must
+                // not be judged failed meanwhile (it was, once, under TCG: one
+                // bind recorded twice). Also the last resort for a record a kernel
+                // program wrote without a wakeup while the mode switched back.
+                if pending.is_none() {
+                    let at = mono_ns();
                     let mut batch = Vec::new();
-                    drain(ring.get_mut(), &mut batch, BATCH);
+                    let more = drain(ring.get_mut(), &mut batch, BATCH);
                     if !batch.is_empty() {
                         pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
                     }
+                    if !more {
+                        drained_ns = at;
+                    }
                 }
-                // Expiring bind attempts waits for a free slot (a later tick does it).
-                let _ = pump.try_send(Msg::Tick { lost: obs.lost() });
+                // Expiring bind attempts waits for a free slot behind every batch
+                // read (a later tick does it).
+                if pending.is_none() {
+                    let _ = pump.try_send(Msg::Tick { lost: obs.lost(), drained_ns });
+                }
                 ticks += 1;
                 if !cfg.probes.is_empty() && ticks.is_multiple_of(probe_every) {
                     judge::run_probes(&cfg, &mut streaks).await;

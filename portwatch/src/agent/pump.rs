@@ -29,6 +29,10 @@ pub enum Msg {
     /// attempts that did not succeed.
     Tick {
         lost: u64,
+        /// CLOCK_MONOTONIC when the ring buffer was last read to its end, every
+        /// record read by then handed over before this tick: an attempt expires
+        /// only against this time, never while its success may still be unread.
+        drained_ns: u64,
     },
 }
 
@@ -54,9 +58,9 @@ impl Pump {
                             pipeline.push(ev).into_iter().for_each(emit);
                         }
                     }
-                    Msg::Tick { lost } => {
+                    Msg::Tick { lost, drained_ns } => {
                         pipeline.note_lost(lost);
-                        pipeline.expire(mono_ns()).into_iter().for_each(emit);
+                        pipeline.expire(mono_ns().min(drained_ns)).into_iter().for_each(emit);
                     }
                 }
             }
