@@ -575,11 +575,29 @@ fn a_server_seen_waiting_is_still_a_candidate_once_stopped() {
 
 /// Waits until `pid` sleeps in accept, poll/select or epoll_wait.
 fn in_wait(pid: i32) {
-    portwatch_tests::wait_for("the process to wait on its listener", Duration::from_secs(10), || {
+    // In a waiting syscall, asleep, and still asleep 100 ms later without having
+    // run meanwhile (the same voluntary switch count): on the wait queue by then.
+    // The syscall number alone is not enough: entering epoll_wait (or poll, or
+    // accept) comes before queueing the task, and under TCG the gap between is
+    // long enough for an ask to miss it (a 6.1 guest did, once).
+    let asleep = || -> Option<u64> {
         let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
         let nr: i64 = sc.split_whitespace().next()?.parse().ok()?;
         // x86_64: poll 7, select 23, accept 43, epoll_wait 232, pselect6 270,
         // ppoll 271, epoll_pwait 281, accept4 288, epoll_pwait2 441.
-        matches!(nr, 7 | 23 | 43 | 232 | 270 | 271 | 281 | 288 | 441).then_some(())
+        if !matches!(nr, 7 | 23 | 43 | 232 | 270 | 271 | 281 | 288 | 441) {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        if !field("State:")?.starts_with('S') {
+            return None;
+        }
+        field("voluntary_ctxt_switches:")?.parse().ok()
+    };
+    portwatch_tests::wait_for("the process to wait on its listener", Duration::from_secs(10), || {
+        let before = asleep()?;
+        std::thread::sleep(Duration::from_millis(100));
+        (asleep()? == before).then_some(())
     });
 }
