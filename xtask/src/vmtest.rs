@@ -500,6 +500,13 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// What the reports say of a boot retried after a panic before its init.
+    fn retry_note(&self) -> Option<String> {
+        self.boot_panic
+            .as_ref()
+            .map(|first| format!("booted twice: the first boot's kernel panicked before its init ran ({})", first.display()))
+    }
+
     fn why_unfinished(&self) -> String {
         if self.timed_out {
             format!("killed after {:.0}s", self.elapsed.as_secs_f64())
@@ -516,6 +523,8 @@ impl Outcome {
 
 /// What marks the kernel's own boot as over: the initramfs's first console line.
 const BOOTED_LINE: &str = "vmtest-init: kernel booted";
+/// The console line of a kernel panic: it ends a boot at once (`abort_on`).
+const PANIC_LINE: &str = "Kernel panic - not syncing";
 
 /// Boots `kernel` under qemu and waits for it to power off, killing it at the
 /// timeout (or at an `abort_on` line). The guest sees the host's root through the
@@ -524,27 +533,26 @@ const BOOTED_LINE: &str = "vmtest-init: kernel booted";
 ///
 /// A kernel that panics before its init runs is booted once more. Under
 /// multi-threaded TCG the stock kernels rarely (once in many CI runs) die in their
-/// own late initcalls: a static key flipped on one vCPU (`sched_clock_running` in
-/// `sched_clock_init_late`) while the other still runs the old translation of the
-/// patched code hits a stale `int3` ("Oops: int3", "Fatal exception in
-/// interrupt"). Nothing of the project has run then, so that boot says nothing
+/// own late initcalls ("Fatal exception in interrupt" at `sched_clock_cpu`, just
+/// past a static branch that `sched_clock_init_late` patches: most likely the
+/// other vCPU running a stale translation of code being patched; the oops line
+/// itself was not kept that time). Nothing of the project has run then, so that boot says nothing
 /// about it; its console is kept as `console-boot-panic.log` and the report names
 /// the retry. A panic after the init started is never retried.
 pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
     let first = boot_once(b)?;
-    if first.booted || first.aborted.as_deref() != Some("Kernel panic - not syncing") {
+    if first.booted || first.aborted.as_deref() != Some(PANIC_LINE) {
         return Ok(first);
     }
-    let kept = std::env::temp_dir().join(format!("portwatch-vmtest-boot-panic-{}.log", std::process::id()));
-    fs::copy(&first.console, &kept).with_context(|| format!("keeping {}", first.console.display()))?;
+    // The next boot empties the results directory: the console is kept in memory.
+    let panicked = fs::read(&first.console).with_context(|| format!("reading {}", first.console.display()))?;
     eprintln!(
         "xtask: vmtest: {} ({}): the kernel panicked while booting, before its init ran; booting it once more",
         b.kernel.series, b.kernel.release
     );
     let mut again = boot_once(b)?;
     let saved = b.results.join("console-boot-panic.log");
-    fs::copy(&kept, &saved).with_context(|| format!("writing {}", saved.display()))?;
-    let _ = fs::remove_file(&kept);
+    fs::write(&saved, panicked).with_context(|| format!("writing {}", saved.display()))?;
     again.boot_panic = Some(saved);
     Ok(again)
 }
@@ -1028,7 +1036,7 @@ pub fn vmtest(o: &Options) -> Result<()> {
             };
             let shell = matches!(init, Init::Script(_));
             // A panic ends the boot at once (and one before the init is retried).
-            let abort_on = &["Kernel panic - not syncing"];
+            let abort_on = &[PANIC_LINE];
             let out = boot(&Boot { kernel: k, accel, results: &results, init, append: &o.append, timeout, echo: Echo::All, abort_on })?;
             let rc =
                 fs::read_to_string(results.join("out/shell.status")).ok().and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok());
@@ -1043,8 +1051,8 @@ pub fn vmtest(o: &Options) -> Result<()> {
                 ),
             };
             let mut load = out.other_cpus.map(|o| format!("; other host load {o:.2} CPUs")).unwrap_or_default();
-            if let Some(first) = &out.boot_panic {
-                let _ = write!(load, "; booted twice, the first kernel panicked before its init ran ({})", first.display());
+            if let Some(note) = out.retry_note() {
+                let _ = write!(load, "; {note}");
             }
             eprintln!("xtask: vmtest: {} ({}): {verdict}{load}; console in {}", k.series, k.release, out.console.display());
             if shell && !(out.finished && rc == Some(0)) {
@@ -1095,7 +1103,7 @@ pub fn vmtest(o: &Options) -> Result<()> {
             append: "",
             timeout,
             echo: Echo::Progress,
-            abort_on: &["Kernel panic - not syncing", "KVM internal error"],
+            abort_on: &[PANIC_LINE, "KVM internal error"],
         })?;
         let bins: Vec<BinResult> = tests
             .iter()
@@ -1112,8 +1120,8 @@ pub fn vmtest(o: &Options) -> Result<()> {
     let mut text = String::new();
     for (k, out, bins) in &reports {
         let _ = writeln!(text, "\n== kernel {} ({}, {}, {:.0}s) ==", k.series, k.release, accel.name(), out.elapsed.as_secs_f64());
-        if let Some(first) = &out.boot_panic {
-            let _ = writeln!(text, "  booted twice: the first boot's kernel panicked before its init ran ({})", first.display());
+        if let Some(note) = out.retry_note() {
+            let _ = writeln!(text, "  {note}");
         }
         if let Some(other) = out.other_cpus {
             let _ = write!(text, "  other host load: {other:.2} of {} CPUs busy outside this guest", host_cpus());
@@ -1236,13 +1244,13 @@ pub fn systemd_test(k: &Kernel, accel: Accel) -> Result<bool> {
         append: "systemd.unit=portwatch-vmtest.service systemd.show_status=0",
         timeout: SYSTEMD_TEST_TIMEOUT,
         echo: Echo::Progress,
-        abort_on: &["Kernel panic - not syncing", "KVM internal error"],
+        abort_on: &[PANIC_LINE, "KVM internal error"],
     })?;
     let report = fs::read_to_string(results.join("systemd.txt")).unwrap_or_default();
     let fails = fs::read_to_string(results.join("systemd.status")).ok().and_then(|s| s.trim().parse::<u32>().ok());
     println!("\n== systemd as PID 1, kernel {} ({}, {}, {:.0}s) ==", k.series, k.release, accel.name(), out.elapsed.as_secs_f64());
-    if let Some(first) = &out.boot_panic {
-        println!("  booted twice: the first boot's kernel panicked before its init ran ({})", first.display());
+    if let Some(note) = out.retry_note() {
+        println!("  {note}");
     }
     for line in report.lines() {
         println!("  {line}");
