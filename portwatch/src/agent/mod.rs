@@ -283,7 +283,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     drain_tick.reset();
                 }
                 if !batch.is_empty() {
-                    pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
+                    pending = pump.try_send_events(batch);
                 }
             }
             _ = drain_tick.tick(), if pending.is_none() && batched => {
@@ -298,7 +298,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     drain(ring.get_mut(), &mut batch, BATCH);
                 }
                 if !batch.is_empty() {
-                    pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
+                    pending = pump.try_send_events(batch);
                 }
             }
             Some(permit) = pump.reserve(), if pending.is_some() => {
@@ -320,7 +320,7 @@ pub async fn run(cfg: Config, dry_run: bool) -> Result<()> {
                     let mut batch = Vec::new();
                     let more = drain(ring.get_mut(), &mut batch, BATCH);
                     if !batch.is_empty() {
-                        pending = pump.try_send(Msg::Events(batch)).err().and_then(|m| match m { Msg::Events(b) => Some(b), Msg::Tick { .. } => None });
+                        pending = pump.try_send_events(batch);
                     }
                     if !more {
                         drained_ns = at;

@@ -17,7 +17,6 @@ use crate::{
     ebpf::events::decode,
     model::event::{Record, SockEvent},
     service::events::Pipeline,
-    sys::clock::mono_ns,
 };
 
 /// At most this many events are taken from the ring buffer per batch.
@@ -60,7 +59,7 @@ impl Pump {
                     }
                     Msg::Tick { lost, drained_ns } => {
                         pipeline.note_lost(lost);
-                        pipeline.expire(mono_ns().min(drained_ns)).into_iter().for_each(emit);
+                        pipeline.expire(drained_ns).into_iter().for_each(emit);
                     }
                 }
             }
@@ -78,6 +77,15 @@ impl Pump {
         match self.tx.try_send(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(m) | TrySendError::Closed(m)) => Err(m),
+        }
+    }
+
+    /// Hands a batch of events over without waiting; gives it back (to keep until
+    /// the thread takes it) when the thread is still busy with the last one.
+    pub fn try_send_events(&self, batch: Vec<SockEvent>) -> Option<Vec<SockEvent>> {
+        match self.try_send(Msg::Events(batch)) {
+            Ok(()) | Err(Msg::Tick { .. }) => None,
+            Err(Msg::Events(b)) => Some(b),
         }
     }
 
