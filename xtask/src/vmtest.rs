@@ -1118,6 +1118,9 @@ pub fn vmtest(o: &Options) -> Result<()> {
     let mut total_failed = 0;
     let mut bad_kernels = Vec::new();
     let mut text = String::new();
+    // The failures again, after the systemd guests' output, so that the tail
+    // of a long log (all a CI page may show) still names them.
+    let mut digest = String::new();
     for (k, out, bins) in &reports {
         let _ = writeln!(text, "\n== kernel {} ({}, {}, {:.0}s) ==", k.series, k.release, accel.name(), out.elapsed.as_secs_f64());
         if let Some(note) = out.retry_note() {
@@ -1160,17 +1163,22 @@ pub fn vmtest(o: &Options) -> Result<()> {
                 }
             }
         }
+        let mut failed = String::new();
         for b in bins.iter().filter(|b| !b.ok) {
-            let _ = writeln!(text, "  {} {}: {}", b.name, b.status, b.log.display());
+            let _ = writeln!(failed, "  {} {}: {}", b.name, b.status, b.log.display());
             for (test, msg) in &b.failures {
-                let _ = writeln!(text, "    {test}: {msg}");
+                let _ = writeln!(failed, "    {test}: {msg}");
             }
         }
         if !out.finished {
-            let _ = writeln!(text, "  GUEST DID NOT FINISH: {}; console: {}", out.why_unfinished(), out.console.display());
+            let _ = writeln!(failed, "  GUEST DID NOT FINISH: {}; console: {}", out.why_unfinished(), out.console.display());
             for l in console_excerpt(&out.console) {
-                let _ = writeln!(text, "    | {l}");
+                let _ = writeln!(failed, "    | {l}");
             }
+        }
+        if !failed.is_empty() {
+            text.push_str(&failed);
+            let _ = write!(digest, "\nfailed on kernel {}:\n{failed}", k.series);
         }
         let _ = writeln!(text, "  kernel {}: {}", k.series, if kernel_ok { "ok" } else { "FAILED" });
         if !kernel_ok {
@@ -1189,6 +1197,7 @@ pub fn vmtest(o: &Options) -> Result<()> {
             }
         }
     }
+    print!("{digest}");
     println!("\nxtask: vmtest took {:.0}s", started.elapsed().as_secs_f64());
     // The plain closing line CI reads.
     println!("vmtest: {total_passed} passed, {total_failed} failed");
