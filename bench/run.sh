@@ -1294,7 +1294,7 @@ bench_bindall() {
     local f=$TMP/bindall.md
     {
         section_header bindall
-        echo "- Load: \`pw-loadgen bindloop --iters $BIND_ITERS --port $port --rounds 1\` (socket + SO_REUSEADDR + bind + listen + close; one untimed warm-up of $((BIND_ITERS / 10))); $BINDALL_ROUNDS rounds of: without portwatch, then with \`portwatch watch --json > /dev/null\` on all ports (from ${WATCH_SETTLE} s after its "watching" line; SIGINT after the run)"
+        echo "- Load: \`pw-loadgen bindloop --iters $BIND_ITERS --port $port --rounds 1\` (socket + SO_REUSEADDR + bind + listen + close; one untimed warm-up of $((BIND_ITERS / 10))); $BINDALL_ROUNDS rounds of: without portwatch, then with \`portwatch watch > /dev/null\` on all ports (from ${WATCH_SETTLE} s after its "watching" line; SIGINT after the run)"
         echo "- Goals (issue 13): ≤ 1.10× without, 0 lost"
         echo
         echo "| without, ns/op (median) | with watch (all ports), ns/op (median) | ratio (median of rounds, range) | lost (all rounds) | goal | result |"
