@@ -20,7 +20,11 @@
 //!
 //! The test binaries are whatever `cargo test --release --no-run --workspace`
 //! builds (see [`build_tests`]); [`HOST_ONLY`] lists those left to the host, and
-//! the report names them. qemu uses KVM only where a probe boot shows it can run
+//! the report names them. When one or two tests of a binary fail, guest.sh runs
+//! them once more, alone: one that passes then is reported as flaky (with its
+//! first failure, in the table, the failures section and the closing line) and
+//! does not fail the run; one that fails again does, as do three failures or a
+//! binary that crashed or timed out. qemu uses KVM only where a probe boot shows it can run
 //! a stock kernel, TCG otherwise (see [`choose_accel`]).
 //!
 //! Any PID 1 can be booted the same way ([`boot`] takes the path of the init):
@@ -858,6 +862,9 @@ struct BinResult {
     secs: f64,
     /// (test, first line of its panic message)
     failures: Vec<(String, String)>,
+    /// Tests that failed, then passed when run again alone (guest.sh's retry):
+    /// (test, the first run's message). Counted as passed.
+    flaky: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -874,6 +881,7 @@ fn read_result(bin: &TestBin, out: &Path) -> BinResult {
         ok: false,
         secs: 0.0,
         failures: Vec::new(),
+        flaky: Vec::new(),
         log,
     };
     let Some(status_line) = status_line else {
@@ -906,7 +914,36 @@ fn read_result(bin: &TestBin, out: &Path) -> BinResult {
         _ if summary.is_some() => "FAILED".into(),
         _ => format!("CRASHED (exit {rc})"),
     };
+    if r.status == "FAILED" {
+        retried(&mut r, bin, out);
+    }
     r
+}
+
+/// Folds in guest.sh's re-run of a binary's failed tests: when every test that
+/// failed passed alone, the binary is ok and those tests are flaky; otherwise
+/// it stays failed, and its status says the re-run failed too.
+fn retried(r: &mut BinResult, bin: &TestBin, out: &Path) {
+    let Some(rc) = fs::read_to_string(out.join(format!("{}.retry", bin.file))).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+        return;
+    };
+    let text = fs::read_to_string(out.join(format!("{}.retry.log", bin.file))).unwrap_or_default();
+    let passed_alone = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("test result: ok. "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    let n = r.failures.len() as u64;
+    if rc == 0 && n > 0 && r.failed == n && passed_alone == Some(n) {
+        r.flaky = std::mem::take(&mut r.failures);
+        r.passed += n;
+        r.failed = 0;
+        r.ok = true;
+        r.status = "ok (flaky)".into();
+    } else {
+        r.status = "FAILED (again when run alone)".into();
+    }
 }
 
 /// The tests libtest marked FAILED, each with the first line of its panic message.
@@ -1116,6 +1153,7 @@ pub fn vmtest(o: &Options) -> Result<()> {
     // The report: one table per kernel, then the failures, then one closing line.
     let mut total_passed = 0;
     let mut total_failed = 0;
+    let mut total_flaky = 0;
     let mut bad_kernels = Vec::new();
     let mut text = String::new();
     // The failures again, after the systemd guests' output, so that the tail
@@ -1180,6 +1218,18 @@ pub fn vmtest(o: &Options) -> Result<()> {
             text.push_str(&failed);
             let _ = write!(digest, "\nfailed on kernel {}:\n{failed}", k.series);
         }
+        let mut flaky = String::new();
+        for b in bins.iter().filter(|b| !b.flaky.is_empty()) {
+            let _ = writeln!(flaky, "  {} flaky: {}", b.name, b.log.display());
+            for (test, msg) in &b.flaky {
+                let _ = writeln!(flaky, "    {test}: failed, then passed when run again alone; the failure: {msg}");
+                total_flaky += 1;
+            }
+        }
+        if !flaky.is_empty() {
+            text.push_str(&flaky);
+            let _ = write!(digest, "\nflaky on kernel {}:\n{flaky}", k.series);
+        }
         let _ = writeln!(text, "  kernel {}: {}", k.series, if kernel_ok { "ok" } else { "FAILED" });
         if !kernel_ok {
             bad_kernels.push(k.series.clone());
@@ -1200,7 +1250,11 @@ pub fn vmtest(o: &Options) -> Result<()> {
     print!("{digest}");
     println!("\nxtask: vmtest took {:.0}s", started.elapsed().as_secs_f64());
     // The plain closing line CI reads.
-    println!("vmtest: {total_passed} passed, {total_failed} failed");
+    if total_flaky == 0 {
+        println!("vmtest: {total_passed} passed, {total_failed} failed");
+    } else {
+        println!("vmtest: {total_passed} passed ({total_flaky} of them flaky: passed only when run again), {total_failed} failed");
+    }
     let _ = std::io::stdout().flush();
     if !bad_kernels.is_empty() {
         // The report says what failed: no error (and no backtrace) on top of it.
@@ -1322,5 +1376,47 @@ mod tests {
         let log = "running 2 tests\ntest a ... ok\ntest b::c ... FAILED\n\nfailures:\n\n---- b::c stdout ----\n\nthread 'b::c' panicked at tests/who.rs:10:5:\nassertion failed: udp found\nnote: run with `RUST_BACKTRACE=1`\n\n\nfailures:\n    b::c\n\ntest result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s\n";
         let f = failures(log);
         assert_eq!(f, vec![("b::c".to_owned(), "assertion failed: udp found (tests/who.rs:10:5)".to_owned())]);
+    }
+
+    #[test]
+    fn a_test_that_passes_only_when_run_again_is_flaky_and_one_that_fails_twice_fails() {
+        let out = std::env::temp_dir().join(format!("xtask-retry-{}", std::process::id()));
+        fs::create_dir_all(&out).unwrap();
+        let bin = TestBin {
+            name: "who".into(),
+            file: "who-test".into(),
+            target: "who".into(),
+            kind: "test".into(),
+            exe: PathBuf::from("/nonexistent"),
+            cwd: PathBuf::from("/"),
+        };
+        let first = "test a ... ok\ntest b::c ... FAILED\n\nfailures:\n\n---- b::c stdout ----\n\nthread 'b::c' panicked at tests/who.rs:10:5:\nnot yet\n\nfailures:\n    b::c\n\ntest result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s\n";
+        fs::write(out.join("who-test.log"), first).unwrap();
+        fs::write(out.join("who-test.status"), "101 2000\n").unwrap();
+        // No re-run (more than two failed, or an old guest script): failed as before.
+        let r = read_result(&bin, &out);
+        assert_eq!((r.ok, r.status.as_str(), r.passed, r.failed), (false, "FAILED", 1, 1));
+
+        fs::write(out.join("who-test.retry"), "0\n").unwrap();
+        fs::write(
+            out.join("who-test.retry.log"),
+            "test b::c ... ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out; finished in 0.01s\n",
+        )
+        .unwrap();
+        let r = read_result(&bin, &out);
+        assert_eq!((r.ok, r.status.as_str(), r.passed, r.failed), (true, "ok (flaky)", 2, 0));
+        assert_eq!(r.flaky, vec![("b::c".to_owned(), "not yet (tests/who.rs:10:5)".to_owned())]);
+        assert!(r.failures.is_empty());
+
+        fs::write(out.join("who-test.retry"), "101\n").unwrap();
+        fs::write(
+            out.join("who-test.retry.log"),
+            "test b::c ... FAILED\n\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 1 filtered out; finished in 0.01s\n",
+        )
+        .unwrap();
+        let r = read_result(&bin, &out);
+        assert_eq!((r.ok, r.status.as_str(), r.failed), (false, "FAILED (again when run alone)", 1));
+        assert!(r.flaky.is_empty());
+        fs::remove_dir_all(&out).unwrap();
     }
 }

@@ -45,6 +45,11 @@ now() { date +%s%N; }
 # run_test NAME CWD TIMEOUT EXE ARGS...: one libtest binary, as `cargo test` runs
 # it (working directory: its package's root); output to out/NAME.log, then
 # "EXIT_CODE MILLISECONDS" to out/NAME.status.
+#
+# When one or two of its tests failed (libtest's exit 101, with its summary), those
+# tests run once more, alone (`--exact`): output to out/NAME.retry.log, exit code
+# to out/NAME.retry. The host reports a test that passed only then as flaky,
+# with the first run's failure; a test that fails twice fails the run.
 run_test() {
 	local name=$1 cwd=$2 limit=$3
 	shift 3
@@ -55,6 +60,17 @@ run_test() {
 	local rc=$?
 	echo "$rc $((($(now) - start) / 1000000))" >"$dir/out/$name.status"
 	say "finished $name: exit $rc"
+	[ "$rc" = 101 ] && grep -q '^test result: FAILED' "$dir/out/$name.log" || return 0
+	local failed
+	# (A file, not a process substitution: the guest's /dev has no /dev/fd.)
+	sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$dir/out/$name.log" | sort -u >"$dir/out/$name.failed"
+	mapfile -t failed <"$dir/out/$name.failed"
+	[ "${#failed[@]}" -ge 1 ] && [ "${#failed[@]}" -le 2 ] || return 0
+	say "retrying $name: ${failed[*]}"
+	(cd "$cwd" && exec timeout -k 10 "$limit" "$@" --exact "${failed[@]}") >"$dir/out/$name.retry.log" 2>&1 </dev/null
+	rc=$?
+	echo "$rc" >"$dir/out/$name.retry"
+	say "retried $name: exit $rc"
 }
 
 # run_shell COMMAND: a command for `vmtest --shell`, its output on the console.
