@@ -24,8 +24,8 @@
 //! them once more, alone: one that passes then is reported as flaky (with its
 //! first failure, in the table, the failures section and the closing line) and
 //! does not fail the run; one that fails again does, as do three failures or a
-//! binary that crashed or timed out. qemu uses KVM only where a probe boot shows it can run
-//! a stock kernel, TCG otherwise (see [`choose_accel`]).
+//! binary that crashed or timed out. qemu uses KVM only where a probe boot shows
+//! it can run a stock kernel, TCG otherwise (see [`choose_accel`]).
 //!
 //! Any PID 1 can be booted the same way ([`boot`] takes the path of the init):
 //! `--shell CMD` runs a command under guest.sh, `--init PATH` execs another init.
