@@ -540,9 +540,10 @@ const PANIC_LINE: &str = "Kernel panic - not syncing";
 /// own late initcalls ("Fatal exception in interrupt" at `sched_clock_cpu`, just
 /// past a static branch that `sched_clock_init_late` patches: most likely the
 /// other vCPU running a stale translation of code being patched; the oops line
-/// itself was not kept that time). Nothing of the project has run then, so that boot says nothing
-/// about it; its console is kept as `console-boot-panic.log` and the report names
-/// the retry. A panic after the init started is never retried.
+/// itself was not kept that time). Nothing of the project has run then, so that
+/// boot says nothing about it; its console is kept as `console-boot-panic.log`
+/// and the report names the retry. A panic after the init started is never
+/// retried.
 pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
     let first = boot_once(b)?;
     if first.booted || first.aborted.as_deref() != Some(PANIC_LINE) {
@@ -892,18 +893,11 @@ fn read_result(bin: &TestBin, out: &Path) -> BinResult {
     let mut it = status_line.split_whitespace();
     let rc: i32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
     r.secs = it.next().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) / 1000.0;
-    let summary = text.lines().rev().find(|l| l.starts_with("test result:"));
+    let summary = summary(&text);
     if let Some(s) = summary {
-        let count = |what: &str| -> u64 {
-            s.split(';')
-                .find_map(|part| {
-                    part.trim().strip_suffix(what).map(str::trim).map(|n| n.rsplit(' ').next().unwrap_or(n).parse().unwrap_or(0))
-                })
-                .unwrap_or(0)
-        };
-        r.passed = count("passed");
-        r.failed = count("failed");
-        r.ignored = count("ignored");
+        r.passed = count(s, "passed");
+        r.failed = count(s, "failed");
+        r.ignored = count(s, "ignored");
     }
     r.failures = failures(&text);
     r.ok = rc == 0 && summary.is_some();
@@ -928,12 +922,7 @@ fn retried(r: &mut BinResult, bin: &TestBin, out: &Path) {
         return;
     };
     let text = fs::read_to_string(out.join(format!("{}.retry.log", bin.file))).unwrap_or_default();
-    let passed_alone = text
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("test result: ok. "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|n| n.parse::<u64>().ok());
+    let passed_alone = summary(&text).filter(|s| s.starts_with("test result: ok.")).map(|s| count(s, "passed"));
     let n = r.failures.len() as u64;
     if rc == 0 && n > 0 && r.failed == n && passed_alone == Some(n) {
         r.flaky = std::mem::take(&mut r.failures);
@@ -944,6 +933,20 @@ fn retried(r: &mut BinResult, bin: &TestBin, out: &Path) {
     } else {
         r.status = "FAILED (again when run alone)".into();
     }
+}
+
+/// libtest's last summary line (`test result: ok. 3 passed; 0 failed; ...`).
+fn summary(log: &str) -> Option<&str> {
+    log.lines().rev().find(|l| l.starts_with("test result:"))
+}
+
+/// The number before `what` (`passed`, `failed`, `ignored`) in a summary line; 0
+/// when it is not there.
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().strip_suffix(what).map(str::trim).map(|n| n.rsplit(' ').next().unwrap_or(n).parse().unwrap_or(0)))
+        .unwrap_or(0)
 }
 
 /// The tests libtest marked FAILED, each with the first line of its panic message.
