@@ -156,7 +156,8 @@ impl Writer {
             dropped_logged: 0,
             drop_log_at: Instant::now(),
             last_prune: None,
-            vacuum_due: true,
+            // Set by `open`, the only way to a store.
+            vacuum_due: false,
         };
         let (taken, taken_bytes) = (queued.clone(), queued_bytes.clone());
         let spawned = std::thread::Builder::new().name("history".into()).spawn(move || thread.run(&rx, &taken, &taken_bytes));
